@@ -1,0 +1,34 @@
+"""simsearch: similarity search for product catalogs.
+
+The public API is re-exported here. Heavy parts (encoders, which import
+onnxruntime and tokenizers) load lazily on first attribute access, so
+``import simsearch`` stays fast for index-only users.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from simsearch.index import Index
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first access.
+_LAZY: dict[str, str] = {
+}
+
+__all__ = ["Index", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'simsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
