@@ -1,0 +1,713 @@
+// HNSW over int8 codes (Malkov & Yashunin, 2016/2018), after hnswlib's hnswalg.h.
+//
+// Storage, per slot (a slot is a position; ids are the user's uint64 labels):
+//   level-0 record: [uint32 count][uint32 links[M0]][uint8 codes[dim_padded]][float |x_rec|^2]
+//   labels_ (uint64), levels_ (uint8), flags_ (uint8: deleted), upper_off_ (uint32)
+//   upper_pool_: levels 1..L of a node as L blocks of [count][links[M]]
+//   floats_ (optional): the float32 originals, kept for rescoring and, until
+//   the quantizer is final, for retraining it.
+// Keeping links and codes in one record means a node's neighbour list and a
+// neighbour's codes arrive in few cache lines, as in hnswlib's data_level0.
+//
+// Concurrency: add/remove/compaction hold the index lock exclusively and run
+// inserts on a thread pool with striped per-node locks (never two held at
+// once); searches hold it shared and read links without node locks.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <queue>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "buffer.hpp"
+#include "idmap.hpp"
+#include "kernels/dispatch.hpp"
+#include "parallel.hpp"
+#include "quantizer.hpp"
+#include "visited.hpp"
+
+namespace simsearch {
+
+enum class Metric : uint32_t { Cosine = 0, IP = 1, L2 = 2 };
+
+constexpr uint32_t kNone = 0xFFFFFFFFu;
+constexpr uint64_t kNoId = std::numeric_limits<uint64_t>::max();
+constexpr uint8_t kDeleted = 1;
+constexpr int kMaxLevel = 31;
+
+struct IndexParams {
+    size_t dim = 0;
+    Metric metric = Metric::Cosine;
+    size_t M = 16;
+    size_t ef_construction = 200;
+    bool keep_floats = false;  // rescoring
+    uint64_t seed = 0x5eed5eedULL;
+    size_t train_limit = 20000;  // vectors seen before the quantizer is final
+};
+
+using DistId = std::pair<float, uint32_t>;
+using MaxHeap = std::priority_queue<DistId>;
+
+class HnswIndex {
+public:
+    HnswIndex(const IndexParams& p, const std::string& isa)
+        : p_(p), quant_(p.dim), kern_(select_kernels(isa)), locks_(new std::mutex[kStripes]) {
+        if (p.dim == 0) throw std::invalid_argument("dim must be positive");
+        if (p.M < 2) throw std::invalid_argument("M must be at least 2");
+        if (p.M > 1024) throw std::invalid_argument("M must be at most 1024");
+        if (p.ef_construction < 1) throw std::invalid_argument("ef_construction must be positive");
+        init_layout();
+    }
+
+    // ---- properties -----------------------------------------------------
+    const IndexParams& params() const { return p_; }
+    size_t dim() const { return p_.dim; }
+    size_t size() const { return n_live_; }
+    size_t n_slots() const { return n_slots_; }
+    size_t n_deleted() const { return n_slots_ - n_live_; }
+    const char* isa() const { return kern_.name; }
+    bool quantizer_final() const { return quant_final_; }
+    bool has_floats() const { return !floats_.empty_floats(); }
+    uint64_t next_auto_id() const { return next_auto_id_; }
+    const Quantizer& quantizer() const { return quant_; }
+    int max_level() const { return max_level_; }
+
+    void set_isa(const std::string& isa) {
+        std::unique_lock<std::shared_mutex> w(rw_);
+        kern_ = select_kernels(isa);
+    }
+
+    size_t memory_bytes() const {
+        size_t b = data0_.mapped() ? 0 : data0_.bytes();
+        b += labels_.mapped() ? 0 : labels_.bytes();
+        b += floats_.buf.mapped() ? 0 : floats_.buf.bytes();
+        b += levels_.capacity() + flags_.capacity() + upper_off_.capacity() * 4 + upper_pool_.capacity() * 4;
+        b += free_.capacity() * 4 + ids_.memory_bytes() + kStripes * sizeof(std::mutex);
+        return b;
+    }
+
+    // ---- ids ------------------------------------------------------------
+    bool contains(uint64_t id) const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        return ids_.find(id) != IdMap::kEmpty;
+    }
+
+    std::vector<uint64_t> ids() const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        std::vector<uint64_t> out;
+        out.reserve(n_live_);
+        for (size_t s = 0; s < n_slots_; ++s)
+            if (!(flags_[s] & kDeleted)) out.push_back(label(s));
+        return out;
+    }
+
+    // ---- add ------------------------------------------------------------
+    // x: n x dim float32 rows (normalized by the caller for cosine); ids: n
+    // labels, none present and none repeated (checked here before anything
+    // changes, so a failed call leaves the index as it was).
+    void add(const float* x, const uint64_t* ids, size_t n, size_t num_threads, const CancelCheck& cancel) {
+        std::unique_lock<std::shared_mutex> w(rw_);
+        if (n == 0) return;
+        check_new_ids(ids, n);
+        if (n_slots_ + n - std::min(n, free_.size()) >= size_t(kNone) - 1)
+            throw std::invalid_argument("index is full: at most 2^32 - 2 slots");
+
+        // 1. Slots: reuse deleted ones first, then fresh ones. Memory is
+        // reserved before anything changes.
+        const size_t n_reuse = std::min(n, free_.size());
+        const size_t first_fresh = n_slots_;
+        const size_t new_n_slots = first_fresh + (n - n_reuse);
+        reserve(new_n_slots);
+        std::vector<uint32_t> slots(n);
+        for (size_t i = 0; i < n_reuse; ++i) {
+            slots[i] = free_.back();
+            free_.pop_back();
+        }
+        for (size_t i = n_reuse; i < n; ++i) slots[i] = uint32_t(first_fresh + (i - n_reuse));
+
+        // 2. Detach reused slots from the graph while their old data is intact.
+        std::vector<uint32_t> reused(slots.begin(), slots.begin() + n_reuse);
+        if (!reused.empty()) unlink_slots(reused, num_threads);
+
+        // 3. Write floats, (re)train the quantizer if due, encode.
+        n_slots_ = new_n_slots;
+        if (floats_.active())
+            for (size_t i = 0; i < n; ++i) std::memcpy(floats_.row(slots[i]), x + i * p_.dim, p_.dim * 4);
+        const bool retrain = !quant_final_ && n_slots_ >= next_retrain_;
+        if (retrain) train_quantizer();
+        for (size_t i = 0; i < n; ++i) {
+            const uint32_t s = slots[i];
+            set_norm2(s, quant_.encode(x + i * p_.dim, codes(s)));
+            set_label(s, ids[i]);
+            flags_[s] = 0;
+            // A reused slot keeps its level: nodes that still link to it at
+            // upper levels must find a list there.
+            if (i < n_reuse) clear_links(s);
+            else assign_level(s, level_for(ids[i]));
+            ids_.insert(ids[i], s);
+            next_auto_id_ = std::max(next_auto_id_, ids[i] == kNoId - 1 ? ids[i] : ids[i] + 1);
+        }
+        if (retrain) reencode_all();
+        if (quant_final_ && !p_.keep_floats) floats_.drop();
+        n_live_ += n;
+        visited_.clear();
+
+        // 4. Link. The first new node becomes the entry point if there is none.
+        parallel_for(
+            n, num_threads, [&](size_t i) { insert(slots[i], x + i * p_.dim); }, cancel, 1);
+    }
+
+    // ---- remove ---------------------------------------------------------
+    void remove(const uint64_t* ids, size_t n) {
+        std::unique_lock<std::shared_mutex> w(rw_);
+        std::vector<uint32_t> slots(n);
+        for (size_t i = 0; i < n; ++i) {
+            slots[i] = ids_.find(ids[i]);
+            if (slots[i] == IdMap::kEmpty) throw std::out_of_range("unknown id " + std::to_string(ids[i]));
+        }
+        std::vector<uint32_t> sorted(slots);
+        std::sort(sorted.begin(), sorted.end());
+        if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+            throw std::invalid_argument("ids contains duplicates");
+        for (size_t i = 0; i < n; ++i) {
+            flags_[slots[i]] |= kDeleted;
+            ids_.erase(ids[i]);
+            free_.push_back(slots[i]);
+        }
+        n_live_ -= n;
+    }
+
+    // ---- search ---------------------------------------------------------
+    // q: n x dim float32 rows (normalized for cosine). Writes k ids and
+    // scores per row, best first, padded with kNoId / NaN.
+    void search(const float* q, size_t n, size_t k, size_t ef, bool rescore, size_t num_threads,
+                uint64_t* out_ids, float* out_scores, const CancelCheck& cancel) const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        rescore = rescore && has_floats();
+        ef = std::max(ef, k);
+        parallel_for(
+            n, num_threads,
+            [&](size_t i) { search_one(q + i * p_.dim, k, ef, rescore, out_ids + i * k, out_scores + i * k); },
+            cancel, n > 256 ? 16 : 1);
+    }
+
+    // Exact search over the int8 codes (no graph): the reference that
+    // separates what quantization loses from what the graph loses.
+    void search_exact(const float* q, size_t n, size_t k, bool use_floats, size_t num_threads,
+                      uint64_t* out_ids, float* out_scores, const CancelCheck& cancel) const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        if (use_floats && !has_floats())
+            throw std::invalid_argument("exact float search needs the float originals (rescore=True)");
+        parallel_for(
+            n, num_threads,
+            [&](size_t i) {
+                const float* qi = q + i * p_.dim;
+                QueryCode qc;
+                quant_.make_query(qi, qc);
+                MaxHeap top;
+                for (size_t s = 0; s < n_slots_; ++s) {
+                    if (flags_[s] & kDeleted) continue;
+                    const float d = use_floats ? exact_dist(qi, uint32_t(s)) : dist(qc, uint32_t(s));
+                    if (top.size() < k) top.emplace(d, uint32_t(s));
+                    else if (d < top.top().first) { top.pop(); top.emplace(d, uint32_t(s)); }
+                }
+                write_results(top, k, out_ids + i * k, out_scores + i * k);
+            },
+            cancel, 1);
+    }
+
+    // Originals (when kept) or reconstructions from the codes.
+    void get_vectors(const uint64_t* ids, size_t n, float* out) const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        for (size_t i = 0; i < n; ++i) {
+            const uint32_t s = ids_.find(ids[i]);
+            if (s == IdMap::kEmpty) throw std::out_of_range("unknown id " + std::to_string(ids[i]));
+            if (has_floats()) std::memcpy(out + i * p_.dim, floats_.row(s), p_.dim * 4);
+            else quant_.decode(codes(s), out + i * p_.dim);
+        }
+    }
+
+    // ---- persistence (io.hpp) --------------------------------------------
+    void save(const std::string& path) const;
+    static std::unique_ptr<HnswIndex> load(const std::string& path, bool mmap, bool verify, const std::string& isa);
+
+private:
+    friend struct IndexFile;
+    static constexpr size_t kStripes = 1 << 16;
+
+    // ---- layout -----------------------------------------------------------
+    void init_layout() {
+        dim_padded_ = quant_.dim_padded();
+        M0_ = 2 * p_.M;
+        off_codes_ = sizeof(uint32_t) * (1 + M0_);
+        off_norm_ = off_codes_ + dim_padded_;
+        rec_size_ = off_norm_ + sizeof(float);
+        level_mult_ = 1.0 / std::log(double(p_.M));
+        floats_.dim = p_.dim;
+        floats_.enabled = true;  // until the quantizer is final, or for good with rescoring
+    }
+
+    uint32_t* links0(uint32_t s) const { return reinterpret_cast<uint32_t*>(data0_.data() + size_t(s) * rec_size_); }
+    uint8_t* codes(uint32_t s) const { return reinterpret_cast<uint8_t*>(data0_.data() + size_t(s) * rec_size_ + off_codes_); }
+    float norm2(uint32_t s) const {
+        float v;
+        std::memcpy(&v, data0_.data() + size_t(s) * rec_size_ + off_norm_, 4);
+        return v;
+    }
+    void set_norm2(uint32_t s, float v) { std::memcpy(data0_.data() + size_t(s) * rec_size_ + off_norm_, &v, 4); }
+    uint64_t label(size_t s) const { return reinterpret_cast<const uint64_t*>(labels_.data())[s]; }
+    void set_label(uint32_t s, uint64_t v) { reinterpret_cast<uint64_t*>(labels_.data())[s] = v; }
+    uint32_t* links(uint32_t s, int level) const {
+        if (level == 0) return links0(s);
+        return const_cast<uint32_t*>(upper_pool_.data()) + upper_off_[s] + size_t(level - 1) * (p_.M + 1);
+    }
+    size_t max_links(int level) const { return level == 0 ? M0_ : p_.M; }
+    std::mutex& lock_of(uint32_t s) const { return locks_[s & (kStripes - 1)]; }
+
+    void reserve(size_t slots) {
+        if (slots <= capacity_) return;
+        size_t cap = std::max<size_t>({slots, capacity_ + capacity_ / 2, 1024});
+        data0_.resize(cap * rec_size_);
+        labels_.resize(cap * 8);
+        levels_.resize(cap, 0);
+        flags_.resize(cap, 0);
+        upper_off_.resize(cap, kNone);
+        if (floats_.active()) floats_.buf.resize(cap * p_.dim * 4);
+        ids_.reserve(n_live_ + slots - n_slots_);
+        capacity_ = cap;
+    }
+
+    // ---- quantizer ----------------------------------------------------------
+    struct Floats {
+        Buffer buf;
+        size_t dim = 0;
+        bool enabled = false;
+        bool active() const { return enabled; }
+        bool empty_floats() const { return !enabled || buf.bytes() == 0; }
+        float* row(uint32_t s) const { return reinterpret_cast<float*>(buf.data()) + size_t(s) * dim; }
+        void drop() {
+            buf.release();
+            enabled = false;
+        }
+    };
+
+    void train_quantizer() {
+        // A strided sample of at most train_limit slots (live or not: all are in the graph).
+        const size_t n = n_slots_;
+        const size_t m = std::min(n, p_.train_limit);
+        quant_.train(m, [&](size_t i) { return floats_.row(uint32_t(i * n / m)); });
+        if (n >= p_.train_limit) quant_final_ = true;
+        else next_retrain_ = 2 * n;
+    }
+
+    void reencode_all() {
+        for (size_t s = 0; s < n_slots_; ++s) set_norm2(uint32_t(s), quant_.encode(floats_.row(uint32_t(s)), codes(uint32_t(s))));
+    }
+
+    int level_for(uint64_t id) const {
+        // splitmix64: the additive constant keeps id == seed from hashing to 0.
+        uint64_t h = (id ^ p_.seed) + 0x9E3779B97F4A7C15ULL;
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL;
+        h ^= h >> 31;
+        const double u = (double(h >> 11) + 1.0) * (1.0 / 9007199254740993.0);  // (0, 1]
+        const int l = int(-std::log(u) * level_mult_);
+        return std::min(l, kMaxLevel);
+    }
+
+    void clear_links(uint32_t s) {
+        for (int l = levels_[s]; l >= 0; --l) links(s, l)[0] = 0;
+    }
+
+    void assign_level(uint32_t s, int level) {
+        links0(s)[0] = 0;
+        levels_[s] = uint8_t(level);
+        if (level == 0) {
+            upper_off_[s] = kNone;
+            return;
+        }
+        upper_off_[s] = uint32_t(upper_pool_.size());
+        upper_pool_.resize(upper_pool_.size() + size_t(level) * (p_.M + 1), 0);
+    }
+
+    void check_new_ids(const uint64_t* ids, size_t n) const {
+        std::vector<uint64_t> sorted(ids, ids + n);
+        std::sort(sorted.begin(), sorted.end());
+        auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+        if (dup != sorted.end()) throw std::invalid_argument("ids contains duplicate id " + std::to_string(*dup));
+        for (size_t i = 0; i < n; ++i) {
+            if (ids[i] == kNoId) throw std::invalid_argument("id 2**64-1 is reserved as the padding sentinel");
+            if (ids_.find(ids[i]) != IdMap::kEmpty)
+                throw std::invalid_argument("id " + std::to_string(ids[i]) + " is already in the index");
+        }
+    }
+
+    // ---- distances ------------------------------------------------------------
+    // Smaller is closer: -q.x for cosine and ip, the squared distance for l2.
+    float dist(const QueryCode& q, uint32_t s) const {
+        const int32_t dot = kern_.dot_u8s8(codes(s), q.q8.data(), q.q16.data(), dim_padded_);
+        const float ip = q.offset + q.alpha * float(dot);
+        if (p_.metric == Metric::L2) return q.norm2 + norm2(s) - 2.f * ip;
+        return -ip;
+    }
+
+    float exact_dist(const float* q, uint32_t s) const {
+        if (p_.metric == Metric::L2) return kern_.l2sq_f32(q, floats_.row(s), p_.dim);
+        return -kern_.dot_f32(q, floats_.row(s), p_.dim);
+    }
+
+    float to_score(float d) const { return p_.metric == Metric::L2 ? std::max(0.f, d) : -d; }
+
+    // The query form of a stored node, for node-to-node distances while building.
+    void node_query(uint32_t s, QueryCode& qc) const {
+        if (has_floats()) {
+            quant_.make_query(floats_.row(s), qc);
+            return;
+        }
+        thread_local std::vector<float> buf;
+        buf.resize(p_.dim);
+        quant_.decode(codes(s), buf.data());
+        quant_.make_query(buf.data(), qc);
+    }
+
+    void prefetch_node(uint32_t s) const {
+        const char* c = reinterpret_cast<const char*>(codes(s));
+        __builtin_prefetch(c);
+        __builtin_prefetch(c + 64);
+    }
+
+    // ---- construction ----------------------------------------------------------
+    void copy_links(uint32_t s, int level, std::vector<uint32_t>& out) const {
+        std::lock_guard<std::mutex> g(lock_of(s));
+        const uint32_t* ll = links(s, level);
+        out.assign(ll + 1, ll + 1 + ll[0]);
+    }
+
+    void greedy_build(const QueryCode& q, uint32_t& cur, float& curd, int level) const {
+        thread_local std::vector<uint32_t> nb;
+        for (bool changed = true; changed;) {
+            changed = false;
+            copy_links(cur, level, nb);
+            for (uint32_t c : nb) {
+                const float d = dist(q, c);
+                if (d < curd) {
+                    curd = d;
+                    cur = c;
+                    changed = true;
+                }
+            }
+        }
+    }
+
+    // Best ef nodes at `level`, ascending by distance. Deleted nodes are walked
+    // through but returned only if nothing else was found.
+    std::vector<DistId> search_layer(const QueryCode& q, uint32_t ep, size_t ef, int level, uint32_t self) const {
+        auto vl = visited_.get(capacity_);
+        uint16_t* vis = vl->data();
+        const uint16_t tag = vl->next_epoch();
+        MaxHeap top, cand;
+        DistId best_deleted{INFINITY, kNone};
+        const float d0 = dist(q, ep);
+        vis[ep] = tag;
+        if (ep != self) {
+            if (!(flags_[ep] & kDeleted)) top.emplace(d0, ep);
+            else best_deleted = {d0, ep};
+        }
+        cand.emplace(-d0, ep);
+        float bound = top.empty() ? INFINITY : d0;
+        thread_local std::vector<uint32_t> nb;
+        while (!cand.empty()) {
+            const DistId c = cand.top();
+            if (-c.first > bound && top.size() >= ef) break;
+            cand.pop();
+            copy_links(c.second, level, nb);
+            for (uint32_t x : nb) {
+                if (vis[x] == tag) continue;
+                vis[x] = tag;
+                const float d = dist(q, x);
+                if (top.size() < ef || d < bound) {
+                    cand.emplace(-d, x);
+                    if (x == self) continue;
+                    if (flags_[x] & kDeleted) {
+                        if (d < best_deleted.first) best_deleted = {d, x};
+                        continue;
+                    }
+                    top.emplace(d, x);
+                    if (top.size() > ef) top.pop();
+                    bound = top.top().first;
+                }
+            }
+        }
+        visited_.put(std::move(vl));
+        std::vector<DistId> out(top.size());
+        for (size_t i = top.size(); i-- > 0;) {
+            out[i] = top.top();
+            top.pop();
+        }
+        if (out.empty() && best_deleted.second != kNone) out.push_back(best_deleted);
+        return out;
+    }
+
+    // The neighbour-selection heuristic (HNSW paper, algorithm 4): keep a
+    // candidate only if it is closer to the base than to every neighbour kept
+    // so far, which spreads links across directions. cand is ascending.
+    void select_neighbors(const std::vector<DistId>& cand, size_t m, std::vector<uint32_t>& out) const {
+        out.clear();
+        if (cand.size() <= m) {
+            for (const auto& c : cand) out.push_back(c.second);
+            return;
+        }
+        thread_local std::vector<QueryCode> kept_q;
+        if (kept_q.size() < m) kept_q.resize(m);
+        for (const auto& c : cand) {
+            if (out.size() >= m) break;
+            bool good = true;
+            for (size_t j = 0; j < out.size(); ++j)
+                if (dist(kept_q[j], c.second) < c.first) {
+                    good = false;
+                    break;
+                }
+            if (good) {
+                node_query(c.second, kept_q[out.size()]);
+                out.push_back(c.second);
+            }
+        }
+    }
+
+    // Add s to n's list at `level`; when full, re-select n's neighbours.
+    void link_back(uint32_t n, uint32_t s, int level) {
+        std::lock_guard<std::mutex> g(lock_of(n));
+        uint32_t* ll = links(n, level);
+        const uint32_t cnt = ll[0];
+        for (uint32_t j = 0; j < cnt; ++j)
+            if (ll[1 + j] == s) return;
+        const size_t cap = max_links(level);
+        if (cnt < cap) {
+            ll[1 + cnt] = s;
+            ll[0] = cnt + 1;
+            return;
+        }
+        thread_local QueryCode qn;
+        node_query(n, qn);
+        std::vector<DistId> cand;
+        cand.reserve(cnt + 1);
+        cand.emplace_back(dist(qn, s), s);
+        for (uint32_t j = 0; j < cnt; ++j) cand.emplace_back(dist(qn, ll[1 + j]), ll[1 + j]);
+        std::sort(cand.begin(), cand.end());
+        thread_local std::vector<uint32_t> sel;
+        select_neighbors(cand, cap, sel);
+        for (size_t j = 0; j < sel.size(); ++j) ll[1 + j] = sel[j];
+        ll[0] = uint32_t(sel.size());
+    }
+
+    void insert(uint32_t s, const float* x) {
+        thread_local QueryCode q;
+        quant_.make_query(x, q);
+        const int level = levels_[s];
+        std::unique_lock<std::mutex> g(global_mu_);
+        if (entry_ == kNone) {
+            entry_ = s;
+            max_level_ = level;
+            return;
+        }
+        const int maxl = max_level_;
+        uint32_t cur = entry_;
+        if (level <= maxl) g.unlock();
+        float curd = dist(q, cur);
+        for (int l = maxl; l > level; --l) greedy_build(q, cur, curd, l);
+        std::vector<uint32_t> sel;
+        for (int l = std::min(level, maxl); l >= 0; --l) {
+            const std::vector<DistId> cand = search_layer(q, cur, p_.ef_construction, l, s);
+            if (cand.empty()) continue;
+            select_neighbors(cand, p_.M, sel);
+            {
+                std::lock_guard<std::mutex> gs(lock_of(s));
+                uint32_t* ll = links(s, l);
+                for (size_t j = 0; j < sel.size(); ++j) ll[1 + j] = sel[j];
+                ll[0] = uint32_t(sel.size());
+            }
+            for (uint32_t n : sel) link_back(n, s, l);
+            cur = cand.front().second;
+        }
+        if (level > maxl) {
+            entry_ = s;
+            max_level_ = level;
+        }
+    }
+
+    // Reused slots: every node that s links to loses s and picks new
+    // neighbours among its own and s's, so the graph stays connected once s
+    // takes another vector (hnswlib's repairConnectionsForUpdate does the
+    // same for updated points). Links into s from nodes that s does not link
+    // back to stay and simply lead to the new vector.
+    void unlink_slots(const std::vector<uint32_t>& slots, size_t num_threads) {
+        parallel_for(slots.size(), num_threads, [&](size_t i) {
+            const uint32_t s = slots[i];
+            std::vector<uint32_t> mine, theirs;
+            std::vector<DistId> cand;
+            std::vector<uint32_t> sel;
+            QueryCode qn;
+            for (int l = levels_[s]; l >= 0; --l) {
+                copy_links(s, l, mine);
+                for (uint32_t n : mine) {
+                    if (n == s || levels_[n] < l) continue;
+                    std::lock_guard<std::mutex> g(lock_of(n));
+                    uint32_t* ll = links(n, l);
+                    theirs.assign(ll + 1, ll + 1 + ll[0]);
+                    if (std::find(theirs.begin(), theirs.end(), s) == theirs.end()) continue;
+                    node_query(n, qn);
+                    cand.clear();
+                    for (uint32_t c : theirs)
+                        if (c != s) cand.emplace_back(dist(qn, c), c);
+                    for (uint32_t c : mine)
+                        if (c != s && c != n && std::find(theirs.begin(), theirs.end(), c) == theirs.end())
+                            cand.emplace_back(dist(qn, c), c);
+                    std::sort(cand.begin(), cand.end());
+                    select_neighbors(cand, max_links(l), sel);
+                    for (size_t j = 0; j < sel.size(); ++j) ll[1 + j] = sel[j];
+                    ll[0] = uint32_t(sel.size());
+                }
+            }
+        });
+        // A reused entry point hands over to the highest remaining node.
+        std::vector<uint8_t> is_reused(n_slots_, 0);
+        for (uint32_t s : slots) is_reused[s] = 1;
+        if (entry_ != kNone && is_reused[entry_]) {
+            entry_ = kNone;
+            max_level_ = -1;
+            for (size_t s = 0; s < n_slots_; ++s)
+                if (!is_reused[s] && int(levels_[s]) > max_level_) {
+                    max_level_ = levels_[s];
+                    entry_ = uint32_t(s);
+                }
+        }
+    }
+
+    // ---- query-time search -------------------------------------------------------
+    template <bool kCheckDeleted>
+    void search_base(const QueryCode& q, uint32_t ep, size_t ef, MaxHeap& top, VisitedList& vl) const {
+        uint16_t* vis = vl.data();
+        const uint16_t tag = vl.next_epoch();
+        MaxHeap cand;
+        const float d0 = dist(q, ep);
+        vis[ep] = tag;
+        if (!kCheckDeleted || !(flags_[ep] & kDeleted)) top.emplace(d0, ep);
+        float bound = top.empty() ? INFINITY : d0;
+        cand.emplace(-d0, ep);
+        while (!cand.empty()) {
+            const DistId c = cand.top();
+            if (-c.first > bound && top.size() >= ef) break;
+            cand.pop();
+            const uint32_t* ll = links0(c.second);
+            const uint32_t cnt = ll[0];
+            if (cnt) {
+                __builtin_prefetch(vis + ll[1]);
+                prefetch_node(ll[1]);
+            }
+            for (uint32_t j = 1; j <= cnt; ++j) {
+                const uint32_t x = ll[j];
+                if (j < cnt) {
+                    __builtin_prefetch(vis + ll[j + 1]);
+                    prefetch_node(ll[j + 1]);
+                }
+                if (vis[x] == tag) continue;
+                vis[x] = tag;
+                const float d = dist(q, x);
+                if (top.size() < ef || d < bound) {
+                    cand.emplace(-d, x);
+                    __builtin_prefetch(links0(cand.top().second));
+                    if (kCheckDeleted && (flags_[x] & kDeleted)) continue;
+                    top.emplace(d, x);
+                    if (top.size() > ef) top.pop();
+                    bound = top.top().first;
+                }
+            }
+        }
+    }
+
+    void write_results(MaxHeap& top, size_t k, uint64_t* ids, float* scores) const {
+        while (top.size() > k) top.pop();
+        const size_t m = top.size();
+        for (size_t i = m; i-- > 0;) {
+            ids[i] = label(top.top().second);
+            scores[i] = to_score(top.top().first);
+            top.pop();
+        }
+        for (size_t i = m; i < k; ++i) {
+            ids[i] = kNoId;
+            scores[i] = std::numeric_limits<float>::quiet_NaN();
+        }
+    }
+
+    void search_one(const float* qf, size_t k, size_t ef, bool rescore, uint64_t* ids, float* scores) const {
+        MaxHeap top;
+        if (entry_ != kNone && n_live_ > 0) {
+            thread_local QueryCode q;
+            quant_.make_query(qf, q);
+            uint32_t cur = entry_;
+            float curd = dist(q, cur);
+            for (int l = max_level_; l > 0; --l) {
+                for (bool changed = true; changed;) {
+                    changed = false;
+                    const uint32_t* ll = links(cur, l);
+                    for (uint32_t j = 1; j <= ll[0]; ++j) {
+                        const float d = dist(q, ll[j]);
+                        if (d < curd) {
+                            curd = d;
+                            cur = ll[j];
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            auto vl = visited_.get(capacity_);
+            if (n_live_ == n_slots_) search_base<false>(q, cur, ef, top, *vl);
+            else search_base<true>(q, cur, ef, top, *vl);
+            visited_.put(std::move(vl));
+            if (rescore) {
+                MaxHeap exact;
+                while (!top.empty()) {
+                    const uint32_t s = top.top().second;
+                    top.pop();
+                    exact.emplace(exact_dist(qf, s), s);
+                }
+                top.swap(exact);
+            }
+        }
+        write_results(top, k, ids, scores);
+    }
+
+    // ---- state -----------------------------------------------------------------
+    IndexParams p_;
+    Quantizer quant_;
+    Kernels kern_;
+    size_t dim_padded_ = 0, M0_ = 0, off_codes_ = 0, off_norm_ = 0, rec_size_ = 0;
+    double level_mult_ = 0;
+
+    Buffer data0_, labels_;
+    std::vector<uint8_t> levels_, flags_;
+    std::vector<uint32_t> upper_off_, upper_pool_, free_;
+    Floats floats_;
+    IdMap ids_;
+    size_t capacity_ = 0, n_slots_ = 0, n_live_ = 0;
+    bool quant_final_ = false;
+    size_t next_retrain_ = 0;
+    uint64_t next_auto_id_ = 0;
+    uint32_t entry_ = kNone;
+    int max_level_ = -1;
+
+    std::unique_ptr<std::mutex[]> locks_;
+    std::mutex global_mu_;
+    mutable std::shared_mutex rw_;
+    mutable VisitedPool visited_;
+};
+
+}  // namespace simsearch
