@@ -241,7 +241,7 @@ public:
 
 private:
     friend struct IndexFile;
-    static constexpr size_t kStripes = 1 << 16;
+    static constexpr size_t kStripes = 1 << 12;  // plenty for any thread count; 160 KB
 
     // ---- layout -----------------------------------------------------------
     void init_layout() {

@@ -1,5 +1,6 @@
 // User id (uint64) -> slot (uint32): open addressing with linear probing.
-// About 23 bytes per id at the maximum load of 0.7, a third of what a
+// The table has any size (fastrange maps the hash onto it, no power of two)
+// and is kept at most 80% full: about 20 bytes per id, a third of what a
 // std::unordered_map node costs; this matters for the memory per vector.
 #pragma once
 #include <cstdint>
@@ -17,19 +18,19 @@ public:
 
     uint32_t find(uint64_t key) const {
         if (table_.empty()) return kEmpty;
-        size_t i = hash(key) & mask_;
+        size_t i = slot_of(key);
         while (true) {
             const Entry& e = table_[i];
             if (e.val == kEmpty) return kEmpty;
             if (e.val != kTomb && e.key == key) return e.val;
-            i = (i + 1) & mask_;
+            i = next(i);
         }
     }
 
     void insert(uint64_t key, uint32_t val) {  // key must be absent
-        if ((size_ + tombs_ + 1) * 10 > table_.size() * 7) rehash(std::max<size_t>(16, (size_ + 1) * 2));
-        size_t i = hash(key) & mask_;
-        while (table_[i].val != kEmpty && table_[i].val != kTomb) i = (i + 1) & mask_;
+        if ((size_ + tombs_ + 1) * 5 > table_.size() * 4) rehash(std::max<size_t>(16, (size_ + 1) * 3 / 2 * 5 / 4));
+        size_t i = slot_of(key);
+        while (table_[i].val != kEmpty && table_[i].val != kTomb) i = next(i);
         if (table_[i].val == kTomb) --tombs_;
         table_[i] = Entry{key, val};
         ++size_;
@@ -37,7 +38,7 @@ public:
 
     bool erase(uint64_t key) {
         if (table_.empty()) return false;
-        size_t i = hash(key) & mask_;
+        size_t i = slot_of(key);
         while (true) {
             Entry& e = table_[i];
             if (e.val == kEmpty) return false;
@@ -47,7 +48,7 @@ public:
                 ++tombs_;
                 return true;
             }
-            i = (i + 1) & mask_;
+            i = next(i);
         }
     }
 
@@ -55,11 +56,11 @@ public:
         table_.clear();
         table_.shrink_to_fit();
         size_ = tombs_ = 0;
-        mask_ = 0;
     }
 
+    // Room for n ids without rehashing.
     void reserve(size_t n) {
-        if (n * 10 > table_.size() * 7) rehash(n * 2);
+        if ((n + tombs_) * 5 > table_.size() * 4) rehash(n * 5 / 4 + 1);
     }
 
 private:
@@ -77,20 +78,24 @@ private:
         return size_t(x);
     }
 
+    size_t slot_of(uint64_t key) const {  // fastrange: hash * size / 2^64
+        return size_t((unsigned __int128)hash(key) * table_.size() >> 64);
+    }
+    size_t next(size_t i) const { return i + 1 == table_.size() ? 0 : i + 1; }
+
     void rehash(size_t want) {
-        size_t cap = 16;
-        while (cap < want) cap <<= 1;
+        const size_t cap = std::max<size_t>(16, want);
         std::vector<Entry> old;
         old.swap(table_);
         table_.assign(cap, Entry{0, kEmpty});
-        mask_ = cap - 1;
+        table_.shrink_to_fit();
         size_ = tombs_ = 0;
         for (const Entry& e : old)
             if (e.val != kEmpty && e.val != kTomb) insert(e.key, e.val);
     }
 
     std::vector<Entry> table_;
-    size_t mask_ = 0, size_ = 0, tombs_ = 0;
+    size_t size_ = 0, tombs_ = 0;
 };
 
 }  // namespace simsearch

@@ -72,6 +72,14 @@ class Index:
         Force a kernel (``"avx512vnni"``, ``"avx2"``, ``"scalar"``); None
         reads the ``SIMSEARCH_ISA`` environment variable, else picks the best
         the CPU supports. Native backend only.
+    train_size : int, default 20000
+        Native backend: the quantizer's per-dimension ranges are learned from
+        the first ``train_size`` vectors. Until that many have arrived the
+        index keeps their float32 copies (4 bytes a dimension) and re-learns
+        the ranges each time the index doubles, re-encoding what it holds,
+        so an index grown in small batches is as accurate as one built at
+        once; then the ranges freeze, the copies are freed (unless
+        ``rescore``), and later values outside the ranges are clipped.
 
     Examples
     --------
@@ -99,6 +107,7 @@ class Index:
         *,
         ef: int = 64,
         isa: str | None = None,
+        train_size: int = 20000,
     ) -> None:
         self.dim = check_positive_int(dim, "dim")
         if metric not in _METRICS:
@@ -127,7 +136,8 @@ class Index:
         self.ef = check_positive_int(ef, "ef")
         if backend == "native":
             self._impl = _core().NativeIndex(
-                self.dim, _METRICS[metric], self.M, self.ef_construction, self.rescore, isa or "", 0x5EED5EED, 20000
+                self.dim, _METRICS[metric], self.M, self.ef_construction, self.rescore, isa or "", 0x5EED5EED,
+                check_positive_int(train_size, "train_size"),
             )
         else:
             if isa is not None:
@@ -417,8 +427,7 @@ def _load_backend(path: str, mmap: bool) -> Any:
     from simsearch import _fileio
     from simsearch.index import backends
 
-    header, _ = _fileio.read_container(path, mmap=True)
-    name = header.get("backend")
+    name = _fileio.read_header(path).get("backend")
     if name == "hnswlib":
         return backends.HnswlibBackend.load(path, mmap=mmap)
     if name == "faiss":
