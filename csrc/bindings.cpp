@@ -60,6 +60,25 @@ void check_dim(const char* what, size_t got, size_t want) {
                                     std::to_string(want));
 }
 
+// Cosine: unit-normalized copy of the rows (the caller's array is never
+// modified). Other metrics: the rows as they are.
+const float* maybe_normalize(const float* x, size_t n, size_t dim, Metric metric, const char* what,
+                             std::vector<float>& buf) {
+    if (metric != Metric::Cosine) return x;
+    buf.resize(n * dim);
+    for (size_t i = 0; i < n; ++i) {
+        const float* row = x + i * dim;
+        double s = 0;
+        for (size_t d = 0; d < dim; ++d) s += double(row[d]) * row[d];
+        if (!(s > 0))
+            throw std::invalid_argument(std::string(what) + " row " + std::to_string(i) +
+                                        " has zero norm; cosine is undefined for it");
+        const float inv = float(1.0 / std::sqrt(s));
+        for (size_t d = 0; d < dim; ++d) buf[i * dim + d] = row[d] * inv;
+    }
+    return buf.data();
+}
+
 struct NativeIndex {
     std::unique_ptr<HnswIndex> ix;
 
@@ -82,7 +101,11 @@ struct NativeIndex {
         check_dim("vectors", x.shape(1), ix->dim());
         if (ids.shape(0) != x.shape(0)) throw std::invalid_argument("ids and vectors differ in length");
         auto cancel = python_cancel();
-        run_released([&] { ix->add(x.data(), ids.data(), x.shape(0), num_threads, cancel); });
+        std::vector<float> buf;
+        run_released([&] {
+            const float* rows = maybe_normalize(x.data(), x.shape(0), ix->dim(), ix->params().metric, "vectors", buf);
+            ix->add(rows, ids.data(), x.shape(0), num_threads, cancel);
+        });
     }
 
     nb::tuple search(FloatMatrix q, size_t k, size_t ef, bool rescore, size_t num_threads, bool exact) {
@@ -92,9 +115,11 @@ struct NativeIndex {
         std::unique_ptr<uint64_t[]> ids(new uint64_t[n * k]);
         std::unique_ptr<float[]> scores(new float[n * k]);
         auto cancel = python_cancel();
+        std::vector<float> buf;
         run_released([&] {
+            const float* rows = maybe_normalize(q.data(), n, ix->dim(), ix->params().metric, "queries", buf);
             if (exact) ix->search_exact(q.data(), n, k, rescore, num_threads, ids.get(), scores.get(), cancel);
-            else ix->search(q.data(), n, k, ef, rescore, num_threads, ids.get(), scores.get(), cancel);
+            else ix->search(rows, n, k, ef, rescore, num_threads, ids.get(), scores.get(), cancel);
         });
         return nb::make_tuple(to_numpy(std::move(ids), {n, k}), to_numpy(std::move(scores), {n, k}));
     }

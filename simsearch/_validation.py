@@ -27,6 +27,15 @@ def as_float_matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
     ValueError
         For the wrong number of dimensions, the wrong width, NaN or inf.
     """
+    if (
+        type(x) is np.ndarray
+        and x.dtype == np.float32
+        and x.ndim == 2
+        and x.flags.c_contiguous
+        and (dim is None or x.shape[1] == dim)
+    ):
+        check_finite(x, name)  # the common case: nothing to convert
+        return x
     arr = np.asarray(x)
     if arr.dtype.kind not in "f":
         if arr.dtype.kind in "iub":
@@ -56,10 +65,15 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     """Raise ``ValueError`` naming the first row with NaN or inf."""
     if arr.size == 0:
         return
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = arr.sum(dtype=np.float64)
-    if np.isfinite(total):
-        return
+    if arr.size <= 65536:
+        if np.isfinite(arr).all():
+            return
+    else:
+        # one float64 sum is cheaper than an element-wise mask on large inputs;
+        # float32 values cannot overflow it
+        with np.errstate(invalid="ignore"):
+            if np.isfinite(arr.sum(dtype=np.float64)):
+                return
     bad = ~np.isfinite(arr)
     row = int(np.argmax(bad.any(axis=1)))
     kind = "NaN" if np.isnan(arr[row]).any() else "inf"

@@ -408,7 +408,8 @@ class Index:
     # ------------------------------------------------------------------ helpers
     def _prepare(self, x: Any, name: str) -> np.ndarray:
         arr = as_float_matrix(x, name, self.dim)
-        if self.metric == "cosine" and arr.shape[0]:
+        # the native core normalizes for cosine itself (and refuses zero vectors)
+        if self.metric == "cosine" and arr.shape[0] and self.backend != "native":
             norms = np.linalg.norm(arr, axis=1)
             if not np.all(norms > 0):
                 raise ValueError(f"{name} row {int(np.argmin(norms > 0))} has zero norm; cosine is undefined for it")
