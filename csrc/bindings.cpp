@@ -118,7 +118,7 @@ struct NativeIndex {
         std::vector<float> buf;
         run_released([&] {
             const float* rows = maybe_normalize(q.data(), n, ix->dim(), ix->params().metric, "queries", buf);
-            if (exact) ix->search_exact(q.data(), n, k, rescore, num_threads, ids.get(), scores.get(), cancel);
+            if (exact) ix->search_exact(rows, n, k, rescore, num_threads, ids.get(), scores.get(), cancel);
             else ix->search(rows, n, k, ef, rescore, num_threads, ids.get(), scores.get(), cancel);
         });
         return nb::make_tuple(to_numpy(std::move(ids), {n, k}), to_numpy(std::move(scores), {n, k}));
