@@ -1,0 +1,568 @@
+"""Side-by-side ANN benchmark: simsearch int8 HNSW against hnswlib, faiss and usearch.
+
+Every library builds an HNSW graph with M=16 and ef_construction=200 over the
+same L2-normalized vectors, searched by cosine similarity (inner product on
+unit vectors), and is measured the same way:
+
+- build time with 1 and with 2 threads;
+- index memory: resident-set growth of a fresh process from just before the
+  build to just after it (the same method for every library), next to the
+  size of the saved index file and the size the library itself reports;
+- an ef sweep, one search thread: recall@10 against exact brute-force ground
+  truth, queries per second with one query per call and with one call for a
+  batch of 1,000 queries (medians of ``--repeats`` timings);
+- then QPS at recall@10 = 0.90, 0.95 and 0.99, interpolated on the sweep, and
+  simsearch's ratio to each library.
+
+The libraries, each in its own process so one's memory cannot hide another's:
+
+============================  ======================================================
+simsearch-int8                ``simsearch.Index(dtype="int8", rescore=False)``
+simsearch-int8-rescore        ``simsearch.Index(dtype="int8", rescore=True)``
+hnswlib-f32                   raw ``hnswlib.Index("ip")`` on float32
+faiss-sq8                     raw ``faiss.IndexHNSWSQ`` with ``QT_8bit``, trained on the base
+usearch-i8                    raw ``usearch.index.Index(dtype="i8", metric="cos")`` on
+                              vectors we quantize ourselves (below)
+============================  ======================================================
+
+usearch's own float-to-int8 conversion truncates the components of unit vectors
+to a few levels, so we scale each vector by ``127 / max|x|`` and round it (cosine
+does not see a per-vector scale); queries are quantized the same way before the
+timer starts. ``--with-backends`` adds simsearch's own hnswlib and faiss
+backends (through ``simsearch.Index(backend=...)`` when the native index is
+built, directly otherwise) to show the wrapper's overhead.
+
+Data sets: ``titles``, all-MiniLM-L6-v2 embeddings of every product title in
+``shared/data`` (about 42,000; 1,000 held out as queries), and ``synthetic``,
+200,000 vectors from a fixed-seed mixture of 1,000 anisotropic Gaussians with
+1,000 queries from the same mixture (see ``_data.py``).
+
+Usage::
+
+    nice python benchmarks/ann.py                       # both data sets, full sweep
+    python benchmarks/ann.py --dataset synthetic --quick    # a few minutes
+
+The last line printed is one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _data  # noqa: E402
+
+sys.path.append(str(_data.REPO_ROOT))  # an installed simsearch wins; else the checkout
+
+M, EF_CONSTRUCTION, K = 16, 200, 10
+TARGETS = (0.90, 0.95, 0.99)
+FULL_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 800)
+QUICK_EFS = (10, 24, 48, 96, 192, 400)
+LIBRARIES = ("simsearch-int8", "simsearch-int8-rescore", "hnswlib-f32", "faiss-sq8", "usearch-i8")
+WRAPPERS = ("simsearch-hnswlib", "simsearch-faiss")
+SIMSEARCH = ("simsearch-int8", "simsearch-int8-rescore")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process in bytes (Linux ``/proc``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of avx2, avx512f and avx512_vnni the CPU reports in /proc/cpuinfo."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni")}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls, and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+# --------------------------------------------------------------------------- libraries
+# Each adapter builds one library's index and answers the sweep's three
+# questions: set ef, search one query, search a batch, all on one thread.
+# Results are row numbers of the base (int64, -1 for a missing hit).
+
+
+class HnswlibF32:
+    def __init__(self, dim: int) -> None:
+        import hnswlib
+
+        self.index = hnswlib.Index(space="ip", dim=dim)
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        self.index.init_index(max_elements=len(base), M=M, ef_construction=EF_CONSTRUCTION)
+        self.index.add_items(base, np.arange(len(base)), num_threads=threads)
+
+    def set_ef(self, ef: int) -> None:
+        self.index.set_ef(max(ef, K))
+
+    def search_one(self, q: np.ndarray) -> np.ndarray:
+        return self.index.knn_query(q, k=K, num_threads=1)[0]
+
+    def search_batch(self, q: np.ndarray) -> np.ndarray:
+        return self.index.knn_query(q, k=K, num_threads=1)[0].astype(np.int64)
+
+    def save(self, path: str) -> None:
+        self.index.save_index(path)
+
+    def reported_bytes(self) -> int | None:
+        return None  # hnswlib reports no in-memory size
+
+
+class FaissSQ8:
+    def __init__(self, dim: int) -> None:
+        import faiss
+
+        self.faiss = faiss
+        self.index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, M, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = EF_CONSTRUCTION
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        self.faiss.omp_set_num_threads(threads)
+        self.index.train(base)
+        self.index.add(base)
+        self.faiss.omp_set_num_threads(1)
+
+    def set_ef(self, ef: int) -> None:
+        self.index.hnsw.efSearch = max(ef, K)
+
+    def search_one(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q, K)[1]
+
+    def search_batch(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q, K)[1]
+
+    def save(self, path: str) -> None:
+        self.faiss.write_index(self.index, path)
+
+    def reported_bytes(self) -> int | None:
+        return None
+
+
+def quantize_i8(x: np.ndarray) -> np.ndarray:
+    """Scale each row by 127 / max|row| and round: int8 (n, dim), the same cosines."""
+    scale = np.float32(127.0) / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.float32(1e-30))
+    return np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
+
+
+class UsearchI8:
+    def __init__(self, dim: int) -> None:
+        from usearch.index import Index
+
+        self.index = Index(
+            ndim=dim, metric="cos", dtype="i8", connectivity=M, expansion_add=EF_CONSTRUCTION
+        )
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return quantize_i8(x)
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        self.index.add(np.arange(len(base), dtype=np.uint64), base, threads=threads)
+
+    def set_ef(self, ef: int) -> None:
+        self.index.expansion_search = max(ef, K)
+
+    def search_one(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q[0], K, threads=1).keys
+
+    def search_batch(self, q: np.ndarray) -> np.ndarray:
+        found = self.index.search(q, K, threads=1)
+        rows = found.keys.astype(np.int64)
+        rows[np.arange(K)[None, :] >= found.counts[:, None]] = -1  # usearch pads with key 0
+        return rows
+
+    def save(self, path: str) -> None:
+        self.index.save(path)
+
+    def reported_bytes(self) -> int | None:
+        return int(self.index.memory_usage)
+
+
+class Simsearch:
+    """``simsearch.Index``; ``backend`` and ``rescore`` pick the variant."""
+
+    def __init__(self, dim: int, backend: str = "native", rescore: bool = False) -> None:
+        import simsearch
+
+        self.simsearch, self.dim = simsearch, dim
+        self.kwargs: dict[str, Any] = dict(metric="cosine", M=M, ef_construction=EF_CONSTRUCTION)
+        if backend == "native":
+            self.kwargs.update(dtype="int8", rescore=rescore)
+        else:
+            self.kwargs.update(backend=backend, dtype="int8" if backend == "faiss" else "float32")
+        # An empty index of the same kind, so the imports it triggers
+        # (hnswlib, faiss) land before the memory baseline, not in the build.
+        self.index: Any = simsearch.Index(dim, num_threads=1, **self.kwargs)
+        self.ef = 64
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        self.index = self.simsearch.Index(self.dim, num_threads=threads, **self.kwargs)
+        self.index.add(base, ids=np.arange(len(base), dtype=np.uint64))
+        self.index.num_threads = 1  # search on one thread
+
+    def set_ef(self, ef: int) -> None:
+        self.ef = ef
+
+    def search_one(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q, k=K, ef=self.ef)[0]
+
+    def search_batch(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q, k=K, ef=self.ef)[0].astype(np.int64)
+
+    def save(self, path: str) -> None:
+        self.index.save(path)
+
+    def reported_bytes(self) -> int | None:
+        return int(self.index.memory_bytes)
+
+    def isa(self) -> str | None:
+        return getattr(self.index, "isa", None)
+
+
+class Backend:
+    """simsearch's hnswlib/faiss backend object used directly (no native index needed)."""
+
+    def __init__(self, dim: int, name: str) -> None:
+        from simsearch.index import backends
+
+        cls = backends.HnswlibBackend if name == "hnswlib" else backends.FaissBackend
+        self.index = cls(dim, "cosine", M, EF_CONSTRUCTION)
+        self.ef = 64
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        self.index.add(base, np.arange(len(base), dtype=np.uint64), threads)
+
+    def set_ef(self, ef: int) -> None:
+        self.ef = ef
+
+    def search_one(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q, K, self.ef, 1)[0]
+
+    def search_batch(self, q: np.ndarray) -> np.ndarray:
+        return self.index.search(q, K, self.ef, 1)[0].astype(np.int64)
+
+    def save(self, path: str) -> None:
+        self.index.save(path)
+
+    def reported_bytes(self) -> int | None:
+        return int(self.index.memory_bytes())
+
+
+def native_available() -> str | None:
+    """None when ``simsearch.Index`` builds a native int8 index here, else why not."""
+    try:
+        import simsearch
+
+        simsearch.Index(8, metric="cosine", dtype="int8")
+    except Exception as err:  # any failure means: measure without it, and say why
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def make(lib: str, dim: int) -> Any:
+    if lib == "hnswlib-f32":
+        return HnswlibF32(dim)
+    if lib == "faiss-sq8":
+        return FaissSQ8(dim)
+    if lib == "usearch-i8":
+        return UsearchI8(dim)
+    if lib in SIMSEARCH:
+        return Simsearch(dim, rescore=lib.endswith("rescore"))
+    if lib in WRAPPERS:
+        name = lib.split("-", 1)[1]
+        return Simsearch(dim, backend=name) if native_available() is None else Backend(dim, name)
+    raise ValueError(f"unknown library {lib!r}")
+
+
+# --------------------------------------------------------------------------- one library
+
+
+def run_worker(lib: str, prefix: str, efs: list[int], repeats: int, build_threads: list[int]) -> dict:
+    """Build, size and sweep one library in this (fresh) process."""
+    base = np.load(prefix + "-base.npy")
+    queries = np.load(prefix + "-queries.npy")
+    true_scores = np.load(prefix + "-gt_scores.npy")
+    dim = base.shape[1]
+    out: dict[str, Any] = {"library": lib, "n": len(base), "build_s": {}}
+
+    # The searched index is built with the most threads, first, in a clean
+    # process, so its resident-set growth is not blurred by freed memory.
+    threads_order = sorted(build_threads, reverse=True)
+    adapter = make(lib, dim)
+    prepare = getattr(adapter, "prepare", None)
+    b = prepare(base) if prepare else base
+    q = prepare(queries) if prepare else queries
+    gc.collect()
+    rss0 = rss_bytes()
+    start = time.perf_counter()
+    adapter.build(b, threads_order[0])
+    out["build_s"][str(threads_order[0])] = time.perf_counter() - start
+    gc.collect()
+    out["rss_growth_bytes"] = rss_bytes() - rss0
+    out["reported_bytes"] = adapter.reported_bytes()
+    if hasattr(adapter, "isa"):
+        out["isa"] = adapter.isa()
+    with tempfile.TemporaryDirectory(dir=_data.CACHE_DIR) as tmp:
+        path = os.path.join(tmp, "index")
+        adapter.save(path)
+        out["file_bytes"] = sum(
+            os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
+        )  # rescoring may write the originals beside the index
+
+    sweep = []
+    singles = [q[i : i + 1] for i in range(len(q))]
+    for ef in efs:
+        adapter.set_ef(ef)
+        t_batch, found = timed(lambda: adapter.search_batch(q), repeats)
+        t_single, _ = timed(lambda: [adapter.search_one(s) for s in singles], repeats)
+        recall = _data.recall_at_k(found, base, queries, true_scores, metric="ip")
+        sweep.append(
+            {
+                "ef": ef,
+                "recall": recall,
+                "qps_single": len(q) / t_single,
+                "qps_batch": len(q) / t_batch,
+            }
+        )
+    out["sweep"] = sweep
+    del adapter
+    gc.collect()
+
+    for threads in threads_order[1:]:
+        other = make(lib, dim)
+        start = time.perf_counter()
+        other.build(b, threads)
+        out["build_s"][str(threads)] = time.perf_counter() - start
+        del other
+        gc.collect()
+    return out
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def qps_at(sweep: list[dict], target: float, mode: str) -> float | None:
+    """Best QPS at recall >= target on the sweep, interpolating between ef steps.
+
+    Between two consecutive ef values whose recalls bracket the target, QPS is
+    interpolated linearly in recall; the answer is the best of those and of
+    every measured point at or above the target. None if no point reaches it.
+    """
+    key = f"qps_{mode}"
+    best = None
+    pts = sorted(sweep, key=lambda p: p["ef"])
+    for p in pts:
+        if p["recall"] >= target:
+            best = max(best or 0.0, p[key])
+    for a, b in zip(pts, pts[1:]):
+        if a["recall"] < target <= b["recall"]:
+            w = (target - a["recall"]) / (b["recall"] - a["recall"])
+            best = max(best or 0.0, a[key] + w * (b[key] - a[key]))
+    return best
+
+
+def fmt_qps(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:,.0f}"
+
+
+def report(dataset: str, results: list[dict], n_queries: int) -> dict:
+    """Print one data set's tables; return its headline figures."""
+    ok = [r for r in results if "error" not in r]
+    print(f"\n=== {dataset}: {ok[0]['n'] if ok else '?'} vectors, {n_queries} queries, recall@{K} ===")
+    for r in results:
+        if "error" in r:
+            print(f"{r['library']}: FAILED: {r['error']}")
+    print("\nsweep (one search thread): ef, recall@10, QPS one query per call, QPS batch of 1,000")
+    for r in ok:
+        print(f"  {r['library']}")
+        for p in r["sweep"]:
+            print(
+                f"    ef {p['ef']:>4}  recall {p['recall']:.4f}  "
+                f"single {p['qps_single']:>9,.0f}  batch {p['qps_batch']:>9,.0f}"
+            )
+
+    print("\nbuild and memory")
+    print(f"  {'library':<24} {'build 1 thr s':>13} {'build 2 thr s':>13} {'RSS growth MB':>14} "
+          f"{'B/vector':>9} {'file MB':>8} {'reported MB':>12}")
+    head: dict[str, Any] = {}
+    for r in ok:
+        n = r["n"]
+        rep = r.get("reported_bytes")
+        print(
+            f"  {r['library']:<24} {r['build_s'].get('1', float('nan')):>13.1f} "
+            f"{r['build_s'].get('2', float('nan')):>13.1f} {r['rss_growth_bytes'] / 1e6:>14.1f} "
+            f"{r['rss_growth_bytes'] / n:>9.0f} {r['file_bytes'] / 1e6:>8.1f} "
+            f"{'-' if rep is None else f'{rep / 1e6:.1f}':>12}"
+        )
+        head[r["library"]] = {
+            "build_s": r["build_s"],
+            "rss_bytes_per_vector": r["rss_growth_bytes"] / n,
+            "file_bytes_per_vector": r["file_bytes"] / n,
+            "qps_at_recall": {},
+            "max_recall": max(p["recall"] for p in r["sweep"]),
+        }
+        if r.get("isa"):
+            head[r["library"]]["isa"] = r["isa"]
+
+    for mode, label in (("batch", "batch of 1,000 per call"), ("single", "one query per call")):
+        print(f"\nQPS at recall@10 ({label}, one thread), max recall reached")
+        print(f"  {'library':<24} " + " ".join(f"{t:>12}" for t in TARGETS) + f" {'max recall':>11}")
+        for r in ok:
+            vals = [qps_at(r["sweep"], t, mode) for t in TARGETS]
+            head[r["library"]]["qps_at_recall"][mode] = {str(t): v for t, v in zip(TARGETS, vals)}
+            print(f"  {r['library']:<24} " + " ".join(f"{fmt_qps(v):>12}" for v in vals)
+                  + f" {head[r['library']]['max_recall']:>11.4f}")
+        for ours in (name for name in SIMSEARCH if name in head):
+            print(f"  ratio {ours} / other:")
+            for r in ok:
+                if r["library"] in SIMSEARCH:
+                    continue
+                cells = []
+                for t in TARGETS:
+                    a = head[ours]["qps_at_recall"][mode][str(t)]
+                    b = head[r["library"]]["qps_at_recall"][mode][str(t)]
+                    cells.append("-" if a is None or b is None else f"{a / b:.2f}x")
+                print(f"    vs {r['library']:<20} " + " ".join(f"{c:>12}" for c in cells))
+    return head
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def prepare_dataset(name: str, n: int | None, n_queries: int) -> str:
+    """Write base, queries and exact ground truth for one data set; return the file prefix."""
+    if name == "titles":
+        vectors = _data.title_embeddings()
+        base, queries = _data.split_queries(vectors, n_queries)
+        if n is not None:
+            base = base[:n]
+    else:
+        base, queries = _data.cached_synthetic_mixture(n or 200_000, n_queries)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    gt_ids, gt_scores = _data.exact_knn(base, queries, K, metric="ip")
+    prefix = str(_data.CACHE_DIR / f"ann-{name}-{len(base)}-{len(queries)}")
+    for part, arr in (("base", base), ("queries", queries), ("gt_ids", gt_ids), ("gt_scores", gt_scores)):
+        np.save(f"{prefix}-{part}.npy", arr)
+    return prefix
+
+
+def run_library(lib: str, prefix: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable, __file__, "--worker", lib, "--prefix", prefix,
+        "--efs", ",".join(map(str, args.efs)), "--repeats", str(args.repeats),
+        "--build-threads", ",".join(map(str, args.build_threads)),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"library": lib, "error": " | ".join(tail) or f"exit {proc.returncode}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {lib}: done in {took:.0f} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=("titles", "synthetic", "all"), default="all")
+    parser.add_argument("--n", type=int, default=None, help="base vectors per data set (default: all titles, 200,000 synthetic)")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="20,000 vectors, a short sweep, one timing each")
+    parser.add_argument("--repeats", type=int, default=None, help="timings per point, median kept (default 3, quick 1)")
+    parser.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--build-threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument("--libraries", type=lambda s: s.split(","), default=list(LIBRARIES))
+    parser.add_argument("--with-backends", action="store_true", help="also time simsearch's hnswlib/faiss backends")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.efs is None:
+        args.efs = list(QUICK_EFS if args.quick else FULL_EFS)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.quick and args.n is None:
+        args.n = 20_000
+
+    if args.worker:
+        result = run_worker(args.worker, args.prefix, args.efs, args.repeats, args.build_threads)
+        print(json.dumps(result))
+        return 0
+
+    flags = cpu_flags()
+    print(f"CPU: {cpu_model()}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+    print(f"cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}")
+    libraries = list(args.libraries) + (list(WRAPPERS) if args.with_backends else [])
+    why_not = native_available()
+    isa = None
+    if why_not is None:
+        import simsearch
+
+        isa = getattr(simsearch.Index(8, metric="cosine", dtype="int8"), "isa", None)
+        print(f"simsearch from {os.path.dirname(simsearch.__file__)}; kernel (index.isa): {isa}")
+    else:
+        print(f"simsearch native index unavailable ({why_not}): measuring the others only")
+        libraries = [lib for lib in libraries if lib not in SIMSEARCH]
+    print(f"M={M} ef_construction={EF_CONSTRUCTION} k={K} efs={args.efs} repeats={args.repeats} "
+          f"build threads={args.build_threads}")
+
+    datasets = ("titles", "synthetic") if args.dataset == "all" else (args.dataset,)
+    summary: dict[str, Any] = {
+        "cpu": flags, "isa": isa, "native": why_not is None, "datasets": {},
+        "command": "python benchmarks/ann.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    for name in datasets:
+        print(f"\npreparing {name} ...", flush=True)
+        prefix = prepare_dataset(name, args.n, args.queries)
+        results = [run_library(lib, prefix, args) for lib in libraries]
+        summary["datasets"][name] = report(name, results, args.queries)
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
