@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first access.
 _LAZY: dict[str, str] = {
+    "TextEncoder": "simsearch.encoders",
+    "EmbeddingCache": "simsearch.cache",
+    "RedisEmbeddingCache": "simsearch.cache",
 }
 
 __all__ = ["Index", "__version__", *_LAZY]
