@@ -279,7 +279,9 @@ class RedisEmbeddingCache(_Counters):
 
     def clear(self, model: str | None = None) -> None:
         """Delete every entry under the prefix, or only those of ``model``."""
-        pattern = f"{self.prefix}{model}:*" if model is not None else f"{self.prefix}*"
+        literal = self.prefix if model is None else f"{self.prefix}{model}:"
+        # Escape glob characters so that only this prefix matches.
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in literal) + "*"
         batch = []
         for name in self._client.scan_iter(match=pattern, count=1000):
             batch.append(name)
