@@ -378,10 +378,10 @@ private:
         quant_.make_query(buf.data(), qc);
     }
 
+    // Every cache line of a node's codes (the first is usually in flight already).
     void prefetch_node(uint32_t s) const {
         const char* c = reinterpret_cast<const char*>(codes(s));
-        __builtin_prefetch(c);
-        __builtin_prefetch(c + 64);
+        for (size_t off = 64; off < dim_padded_; off += 64) __builtin_prefetch(c + off);
     }
 
     // ---- construction ----------------------------------------------------------
@@ -602,34 +602,39 @@ private:
         if (!kCheckDeleted || !(flags_[ep] & kDeleted)) top.emplace(d0, ep);
         float bound = top.empty() ? INFINITY : d0;
         cand.emplace(-d0, ep);
+        thread_local std::vector<uint32_t> fresh;
+        fresh.resize(M0_);
         while (!cand.empty()) {
             const DistId c = cand.top();
             if (-c.first > bound && top.size() >= ef) break;
             cand.pop();
             const uint32_t* ll = links0(c.second);
             const uint32_t cnt = ll[0];
-            if (cnt) {
-                __builtin_prefetch(vis + ll[1]);
-                prefetch_node(ll[1]);
-            }
+            // Gather the unvisited neighbours and start fetching all their
+            // codes before computing any distance, so the cache misses of
+            // one neighbour list overlap instead of queueing one by one.
+            for (uint32_t j = 1; j <= cnt; ++j) __builtin_prefetch(vis + ll[j]);
+            size_t m = 0;
             for (uint32_t j = 1; j <= cnt; ++j) {
                 const uint32_t x = ll[j];
-                if (j < cnt) {
-                    __builtin_prefetch(vis + ll[j + 1]);
-                    prefetch_node(ll[j + 1]);
-                }
                 if (vis[x] == tag) continue;
                 vis[x] = tag;
+                fresh[m++] = x;
+                __builtin_prefetch(codes(x));
+            }
+            for (size_t i = 0; i < m; ++i) {
+                if (i + 1 < m) prefetch_node(fresh[i + 1]);
+                const uint32_t x = fresh[i];
                 const float d = dist(q, x);
                 if (top.size() < ef || d < bound) {
                     cand.emplace(-d, x);
-                    __builtin_prefetch(links0(cand.top().second));
                     if (kCheckDeleted && (flags_[x] & kDeleted)) continue;
                     top.emplace(d, x);
                     if (top.size() > ef) top.pop();
                     bound = top.top().first;
                 }
             }
+            if (!cand.empty()) __builtin_prefetch(links0(cand.top().second));
         }
     }
 
