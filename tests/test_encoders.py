@@ -96,8 +96,8 @@ def test_int8_agrees_with_fp32(fp32, int8, titles):
     a = fp32.encode(titles)
     b = int8.encode(titles)
     cos = (a * b).sum(axis=1)
-    assert cos.mean() >= 0.99
-    assert cos.min() >= 0.95
+    assert cos.mean() >= 0.995
+    assert cos.min() >= 0.98
     # Neighbours of each title among the others: mostly the same under int8.
     def top5(e):
         s = e @ e.T
@@ -105,7 +105,7 @@ def test_int8_agrees_with_fp32(fp32, int8, titles):
         return np.argsort(-s, axis=1)[:, :5]
 
     overlap = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(top5(a), top5(b))])
-    assert overlap >= 0.85
+    assert overlap >= 0.9
 
 
 def test_int8_graph_runs_integer_kernels(int8):
@@ -115,11 +115,13 @@ def test_int8_graph_runs_integer_kernels(int8):
 
     graph = onnx.load(str(int8.onnx_path))
     ops = [n.op_type for n in graph.graph.node]
-    # 6 layers x (1 attention + 3 dense) = 24 integer matmuls; no float MatMul left.
-    assert integer_op_count(int8.onnx_path) == 24
-    assert "MatMul" not in ops
+    # 6 layers x (QKV attention + attention output + FFN input) = 18 integer
+    # matmuls; the 6 FFN output projections (fed by GELU) stay float.
+    assert integer_op_count(int8.onnx_path) == 18
+    assert ops.count("QAttention") == 6
+    assert ops.count("MatMul") == 6
     assert INTEGER_OPS & set(ops)
-    # The word embeddings stay float (measured to matter, saves no time).
+    # The word embeddings stay float (a lookup: int8 saves no time).
     assert "EmbedLayerNormalization" in ops
 
 

@@ -1,0 +1,286 @@
+"""Encoders side by side: speed and quality on real product titles.
+
+Variants (all all-MiniLM-L6-v2 unless noted):
+
+* ``st-fp32``: sentence-transformers on torch, fp32 (the reference vectors).
+* ``st-int8-recipe``: sentence-transformers' own int8 ONNX path needs
+  ``optimum``, which is not installed here, and its pre-built
+  ``model_qint8_avx512_vnni.onnx`` lives on the Hugging Face Hub, which nothing
+  here may reach. This variant reproduces that recipe as closely as we can: the
+  plain (unfused) ONNX export, ``quantize_dynamic`` with one scale per weight
+  tensor, int8 weights, uint8 activations, MatMul only, run by a lean
+  tokenizers + onnxruntime loop.
+* ``simsearch-fp32``, ``simsearch-int8``: :class:`simsearch.TextEncoder`.
+* ``student-int8``: a distilled student (``--student DIR``), when given.
+
+Figures: titles/s at batch 32 and 64 (median of ``--repeats`` passes over
+``--n`` PriceRunner titles), single-title latency p50/p99, and against
+st-fp32: mean cosine of each title's two vectors, top-10 neighbour overlap
+among the titles, and Abt-Buy recall@1 (each Abt product's nearest Buy
+product, scored against the Leipzig perfect mapping). Runs at 1 and 2 threads.
+The last line printed is one JSON object with the headline figures.
+
+Usage::
+
+    python benchmarks/encoders.py [--n 2000] [--repeats 3] [--threads 1 2] [--student DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+sys.path.append(str(REPO))  # an installed simsearch wins; else the checkout
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags of this CPU that matter for int8 inference."""
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in wanted if f in have]
+    return []
+
+
+def pricerunner_titles(n: int) -> list[str]:
+    with open(DATA / "pricerunner" / "pricerunner_aggregate.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        titles = [row[1] for row in reader]
+    idx = np.random.default_rng(0).choice(len(titles), n, replace=False)
+    return [titles[i] for i in idx]
+
+
+def abt_buy() -> tuple[list[str], list[str], list[int], list[int], set[tuple[int, int]]]:
+    root = DATA / "abt_buy" / "leipzig"
+    with open(root / "abt.csv", newline="", encoding="cp1252") as f:
+        abt = list(csv.DictReader(f))
+    with open(root / "buy.csv", newline="", encoding="utf-8", errors="replace") as f:
+        buy = list(csv.DictReader(f))
+    with open(root / "abt_buy_perfect_mapping.csv", newline="", encoding="utf-8") as f:
+        pairs = {(int(r["idAbt"]), int(r["idBuy"])) for r in csv.DictReader(f)}
+    return (
+        [r["name"].strip() for r in abt],
+        [r["name"].strip() for r in buy],
+        [int(r["id"]) for r in abt],
+        [int(r["id"]) for r in buy],
+        pairs,
+    )
+
+
+def top10(e: np.ndarray) -> np.ndarray:
+    s = e @ e.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :10]
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)]))
+
+
+def recall_at_1(encode: Callable[[list[str], int], np.ndarray], ab: tuple) -> float:
+    abt_names, buy_names, abt_ids, buy_ids, pairs = ab
+    a = encode(abt_names, 32)
+    b = encode(buy_names, 32)
+    best = np.argmax(a @ b.T, axis=1)
+    return float(np.mean([(abt_ids[i], buy_ids[j]) in pairs for i, j in enumerate(best)]))
+
+
+class LeanOnnx:
+    """tokenizers + onnxruntime with sorted batches and mean pooling: no simsearch code."""
+
+    def __init__(self, path: Path, model_dir: Path, threads: int) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tok.no_padding()
+        self.tok.enable_truncation(128)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        encs = self.tok.encode_batch(texts)
+        order = np.argsort([len(e.ids) for e in encs], kind="stable")
+        out = np.empty((len(texts), 384), np.float32)
+        for s in range(0, len(texts), batch_size):
+            rows = order[s : s + batch_size]
+            width = max(len(encs[i].ids) for i in rows)
+            ids = np.zeros((len(rows), width), np.int64)
+            mask = np.zeros_like(ids)
+            for j, i in enumerate(rows):
+                ids[j, : len(encs[i].ids)] = encs[i].ids
+                mask[j, : len(encs[i].ids)] = 1
+            h = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+            m = mask[..., None].astype(np.float32)
+            v = (h * m).sum(1) / m.sum(1)
+            out[rows] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return out
+
+
+def st_int8_recipe(model_dir: Path, workdir: Path) -> Path:
+    """The plain export quantized as sentence-transformers' avx512_vnni config does (see module doc)."""
+    import logging
+    import warnings
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m: Any) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    raw = workdir / "plain.onnx"
+    out = workdir / "plain_qint8.onnx"
+    model = Hidden(AutoModel.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager").eval())
+    ids = torch.tensor([[101, 2023, 2003, 102], [101, 2023, 102, 0]])
+    mask = (ids != 0).long()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (ids, mask, torch.zeros_like(ids)), str(raw), input_names=names, output_names=["h"],
+            dynamic_axes={n: {0: "b", 1: "s"} for n in names + ["h"]}, opset_version=17, dynamo=False,
+        )
+        logging.getLogger().setLevel(logging.ERROR)
+        quantize_dynamic(
+            str(raw), str(out), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False,
+            op_types_to_quantize=["MatMul"],
+        )
+    return out
+
+
+def throughput(encode: Callable[[list[str], int], np.ndarray], titles: list[str], batch: int, repeats: int) -> float:
+    encode(titles[:batch], batch)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        encode(titles, batch)
+        rates.append(len(titles) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def latency(encode: Callable[[list[str], int], np.ndarray], titles: list[str], n: int) -> tuple[float, float]:
+    times = []
+    for t in titles[:n]:
+        s = time.perf_counter()
+        encode([t], 1)
+        times.append((time.perf_counter() - s) * 1e3)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="PriceRunner titles for speed and neighbour overlap")
+    ap.add_argument("--repeats", type=int, default=3, help="passes per throughput figure (median)")
+    ap.add_argument("--latency-n", type=int, default=300, help="single titles timed for p50/p99")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--student", type=Path, default=None, help="distilled student directory (simsearch.distill)")
+    args = ap.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from simsearch import TextEncoder
+    from simsearch.encoders.export import default_model_dir
+
+    flags = cpu_flags()
+    print(f"CPU flags: {' '.join(flags) or 'unknown'}; cores: {os.cpu_count()}")
+    titles = pricerunner_titles(args.n)
+    ab = abt_buy()
+    model_dir = default_model_dir()
+    workdir = Path(tempfile.mkdtemp(prefix="simsearch-bench-"))
+
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    st_int8 = st_int8_recipe(model_dir, workdir)
+
+    def variants(threads: int) -> dict[str, Callable[[list[str], int], np.ndarray]]:
+        torch.set_num_threads(threads)
+        out: dict[str, Callable[[list[str], int], np.ndarray]] = {
+            "st-fp32": lambda t, b: st.encode(t, batch_size=b, normalize_embeddings=True, convert_to_numpy=True),
+            "st-int8-recipe": LeanOnnx(st_int8, model_dir, threads).encode,
+        }
+        for precision in ("fp32", "int8"):
+            enc = TextEncoder(precision=precision, num_threads=threads)
+            out[f"simsearch-{precision}"] = lambda t, b, enc=enc: enc.encode(t, batch_size=b, progress=False)
+        if args.student is not None:
+            enc = TextEncoder(model=args.student, precision="int8", num_threads=threads)
+            out["student-int8"] = lambda t, b, enc=enc: enc.encode(t, batch_size=b, progress=False)
+        return out
+
+    rows: dict[tuple[str, int], dict[str, float]] = {}
+    quality: dict[str, dict[str, float]] = {}
+    ref = ref_top = None
+    for threads in args.threads:
+        for name, encode in variants(threads).items():
+            r: dict[str, float] = {}
+            r["b32"] = throughput(encode, titles, 32, args.repeats)
+            r["b64"] = throughput(encode, titles, 64, args.repeats)
+            r["p50"], r["p99"] = latency(encode, titles, args.latency_n)
+            rows[(name, threads)] = r
+            if name not in quality:
+                vec = encode(titles, 32)
+                if ref is None:
+                    ref, ref_top = vec, top10(vec)
+                quality[name] = {
+                    "cos": float((vec * ref).sum(1).mean()),
+                    "overlap": overlap(top10(vec), ref_top),
+                    "recall1": recall_at_1(encode, ab),
+                }
+            print(f"  done {name} at {threads} thread(s): {r}", file=sys.stderr, flush=True)
+
+    print(f"\n{args.n} PriceRunner titles; Abt-Buy {len(ab[0])} x {len(ab[1])}; CPU flags: {' '.join(flags)}")
+    print("| variant | threads | titles/s b32 | titles/s b64 | 1-title p50 ms | p99 ms | cos to fp32 | top-10 overlap | Abt-Buy R@1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (name, threads), r in rows.items():
+        q = quality[name]
+        print(
+            f"| {name} | {threads} | {r['b32']:.0f} | {r['b64']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} "
+            f"| {q['cos']:.4f} | {q['overlap']:.3f} | {q['recall1']:.3f} |"
+        )
+
+    one = min(args.threads)
+    head: dict[str, Any] = {"cpu_flags": flags, "n_titles": args.n}
+    for name in quality:
+        head[f"{name}_titles_per_s_b32_{one}t"] = round(rows[(name, one)]["b32"], 1)
+        head[f"{name}_p50_ms"] = round(rows[(name, one)]["p50"], 2)
+        head[f"{name}_p99_ms"] = round(rows[(name, one)]["p99"], 2)
+        head[f"{name}_cos"] = round(quality[name]["cos"], 4)
+        head[f"{name}_overlap10"] = round(quality[name]["overlap"], 3)
+        head[f"{name}_recall1"] = round(quality[name]["recall1"], 3)
+    head["int8_speedup_vs_st_fp32"] = round(rows[("simsearch-int8", one)]["b32"] / rows[("st-fp32", one)]["b32"], 2)
+    head["int8_speedup_vs_st_int8_recipe"] = round(
+        rows[("simsearch-int8", one)]["b32"] / rows[("st-int8-recipe", one)]["b32"], 2
+    )
+    if 2 in args.threads and 1 in args.threads:
+        head["int8_two_thread_scaling"] = round(rows[("simsearch-int8", 2)]["b32"] / rows[("simsearch-int8", 1)]["b32"], 2)
+    print(json.dumps(head))
+
+
+if __name__ == "__main__":
+    main()
