@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported on first access.
 _LAZY: dict[str, str] = {
     "TextEncoder": "simsearch.encoders",
+    "ImageEncoder": "simsearch.encoders",
+    "distill": "simsearch.encoders",
     "EmbeddingCache": "simsearch.cache",
     "RedisEmbeddingCache": "simsearch.cache",
 }

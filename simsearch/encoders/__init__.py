@@ -2,11 +2,14 @@
 
 :class:`TextEncoder` and :class:`ImageEncoder` export their model to ONNX once
 (cached by fingerprint), quantize it to int8 on request and run it with
-onnxruntime (CPU, CUDA) or torch-neuronx.
+onnxruntime (CPU, CUDA) or torch-neuronx; :func:`distill` trains a smaller
+student text model. torch is imported only to export or train.
 """
 
 from __future__ import annotations
 
+from simsearch.encoders.distill import distill
+from simsearch.encoders.image import ImageEncoder
 from simsearch.encoders.text import TextEncoder
 
-__all__ = ["TextEncoder"]
+__all__ = ["ImageEncoder", "TextEncoder", "distill"]

@@ -41,3 +41,35 @@ class PooledText(torch.nn.Module):
             return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
         # Mean over real tokens only, as sentence-transformers' Pooling does.
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class PooledImage(torch.nn.Module):
+    """A vision transformer reduced to one vector per image.
+
+    CLIP gives its projected image embedding; other models (ViT, DINOv2...)
+    give the final [CLS] token, after the model's last LayerNorm.
+    ``forward(pixel_values)`` takes float32 (batch, 3, H, W) and returns
+    float32 (batch, dim), unnormalised.
+    """
+
+    def __init__(self, model: Any, is_clip: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.is_clip = is_clip
+
+    @classmethod
+    def from_directory(cls, path: Any, model_type: str) -> PooledImage:
+        import transformers
+
+        kwargs = {"local_files_only": True, "attn_implementation": "eager"}
+        if model_type == "clip":
+            model = transformers.CLIPVisionModelWithProjection.from_pretrained(path, **kwargs)
+        else:
+            model = transformers.AutoModel.from_pretrained(path, **kwargs)
+        return cls(model.eval(), model_type == "clip")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values)
+        if self.is_clip:
+            return out.image_embeds
+        return out.last_hidden_state[:, 0]
