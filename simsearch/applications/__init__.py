@@ -1,0 +1,28 @@
+"""The jobs users come for: kNN classification, catalog matching, duplicate detection."""
+
+from simsearch.applications.classifier import KNNClassifier
+from simsearch.applications.dedup import (
+    Duplicates,
+    ThresholdChoice,
+    choose_threshold,
+    find_duplicates,
+    mean_group_f1,
+    pairwise_precision_recall,
+)
+from simsearch.applications.lexical import Calibration, PairScoring, best_f1_threshold, extract_facts
+from simsearch.applications.matcher import CatalogMatcher
+
+__all__ = [
+    "Calibration",
+    "CatalogMatcher",
+    "Duplicates",
+    "KNNClassifier",
+    "PairScoring",
+    "ThresholdChoice",
+    "best_f1_threshold",
+    "choose_threshold",
+    "extract_facts",
+    "find_duplicates",
+    "mean_group_f1",
+    "pairwise_precision_recall",
+]

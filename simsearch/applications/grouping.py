@@ -1,0 +1,173 @@
+"""Turn scored pairs into groups of duplicates, without chaining distinct products.
+
+Connected components of the above-threshold pairs (single linkage) chain
+products together: A looks like B, B like C, and soon thousands of fridges
+share one group. :func:`group_pairs` keeps union-find's speed but merges two
+groups only when they agree *as groups*:
+
+- pairs are taken strongest first;
+- two groups merge only if the **mean score over all pairs across them** (average
+  linkage, scored exactly by a callback) is at least ``link_threshold``, so a
+  member joins a group by being close to the group, not to one member;
+- a merge that would make a group larger than ``max_group_size`` is refused.
+
+With ``refine=False`` the result is plain connected components (scipy), for
+callers who want single linkage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+#: Scores every pair across two member lists: ``f(rows_a, rows_b) -> (len(a), len(b))``.
+CrossScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class UnionFind:
+    """Disjoint sets over ``0..n-1`` with member lists, union by size.
+
+    Parameters
+    ----------
+    n : int
+        Number of elements.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
+        self.members: dict[int, list[int]] = {}
+
+    def find(self, x: int) -> int:
+        """Root of ``x`` (with path halving)."""
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    def group(self, root: int) -> list[int]:
+        """Members of the set whose root is ``root``."""
+        return self.members.get(root, [root])
+
+    def union(self, a: int, b: int) -> int:
+        """Merge the sets of roots ``a`` and ``b``; returns the new root."""
+        ga, gb = self.group(a), self.group(b)
+        if len(ga) < len(gb):
+            a, b, ga, gb = b, a, gb, ga
+        self.parent[b] = a
+        merged = ga if a in self.members else list(ga)
+        merged.extend(gb)
+        self.members[a] = merged
+        self.members.pop(b, None)
+        return a
+
+    def labels(self) -> np.ndarray:
+        """Root of every element, shape (n,), int64."""
+        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
+
+
+def group_pairs(
+    n: int,
+    rows_a: np.ndarray,
+    rows_b: np.ndarray,
+    scores: np.ndarray,
+    *,
+    cross_score: CrossScore | None = None,
+    link_threshold: float | None = None,
+    max_group_size: int | None = 100,
+    refine: bool = True,
+) -> np.ndarray:
+    """Group ``n`` items from scored pairs.
+
+    Parameters
+    ----------
+    n : int
+        Number of items (rows ``0..n-1``).
+    rows_a, rows_b : ndarray of shape (m,), int
+        The pairs, already filtered to those above the pair threshold.
+    scores : ndarray of shape (m,), float
+        Their scores; pairs are merged strongest first.
+    cross_score : callable, optional
+        ``f(rows_a, rows_b)`` returning the score matrix of every pair across
+        two groups. Required when ``refine`` is True.
+    link_threshold : float, optional
+        Least mean cross score for two groups to merge; ``None`` merges
+        whenever ``cross_score`` is not given.
+    max_group_size : int or None, default 100
+        Largest group; ``None`` for no cap.
+    refine : bool, default True
+        ``False`` returns connected components of the pairs (no linkage check,
+        no size cap).
+
+    Returns
+    -------
+    labels : ndarray of shape (n,), int64
+        Group label of each item: the smallest row number in its group, so
+        labels are stable for a given input and a singleton is its own label.
+    """
+    rows_a = np.asarray(rows_a, dtype=np.int64)
+    rows_b = np.asarray(rows_b, dtype=np.int64)
+    if not refine:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        graph = coo_matrix((np.ones(len(rows_a), dtype=np.int8), (rows_a, rows_b)), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        return _smallest_member_labels(comp)
+    if cross_score is None and link_threshold is not None:
+        raise ValueError("refine with a link_threshold needs cross_score")
+    cap = np.inf if max_group_size is None else max_group_size
+    uf = UnionFind(n)
+    for e in np.argsort(-np.asarray(scores), kind="stable"):
+        a, b = uf.find(int(rows_a[e])), uf.find(int(rows_b[e]))
+        if a == b:
+            continue
+        ga, gb = uf.group(a), uf.group(b)
+        if len(ga) + len(gb) > cap:
+            continue
+        if link_threshold is not None and (len(ga) > 1 or len(gb) > 1):
+            cross = cross_score(np.asarray(ga), np.asarray(gb))  # type: ignore[misc]
+            if float(np.mean(cross)) < link_threshold:
+                continue
+        uf.union(a, b)
+    return _smallest_member_labels(uf.labels())
+
+
+def _smallest_member_labels(comp: np.ndarray) -> np.ndarray:
+    """Relabel components by their smallest member."""
+    comp = np.asarray(comp, dtype=np.int64)
+    smallest = np.full(comp.max() + 1 if len(comp) else 0, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, comp, np.arange(len(comp), dtype=np.int64))
+    return smallest[comp]
+
+
+def canonical_members(labels: np.ndarray, cross_score: CrossScore | None) -> dict[int, int]:
+    """Pick each group's canonical member: the one most similar to the rest.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n,), int64
+        From :func:`group_pairs`.
+    cross_score : callable or None
+        As in :func:`group_pairs`; ``None`` picks the smallest row.
+
+    Returns
+    -------
+    dict
+        Group label -> row of its canonical member, for groups of two or more.
+    """
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1], True])
+    out: dict[int, int] = {}
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if stop - start < 2:
+            continue
+        members = order[start:stop]
+        if cross_score is None:
+            out[int(labels[members[0]])] = int(members.min())
+            continue
+        sims = np.asarray(cross_score(members, members), dtype=np.float64)
+        # Medoid: highest summed similarity; ties go to the first row.
+        out[int(labels[members[0]])] = int(members[int(np.argmax(sims.sum(axis=1)))])
+    return out

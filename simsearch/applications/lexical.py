@@ -1,0 +1,503 @@
+"""Cheap lexical evidence for product titles, and the pair score built on it.
+
+A general sentence model blurs what separates near-identical products: model
+numbers, capacities, sizes. Three cheap signals see them, and the pair score of
+:class:`PairScoring` combines them with the embedding cosine:
+
+- **character n-gram TF-IDF cosine** (3 to 5 characters inside word
+  boundaries, sublinear term frequency, IDF learned from the titles at hand),
+  which matches ``kdl-40v4100`` with ``kdl40v4100`` and weighs rare tokens up;
+- **model codes**: tokens of at least three characters that contain a digit
+  (``wan28281gb``, ``i7-8700k``, ``7873``). Two titles that share a code, or a
+  run of three or more digits inside their codes, get a bonus; two titles whose
+  codes are *near misses* of each other (same leading letters and either at most
+  two edits apart or with leading digit runs of equal length, as ``smu24as00eu``
+  and ``smu46is00d``) and that share none get a large penalty: that is the
+  signature of two variants of one product line;
+- **measures**: a number followed by a unit (``64 gb``, ``8kg``, ``55"``).
+  Titles that both state a unit but never the same value for it get a penalty.
+
+Codes and measures are only compared when both titles have them: a title that
+states no code is neither helped nor hurt.
+
+The default weights were chosen on PriceRunner and the Shopee dev split (see
+``benchmarks/RESULTS.md``) and then kept fixed for every data set; they are
+plain fields of :class:`PairScoring`, so a user can set them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Units that follow a number in product titles. Longer spellings come first so
+# that the alternation prefers them ("mhz" before "m").
+_UNITS = (
+    "megapixel|mpix|mpx|mp|ghz|mhz|hz|gb|tb|mb|kb|inches|inch|in|zoll|cm|mm|m|kg|gram|gr|g|mg|"
+    "ml|ltr|litre|liter|l|kw|w|v|mah|pcs|pc|lbs|lb|oz|rpm|x|\"|''"
+)
+_UNIT_ALIASES = {"inches": "inch", "in": "inch", "zoll": "inch", '"': "inch", "''": "inch",
+                 "gram": "g", "gr": "g", "ltr": "l", "litre": "l", "liter": "l",
+                 "mpix": "mp", "mpx": "mp", "megapixel": "mp", "pc": "pcs", "lbs": "lb"}
+_MEASURE = re.compile(r"(?<![a-z0-9.,])(\d+(?:[.,]\d+)?)\s*(" + _UNITS + r")(?![a-z0-9])")
+_TOKEN = re.compile(r"[a-z0-9]+(?:[-/._][a-z0-9]+)*")
+_SEPARATORS = re.compile(r"[-/._]")
+_DIGIT_RUN = re.compile(r"\d{3,}")
+_LEADING_LETTERS = re.compile(r"^[a-z]*")
+# Literal byte escapes ("\xf0\x9f...") left in scraped titles by a bad decode.
+_BYTE_ESCAPE = re.compile(r"\\x[0-9a-f]{2}")
+
+
+def normalize_title(text: str) -> str:
+    """Lower-case, NFKC-fold and clean a title for the lexical features.
+
+    Literal byte escapes such as ``\\xf0\\x9f`` (left by a bad decode upstream)
+    are dropped; nothing else is removed.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    str
+    """
+    return _BYTE_ESCAPE.sub(" ", unicodedata.normalize("NFKC", text).lower())
+
+
+@dataclass(frozen=True)
+class TitleFacts:
+    """Model codes and measures found in one title.
+
+    Attributes
+    ----------
+    codes : frozenset of str
+        Tokens with a digit, separators removed (``"kdl40v4100"``).
+    measures : frozenset of (str, str)
+        ``(unit, value)`` pairs, units canonical (``("inch", "55")``).
+    digit_runs : frozenset of str
+        Runs of three or more digits inside the codes.
+    """
+
+    codes: frozenset[str] = frozenset()
+    measures: frozenset[tuple[str, str]] = frozenset()
+    digit_runs: frozenset[str] = frozenset()
+
+
+def extract_facts(text: str) -> TitleFacts:
+    """Find the model codes and the measures of one title.
+
+    Parameters
+    ----------
+    text : str
+        A raw title; it is normalized with :func:`normalize_title` first.
+
+    Returns
+    -------
+    TitleFacts
+
+    Examples
+    --------
+    >>> f = extract_facts('Sony KDL-40V4100 40" LCD TV, 64 GB')
+    >>> sorted(f.codes), sorted(f.measures)
+    (['kdl40v4100'], [('gb', '64'), ('inch', '40')])
+    """
+    text = normalize_title(text)
+    measures = frozenset(
+        (_UNIT_ALIASES.get(unit, unit), value.replace(",", ".")) for value, unit in _MEASURE.findall(text)
+    )
+    codes = set()
+    for token in _TOKEN.findall(_MEASURE.sub(" ", text)):
+        code = _SEPARATORS.sub("", token)
+        if len(code) >= 3 and any(c.isdigit() for c in code):
+            codes.add(code)
+    runs = frozenset(run for code in codes for run in _DIGIT_RUN.findall(code))
+    return TitleFacts(frozenset(codes), measures, runs)
+
+
+def _edit_distance_at_most_2(a: str, b: str) -> bool:
+    if abs(len(a) - len(b)) > 2:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > 2:
+            return False
+        previous = current
+    return previous[-1] <= 2
+
+
+def _near_miss(a: str, b: str) -> bool:
+    """Two codes of one product line that name different variants."""
+    if a.startswith(b) or b.startswith(a):  # "j006" and "j006b": a suffix, not a rival
+        return False
+    if _LEADING_LETTERS.match(a).group() != _LEADING_LETTERS.match(b).group():  # type: ignore[union-attr]
+        return False
+    if _edit_distance_at_most_2(a, b):
+        return True
+    run_a, run_b = _DIGIT_RUN.findall(a), _DIGIT_RUN.findall(b)
+    return bool(run_a and run_b and len(run_a[0]) == len(run_b[0]))
+
+
+def code_relation(a: TitleFacts, b: TitleFacts) -> int:
+    """Whether two titles' model codes agree.
+
+    Returns
+    -------
+    int
+        ``1`` if they share a code or a digit run of three or more digits,
+        ``-1`` if they share none and a pair of them are near misses (see the
+        module docstring), ``0`` otherwise (including when either has no code).
+    """
+    if not a.codes or not b.codes:
+        return 0
+    if a.codes & b.codes or a.digit_runs & b.digit_runs:
+        return 1
+    for x in a.codes:
+        for y in b.codes:
+            if _near_miss(x, y):
+                return -1
+    return 0
+
+
+def measures_conflict(a: TitleFacts, b: TitleFacts) -> bool:
+    """True if both titles state a unit and never the same value for it."""
+    if not a.measures or not b.measures:
+        return False
+    units = {u for u, _ in a.measures} & {u for u, _ in b.measures}
+    return any(
+        not ({m for m in a.measures if m[0] == u} & {m for m in b.measures if m[0] == u}) for u in units
+    )
+
+
+@dataclass
+class PairScoring:
+    """How a pair score is made from the embedding and the lexical evidence.
+
+    ``score = vector_weight * cos(embeddings) + (1 - vector_weight) * cos(tfidf)
+    + code_bonus [shared code] - code_conflict_penalty [near-miss codes]
+    - measure_conflict_penalty [conflicting measures]``.
+
+    Scores therefore lie in about ``[-1.2, 1.2]``; two identical titles score 1
+    (plus the code bonus if they carry a code).
+
+    Parameters
+    ----------
+    vector_weight : float, default 0.2
+        Weight of the embedding cosine; the TF-IDF cosine gets the rest. On
+        product titles the character n-grams carry most of the signal (see
+        ``docs`` in ``benchmarks/RESULTS.md``); the embedding adds synonyms and
+        word order.
+    code_bonus : float, default 0.2
+        Added when the titles share a model code.
+    code_conflict_penalty : float, default 1.0
+        Subtracted when their codes are near misses: in effect a veto.
+    measure_conflict_penalty : float, default 0.2
+        Subtracted when they state conflicting measures (64 GB against 128 GB).
+    ngram_range : tuple of int, default (3, 5)
+        Character n-gram lengths for the TF-IDF.
+    projection_dim : int, default 128
+        Width of the random projection of the TF-IDF vector that is appended
+        to the embedding for candidate search (the index sees
+        ``[sqrt(w) * embedding, sqrt(1 - w) * projection]``).
+    """
+
+    vector_weight: float = 0.2
+    code_bonus: float = 0.2
+    code_conflict_penalty: float = 1.0
+    measure_conflict_penalty: float = 0.2
+    ngram_range: tuple[int, int] = (3, 5)
+    projection_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.vector_weight <= 1.0:
+            raise ValueError(f"vector_weight must be in [0, 1], got {self.vector_weight}")
+        for name in ("code_bonus", "code_conflict_penalty", "measure_conflict_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        lo, hi = self.ngram_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"ngram_range must be (low, high) with 1 <= low <= high, got {self.ngram_range}")
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+
+    @property
+    def max_bonus(self) -> float:
+        """The most the rules can add to the weighted cosines."""
+        return self.code_bonus
+
+
+@dataclass
+class LexicalModel:
+    """Character n-gram TF-IDF and a random projection of it, fit on titles.
+
+    Parameters
+    ----------
+    scoring : PairScoring
+        Gives the n-gram range and the projection width.
+    random_state : int, default 0
+        Seed of the random projection.
+
+    Attributes
+    ----------
+    vectorizer_ : sklearn.feature_extraction.text.TfidfVectorizer
+    projection_ : sklearn.random_projection.SparseRandomProjection
+    """
+
+    scoring: PairScoring = field(default_factory=PairScoring)
+    random_state: int = 0
+    vectorizer_: Any = None
+    projection_: Any = None
+
+    def fit(self, texts: Sequence[str]) -> LexicalModel:
+        """Learn the vocabulary and IDF from ``texts`` (usually the catalog).
+
+        Raises
+        ------
+        ValueError
+            If ``texts`` is empty.
+        """
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.random_projection import SparseRandomProjection
+
+        if len(texts) == 0:
+            raise ValueError("cannot fit the lexical model on no texts")
+        self.vectorizer_ = TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=self.scoring.ngram_range,
+            sublinear_tf=True,
+            dtype=np.float32,
+            preprocessor=normalize_title,
+        )
+        tfidf = self.vectorizer_.fit_transform(texts)
+        self.projection_ = SparseRandomProjection(
+            n_components=self.scoring.projection_dim, dense_output=True, random_state=self.random_state
+        ).fit(tfidf)
+        return self
+
+    def transform(self, texts: Sequence[str]) -> TextFeatures:
+        """TF-IDF rows, projected vectors and facts of ``texts``.
+
+        Returns
+        -------
+        TextFeatures
+        """
+        if self.vectorizer_ is None:
+            raise RuntimeError("LexicalModel.transform called before fit")
+        tfidf = self.vectorizer_.transform(texts).tocsr()
+        return TextFeatures(tfidf=tfidf, facts=[extract_facts(t) for t in texts], projection=self._project(tfidf))
+
+    def _project(self, tfidf: Any) -> np.ndarray:
+        out = np.asarray(self.projection_.transform(tfidf), dtype=np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
+
+
+@dataclass
+class TextFeatures:
+    """Lexical features of a list of titles, row ``i`` for title ``i``.
+
+    Attributes
+    ----------
+    tfidf : scipy.sparse.csr_matrix of shape (n, n_features), float32
+        L2-normalized TF-IDF rows (an all-zero row for a title with no n-gram).
+    facts : list of TitleFacts
+    projection : ndarray of shape (n, projection_dim), float32
+        Unit-norm random projection of the TF-IDF rows (zero for empty rows).
+    """
+
+    tfidf: Any
+    facts: list[TitleFacts]
+    projection: np.ndarray
+
+
+def hybrid_vectors(embeddings: np.ndarray, projection: np.ndarray, vector_weight: float) -> np.ndarray:
+    """Concatenate embeddings and the TF-IDF projection for candidate search.
+
+    The inner product of two such rows approximates
+    ``w * cos(embeddings) + (1 - w) * cos(tfidf)``, so nearest neighbours in an
+    index over them are the candidates the exact pair score will rank.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n, d1), float32, unit rows
+    projection : ndarray of shape (n, d2), float32, unit or zero rows
+    vector_weight : float in [0, 1]
+
+    Returns
+    -------
+    ndarray of shape (n, d1 + d2), float32, unit rows
+    """
+    out = np.hstack(
+        [np.sqrt(vector_weight) * embeddings, np.sqrt(1.0 - vector_weight) * projection]
+    ).astype(np.float32, copy=False)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def rowwise_dot(a: Any, rows_a: np.ndarray, b: Any, rows_b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Inner products ``a[rows_a[i]] . b[rows_b[i]]`` for dense or sparse matrices.
+
+    Parameters
+    ----------
+    a, b : ndarray or scipy.sparse matrix of shape (n_a, d), (n_b, d)
+    rows_a, rows_b : ndarray of shape (m,), int
+    chunk : int, default 65536
+        Pairs per step; bounds the temporary memory.
+
+    Returns
+    -------
+    ndarray of shape (m,), float32
+    """
+    out = np.empty(len(rows_a), dtype=np.float32)
+    sparse = hasattr(a, "multiply")
+    for start in range(0, len(rows_a), chunk):
+        ra, rb = rows_a[start : start + chunk], rows_b[start : start + chunk]
+        if sparse:
+            out[start : start + chunk] = np.asarray(a[ra].multiply(b[rb]).sum(axis=1)).ravel()
+        else:
+            out[start : start + chunk] = np.einsum("ij,ij->i", a[ra], b[rb])
+    return out
+
+
+def score_pairs(
+    scoring: PairScoring,
+    left_vectors: np.ndarray,
+    left: TextFeatures | None,
+    rows_left: np.ndarray,
+    right_vectors: np.ndarray,
+    right: TextFeatures | None,
+    rows_right: np.ndarray,
+    floor: float | None = None,
+) -> np.ndarray:
+    """Exact pair scores of ``(left[rows_left[i]], right[rows_right[i]])``.
+
+    Without lexical features (``left`` or ``right`` is None) the score is the
+    embedding inner product alone.
+
+    Parameters
+    ----------
+    scoring : PairScoring
+    left_vectors, right_vectors : ndarray of shape (n, dim), float32, unit rows
+    left, right : TextFeatures or None
+    rows_left, rows_right : ndarray of shape (m,), int
+    floor : float, optional
+        Pairs whose weighted cosines plus the largest bonus stay below ``floor``
+        cannot reach it, so their code rules are not evaluated (a speed-up only:
+        such scores come back without the rules' adjustments).
+
+    Returns
+    -------
+    ndarray of shape (m,), float32
+    """
+    rows_left = np.asarray(rows_left, dtype=np.int64)
+    rows_right = np.asarray(rows_right, dtype=np.int64)
+    vec = rowwise_dot(left_vectors, rows_left, right_vectors, rows_right)
+    if left is None or right is None:
+        return vec
+    lex = rowwise_dot(left.tfidf, rows_left, right.tfidf, rows_right)
+    w = scoring.vector_weight
+    score = (w * vec + (1.0 - w) * lex).astype(np.float32)
+    todo = np.arange(len(score)) if floor is None else np.flatnonzero(score + scoring.max_bonus >= floor)
+    for i in todo:
+        a, b = left.facts[rows_left[i]], right.facts[rows_right[i]]
+        relation = code_relation(a, b)
+        if relation > 0:
+            score[i] += scoring.code_bonus
+        elif relation < 0:
+            score[i] -= scoring.code_conflict_penalty
+        if scoring.measure_conflict_penalty and measures_conflict(a, b):
+            score[i] -= scoring.measure_conflict_penalty
+    return score
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold chosen on labelled data and the quality there.
+
+    Attributes
+    ----------
+    threshold : float
+        Pairs scoring at least this are matches.
+    f1, precision, recall : float
+        On the labelled pairs at that threshold.
+    n_pairs, n_positive : int
+        How many labelled pairs, and how many of them matches.
+    """
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+    n_pairs: int
+    n_positive: int
+
+
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
+    """The threshold that maximizes pairwise F1, with precision and recall there.
+
+    Every distinct score is tried (a pair is a match when ``score >= threshold``);
+    among equal F1 the highest threshold wins, the more cautious choice. The
+    returned threshold is halfway between the chosen score and the next lower
+    one, so that a slightly different score of the same pair does not flip it.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n,), float
+    labels : ndarray of shape (n,), {0, 1} or bool
+
+    Returns
+    -------
+    Calibration
+
+    Raises
+    ------
+    ValueError
+        If the arrays differ in length, are empty, hold NaN, or the labels are
+        not 0/1 or hold no positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D of one length, got {scores.shape} and {labels.shape}")
+    if len(scores) == 0:
+        raise ValueError("no labelled pairs to calibrate on")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf")
+    if labels.dtype != bool:
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError("labels must be 0 or 1")
+        labels = labels.astype(bool)
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        raise ValueError("labels hold no positive pair: a threshold cannot be chosen")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp = np.cumsum(y)
+    predicted = np.arange(1, len(s) + 1)
+    # Only the last position of each run of equal scores is a valid cut.
+    last = np.r_[s[1:] != s[:-1], True]
+    precision = tp / predicted
+    recall = tp / n_pos
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    f1 = np.where(last, f1, -1.0)
+    best = int(np.flatnonzero(f1 == f1.max())[0])  # highest threshold among ties
+    below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
+    threshold = float((s[best] + below) / 2)
+    return Calibration(
+        threshold=threshold,
+        f1=float(f1[best]),
+        precision=float(precision[best]),
+        recall=float(recall[best]),
+        n_pairs=len(s),
+        n_positive=n_pos,
+    )
