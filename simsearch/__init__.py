@@ -21,6 +21,10 @@ _LAZY: dict[str, str] = {
     "distill": "simsearch.encoders",
     "EmbeddingCache": "simsearch.cache",
     "RedisEmbeddingCache": "simsearch.cache",
+    "KNNClassifier": "simsearch.applications",
+    "CatalogMatcher": "simsearch.applications",
+    "find_duplicates": "simsearch.applications",
+    "PairScoring": "simsearch.applications",
 }
 
 __all__ = ["Index", "__version__", *_LAZY]
