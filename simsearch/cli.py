@@ -1,0 +1,480 @@
+"""The ``simsearch`` command line: index, search, match, dedup, classify, eval, demo.
+
+Every command reads Parquet or CSV (by suffix) through pyarrow and writes
+Parquet or CSV the same way. A user mistake (a missing file or column, an empty
+table, a dimension mismatch) ends the command with exit status 2 and one line
+on stderr, ``simsearch: error: ...``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from simsearch import _tables
+
+#: Layout version of the folder written by ``simsearch index build``.
+INDEX_DIR_FORMAT = 1
+_INDEX_FILE = "index.ssi"
+_ITEMS_FILE = "items.parquet"
+_META_FILE = "meta.json"
+
+
+class CommandError(Exception):
+    """A user mistake reported as one line, exit status 2."""
+
+
+# -- shared pieces ------------------------------------------------------------
+
+
+def _encoder(args: argparse.Namespace) -> Any:
+    from simsearch.encoders import TextEncoder
+
+    return TextEncoder(model=args.model, precision=args.precision)
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else None
+
+
+def _write_or_print(table: pa.Table, out: str | None, rows: int = 20) -> None:
+    if out:
+        _tables.write_table(table, out)
+        print(f"wrote {table.num_rows} rows to {out}", file=sys.stderr)
+        return
+    _print_table(table, rows)
+
+
+def _print_table(table: pa.Table, rows: int = 20) -> None:
+    head = table.slice(0, rows).to_pylist()
+    names = table.column_names
+    cells = [[_cell(r[n]) for n in names] for r in head]
+    widths = [min(60, max([len(n)] + [len(c[i]) for c in cells])) for i, n in enumerate(names)]
+    print("  ".join(n.ljust(w) for n, w in zip(names, widths)))
+    for c in cells:
+        print("  ".join(v[:w].ljust(w) for v, w in zip(c, widths)))
+    if table.num_rows > rows:
+        print(f"... {table.num_rows - rows} more rows (use --out FILE to keep them all)")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="local model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--precision", default="int8", choices=["int8", "fp32"], help="encoder precision (default int8)")
+
+
+def _add_columns(p: argparse.ArgumentParser, image: bool = False) -> None:
+    p.add_argument("--id-col", default="id", help="id column (default: id)")
+    p.add_argument("--text-col", default="title", help="title column (default: title)")
+    if image:
+        p.add_argument("--image-col", default=None, help="image column: vectors, or paths with an image encoder")
+
+
+# -- index build / search -----------------------------------------------------
+
+
+def cmd_index_build(args: argparse.Namespace) -> None:
+    from simsearch.applications._items import build_index, encode_texts
+
+    table = _tables.read_table(args.items, [args.id_col, args.text_col], name=args.items)
+    _tables.require_rows(table, name=args.items)
+    ids = _tables.id_column(table, args.id_col, name=args.items)
+    texts = _tables.text_column(table, args.text_col, name=args.items)
+    encoder = _encoder(args)
+    start = time.perf_counter()
+    vectors = encode_texts(texts, encoder, _progress(args))
+    index = build_index(vectors, {"M": args.M, "ef_construction": args.ef_construction}, _progress(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index.save(out / _INDEX_FILE)
+    _tables.write_table(pa.table({"id": ids, "title": pa.array(texts)}), out / _ITEMS_FILE)
+    meta = {
+        "format": INDEX_DIR_FORMAT,
+        "model": encoder.name,
+        "model_path": args.model,
+        "precision": args.precision,
+        "fingerprint": encoder.fingerprint,
+        "dim": int(vectors.shape[1]),
+        "count": int(len(vectors)),
+        "metric": "ip",
+    }
+    (out / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"indexed {len(vectors)} items ({vectors.shape[1]}-d) into {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
+def _open_index_dir(path: str) -> tuple[Any, pa.Table, dict[str, Any]]:
+    from simsearch.index import Index
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such index folder: {path!r} (make one with: simsearch index build ITEMS --out DIR)")
+    meta_file = folder / _META_FILE
+    if not meta_file.exists():
+        raise CommandError(f"{path!r} is not a simsearch index folder: it has no {_META_FILE}")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format", 0) > INDEX_DIR_FORMAT:
+        raise CommandError(f"{path!r} was written by a newer simsearch (format {meta['format']}); upgrade simsearch")
+    index = Index.load(folder / _INDEX_FILE)
+    items = _tables.read_table(folder / _ITEMS_FILE)
+    return index, items, meta
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from simsearch.applications._items import encode_texts
+
+    index, items, meta = _open_index_dir(args.index)
+    if args.queries:
+        qt = _tables.read_table(args.queries, [args.text_col], name=args.queries)
+        queries = _tables.text_column(qt, args.text_col, name=args.queries)
+    else:
+        queries = list(args.query)
+    if not queries:
+        raise CommandError("give query texts, or --queries FILE")
+    if args.model is None and meta.get("model_path"):
+        args.model = meta["model_path"]
+    encoder = _encoder(args)
+    vectors = encode_texts(queries, encoder, _progress(args))
+    if vectors.shape[1] != index.dim:
+        raise CommandError(f"queries have dimension {vectors.shape[1]}, the index has {index.dim}: encode with the index's model ({meta.get('model')})")
+    k = min(args.k, len(index))
+    found, scores = index.search(vectors, k=k)
+    rows = found.astype(np.int64).reshape(-1)
+    valid = found.reshape(-1) != np.uint64(2**64 - 1)
+    q = np.repeat(np.arange(len(queries)), k)[valid]
+    rows = rows[valid]
+    table = pa.table(
+        {
+            "query": pa.array([queries[i] for i in q]),
+            "rank": pa.array((np.tile(np.arange(1, k + 1), len(queries))[valid]).astype(np.int32)),
+            "id": items.column("id").take(pa.array(rows)),
+            "title": items.column("title").take(pa.array(rows)),
+            "score": pa.array(scores.reshape(-1)[valid], type=pa.float32()),
+        }
+    )
+    _write_or_print(table, args.out, rows=max(20, k))
+
+
+# -- match / dedup / classify -------------------------------------------------
+
+
+def _catalog_source(path: str) -> tuple[Any, str, str | None]:
+    """A catalog file, or the items of an index folder (ids and titles)."""
+    if Path(path).is_dir():
+        _, items, meta = _open_index_dir(path)
+        return items, "id", meta.get("model_path")
+    return path, "", None
+
+
+def cmd_match(args: argparse.Namespace) -> None:
+    from simsearch.applications import CatalogMatcher
+
+    catalog, forced_id, model_path = _catalog_source(args.catalog)
+    if model_path and args.model is None:
+        args.model = model_path
+    matcher = CatalogMatcher(
+        _encoder(args),
+        threshold=args.threshold,
+        k=args.k,
+        id_col=forced_id or args.id_col,
+        text_col="title" if forced_id else args.text_col,
+        image_col=args.image_col,
+        lexical=not args.no_lexical,
+        progress=_progress(args),
+    )
+    matcher.fit(catalog)
+    if args.pairs:
+        cal = matcher.calibrate(args.pairs, args.listings, id_col=args.listing_id_col or args.id_col, text_col=args.listing_text_col or args.text_col)
+        print(f"calibrated threshold {cal.threshold:.3f}: F1 {cal.f1:.3f}, precision {cal.precision:.3f}, recall {cal.recall:.3f} on {cal.n_pairs} pairs", file=sys.stderr)
+    table = matcher.match(args.listings, id_col=args.listing_id_col or args.id_col, text_col=args.listing_text_col or args.text_col)
+    _write_or_print(table, args.out)
+
+
+def cmd_dedup(args: argparse.Namespace) -> None:
+    from simsearch.applications import choose_threshold, find_duplicates
+
+    lexical = not args.no_lexical
+    threshold = args.threshold
+    if args.label_col:
+        choice = choose_threshold(
+            args.items, None, label_col=args.label_col, k=args.k, id_col=args.id_col, text_col=args.text_col,
+            encoder=_encoder(args), lexical=lexical, progress=_progress(args),
+        )
+        print(
+            f"threshold {choice.threshold:.3f} chosen from {args.label_col!r}: mean F1 {choice.mean_f1:.3f}, "
+            f"pairwise precision {choice.precision:.3f}, recall {choice.recall:.3f}",
+            file=sys.stderr,
+        )
+        threshold = choice.threshold
+    pairs, groups = find_duplicates(
+        args.items, threshold=threshold, k=args.k, id_col=args.id_col, text_col=args.text_col,
+        encoder=_encoder(args), lexical=lexical, max_group_size=args.max_group_size, progress=_progress(args),
+    )
+    n_groups = len(set(groups.column("group_id").to_pylist()))
+    print(f"{pairs.num_rows} duplicate pairs, {n_groups} groups holding {groups.num_rows} items", file=sys.stderr)
+    if args.groups:
+        _tables.write_table(groups, args.groups)
+        print(f"wrote {groups.num_rows} rows to {args.groups}", file=sys.stderr)
+    _write_or_print(pairs, args.out)
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from simsearch.applications import KNNClassifier
+
+    train = _tables.read_table(args.train, [args.text_col, args.label_col], name=args.train)
+    _tables.require_rows(train, name=args.train)
+    items = _tables.read_table(args.items, [args.id_col, args.text_col], name=args.items)
+    clf = KNNClassifier(k=args.k, encoder=_encoder(args))
+    clf.fit(_tables.text_column(train, args.text_col), train.column(args.label_col).to_numpy(zero_copy_only=False))
+    if items.num_rows == 0:
+        raise CommandError(f"{args.items} is empty: it has no rows")
+    proba = clf.predict_proba(_tables.text_column(items, args.text_col))
+    best = proba.argmax(axis=1)
+    table = pa.table(
+        {
+            "id": items.column(args.id_col),
+            "label": pa.array(clf.classes_[best]),
+            "probability": pa.array(proba[np.arange(len(best)), best], type=pa.float32()),
+        }
+    )
+    _write_or_print(table, args.out)
+
+
+# -- eval ---------------------------------------------------------------------
+
+
+def cmd_eval_dedup(args: argparse.Namespace) -> None:
+    from simsearch.applications import choose_threshold, find_duplicates, mean_group_f1, pairwise_precision_recall
+
+    labels = _tables.read_table(args.items, [args.id_col, args.label_col], name=args.items)
+    lexical = not args.no_lexical
+    if args.threshold is None:
+        choice = choose_threshold(
+            args.items, None, label_col=args.label_col, k=args.k, id_col=args.id_col, text_col=args.text_col,
+            encoder=_encoder(args), lexical=lexical, progress=_progress(args),
+        )
+        result = {"threshold": choice.threshold, "mean_f1": choice.mean_f1, "precision": choice.precision, "recall": choice.recall, "threshold_from": "labels"}
+    else:
+        _, groups = find_duplicates(
+            args.items, threshold=args.threshold, k=args.k, id_col=args.id_col, text_col=args.text_col,
+            encoder=_encoder(args), lexical=lexical, include_singletons=True, progress=_progress(args),
+        )
+        order = {v: i for i, v in enumerate(groups.column("id").to_pylist())}
+        rows = [order[v] for v in labels.column(args.id_col).to_pylist()]
+        predicted = np.asarray(groups.column("group_id").to_numpy())[rows]
+        truth = labels.column(args.label_col).to_numpy(zero_copy_only=False)
+        p, r = pairwise_precision_recall(truth, predicted)
+        result = {"threshold": args.threshold, "mean_f1": mean_group_f1(truth, predicted), "precision": p, "recall": r, "threshold_from": "given"}
+    print(json.dumps({"task": "dedup", "items": labels.num_rows, **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}}))
+
+
+def cmd_eval_match(args: argparse.Namespace) -> None:
+    from simsearch.applications import CatalogMatcher
+
+    truth = _tables.read_table(args.truth, [args.truth_listing_col, args.truth_product_col], name=args.truth)
+    matcher = CatalogMatcher(_encoder(args), k=args.k, id_col=args.id_col, text_col=args.text_col, lexical=not args.no_lexical, progress=_progress(args))
+    matcher.fit(args.catalog)
+    found = matcher.match(args.listings, id_col=args.listing_id_col or args.id_col, text_col=args.listing_text_col or args.text_col)
+    true_pairs = set(zip(truth.column(args.truth_listing_col).to_pylist(), truth.column(args.truth_product_col).to_pylist()))
+    listings = {a for a, _ in true_pairs}
+    best: dict[Any, int] = {}
+    for lid, pid, rank in zip(found.column("listing_id").to_pylist(), found.column("product_id").to_pylist(), found.column("rank").to_pylist()):
+        if (lid, pid) in true_pairs:
+            best[lid] = min(rank, best.get(lid, rank))
+    if not listings:
+        raise CommandError(f"{args.truth} is empty: it has no rows")
+    recall = {f"recall@{r}": round(sum(1 for lid in listings if best.get(lid, 10**9) <= r) / len(listings), 4) for r in sorted({1, min(5, args.k), args.k})}
+    print(json.dumps({"task": "match", "listings": len(listings), **recall}))
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def demo_sample_path() -> Path:
+    """Path of the PriceRunner sample shipped in the package (see its README)."""
+    return Path(__file__).resolve().parent / "data" / "pricerunner_sample.csv"
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from simsearch.applications import CatalogMatcher, find_duplicates, mean_group_f1
+
+    start = time.perf_counter()
+    path = demo_sample_path()
+    offers = _tables.read_table(path)
+    print(f"PriceRunner sample: {offers.num_rows} offers of {len(set(offers.column('cluster_id').to_pylist()))} products ({path.name}, provenance in {path.parent / 'README.md'})")
+    encoder = _encoder(args)
+
+    print("\n== Duplicate offers (find_duplicates) ==")
+    pairs, groups = find_duplicates(offers, k=10, encoder=encoder, include_singletons=True, progress=False)
+    titles = dict(zip(offers.column("id").to_pylist(), offers.column("title").to_pylist()))
+    truth = dict(zip(offers.column("id").to_pylist(), offers.column("cluster_id").to_pylist()))
+    grouped = groups.filter(pc.greater(groups.column("group_size"), 1))
+    shown = 0
+    for gid in sorted(set(grouped.column("group_id").to_pylist()))[: args.show]:
+        g = grouped.filter(pc.equal(grouped.column("group_id"), gid)).to_pylist()
+        canon = g[0]["canonical_id"]
+        print(f"group {gid} ({len(g)} offers), canonical: {titles[canon]!r}")
+        for row in g:
+            if row["id"] != canon:
+                score = _pair_score(pairs, canon, row["id"])
+                print(f"    {score}  {titles[row['id']]!r}")
+        shown += 1
+    ids = groups.column("id").to_pylist()
+    f1 = mean_group_f1([truth[i] for i in ids], groups.column("group_id").to_pylist())
+    print(f"{pairs.num_rows} pairs above the threshold, {len(set(grouped.column('group_id').to_pylist()))} groups; mean F1 against the true products: {f1:.3f}")
+
+    print("\n== Matching offers to the product catalog (CatalogMatcher) ==")
+    labels = {}
+    for cid, label in zip(offers.column("cluster_id").to_pylist(), offers.column("cluster_label").to_pylist()):
+        labels[cid] = label
+    catalog = pa.table({"id": list(labels), "title": list(labels.values())})
+    matcher = CatalogMatcher(encoder, k=1, progress=False).fit(catalog)
+    best = matcher.match(offers)
+    for row in best.slice(0, args.show).to_pylist():
+        mark = "match" if row["is_match"] else "no match"
+        print(f"    {row['score']:.3f} {mark:8s} {titles[row['listing_id']]!r} -> {labels[row['product_id']]!r}")
+    right = sum(truth[r["listing_id"]] == r["product_id"] for r in best.to_pylist())
+    print(f"top-1 product is the true one for {right} of {best.num_rows} offers ({right / best.num_rows:.1%}); catalog of {catalog.num_rows} products")
+    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+
+
+def _pair_score(pairs: pa.Table, a: Any, b: Any) -> str:
+    for x, y, s in zip(pairs.column("id_a").to_pylist(), pairs.column("id_b").to_pylist(), pairs.column("score").to_pylist()):
+        if {x, y} == {a, b}:
+            return f"{s:.3f}"
+    return "  -  "  # joined through the group, not by a direct pair
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``simsearch`` command."""
+    parser = argparse.ArgumentParser(prog="simsearch", description="Similarity search for product catalogs.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p_index = sub.add_parser("index", help="build an index folder from a table of titles")
+    index_sub = p_index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    p = index_sub.add_parser("build", help="encode ITEMS and write an index folder")
+    p.add_argument("items", help="Parquet or CSV with id and title columns")
+    p.add_argument("--out", required=True, help="index folder to write")
+    _add_columns(p)
+    _add_encoder_args(p)
+    p.add_argument("--M", type=int, default=16, help="HNSW graph degree (default 16)")
+    p.add_argument("--ef-construction", type=int, default=200, help="HNSW build candidate list (default 200)")
+    p.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("search", help="search an index folder with query texts")
+    p.add_argument("index", help="folder written by 'simsearch index build'")
+    p.add_argument("query", nargs="*", help="query texts")
+    p.add_argument("--queries", help="Parquet or CSV of queries (column --text-col)")
+    p.add_argument("--text-col", default="title")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--out", help="write results here (.parquet or .csv) instead of printing")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("match", help="match LISTINGS to the products of CATALOG")
+    p.add_argument("catalog", help="Parquet/CSV catalog, or an index folder")
+    p.add_argument("listings", help="Parquet/CSV listings")
+    _add_columns(p, image=True)
+    p.add_argument("--listing-id-col", help="id column of the listings (default: --id-col)")
+    p.add_argument("--listing-text-col", help="title column of the listings (default: --text-col)")
+    p.add_argument("-k", type=int, default=5, help="products per listing (default 5)")
+    p.add_argument("--threshold", type=float, default=None, help="least score of a match (default 0.5)")
+    p.add_argument("--pairs", help="labelled pairs (listing_id, product_id, label) to calibrate the threshold on")
+    p.add_argument("--no-lexical", action="store_true", help="embedding cosine only")
+    p.add_argument("--out", help="write results here instead of printing")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("dedup", help="find duplicate items in a table of titles")
+    p.add_argument("items", help="Parquet or CSV with id and title columns")
+    _add_columns(p)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--threshold", type=float, default=None, help="least pair score (default 0.5)")
+    p.add_argument("--label-col", help="column of known groups: choose the threshold from it")
+    p.add_argument("--max-group-size", type=int, default=100)
+    p.add_argument("--no-lexical", action="store_true", help="embedding cosine only")
+    p.add_argument("--groups", help="write the groups table here")
+    p.add_argument("--out", help="write the pairs table here instead of printing")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("classify", help="label ITEMS by kNN over labelled TRAIN titles")
+    p.add_argument("train", help="Parquet or CSV with title and label columns")
+    p.add_argument("items", help="Parquet or CSV with id and title columns")
+    _add_columns(p)
+    p.add_argument("--label-col", default="label")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--out", help="write predictions here instead of printing")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p_eval = sub.add_parser("eval", help="measure quality against known answers")
+    eval_sub = p_eval.add_subparsers(dest="eval_command", metavar="TASK", required=True)
+    p = eval_sub.add_parser("dedup", help="mean F1 of dedup groups against a label column")
+    p.add_argument("items")
+    _add_columns(p)
+    p.add_argument("--label-col", required=True, help="true group of each item")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--threshold", type=float, default=None, help="default: the best threshold for the labels")
+    p.add_argument("--no-lexical", action="store_true")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_eval_dedup)
+    p = eval_sub.add_parser("match", help="recall@k of matching against true (listing, product) pairs")
+    p.add_argument("catalog")
+    p.add_argument("listings")
+    p.add_argument("truth", help="table of true pairs")
+    _add_columns(p)
+    p.add_argument("--listing-id-col")
+    p.add_argument("--listing-text-col")
+    p.add_argument("--truth-listing-col", default="listing_id")
+    p.add_argument("--truth-product-col", default="product_id")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--no-lexical", action="store_true")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_eval_match)
+
+    p = sub.add_parser("demo", help="deduplicate and match the bundled PriceRunner sample")
+    p.add_argument("--show", type=int, default=5, help="groups and matches to print (default 5)")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``simsearch`` command; returns the exit status.
+
+    0 on success, 2 on a user mistake (one line on stderr), 130 on Ctrl-C.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("simsearch: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, FileNotFoundError, ValueError, TypeError, KeyError, OSError, ImportError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"simsearch: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
