@@ -11,9 +11,10 @@ numbers, capacities, sizes. Three cheap signals see them, and the pair score of
   (``wan28281gb``, ``i7-8700k``, ``7873``). Two titles that share a code, or a
   run of three or more digits inside their codes, get a bonus; two titles whose
   codes are *near misses* of each other (same leading letters and either at most
-  two edits apart or with leading digit runs of equal length, as ``smu24as00eu``
-  and ``smu46is00d``) and that share none get a large penalty: that is the
-  signature of two variants of one product line;
+  two edits apart, as ``ue55mu6100`` and ``ue55mu6120``, or with leading runs of
+  three or more digits of equal length, as ``mw7873`` and ``mw8060``) and that
+  share none get a large penalty: that is the signature of two variants of one
+  product line;
 - **measures**: a number followed by a unit (``64 gb``, ``8kg``, ``55"``).
   Titles that both state a unit but never the same value for it get a penalty.
 
