@@ -18,6 +18,7 @@ from simsearch.applications.lexical import (
     LexicalModel,
     PairScoring,
     TextFeatures,
+    cross_scores,
     hybrid_vectors,
     score_pairs,
 )
@@ -118,13 +119,18 @@ class Items:
             scoring, self.vectors, self.features, rows_self, other.vectors, other.features, rows_other, floor
         )
 
-    def cross_scores(self, other: Items, rows_self: np.ndarray, rows_other: np.ndarray, scoring: PairScoring) -> np.ndarray:
+    def cross_scores(
+        self,
+        other: Items,
+        rows_self: np.ndarray,
+        rows_other: np.ndarray,
+        scoring: PairScoring,
+        cache: dict[tuple[int, int], float] | None = None,
+    ) -> np.ndarray:
         """Scores of every pair across two row lists, shape (len(rows_self), len(rows_other))."""
-        if self.features is None or other.features is None:
-            return self.vectors[rows_self] @ other.vectors[rows_other].T
-        a = np.repeat(rows_self, len(rows_other))
-        b = np.tile(rows_other, len(rows_self))
-        return self.pair_scores(other, a, b, scoring).reshape(len(rows_self), len(rows_other))
+        return cross_scores(
+            scoring, self.vectors, self.features, rows_self, other.vectors, other.features, rows_other, cache
+        )
 
 
 def build_index(search: np.ndarray, index_params: dict[str, Any] | None, progress: bool | None, batch_rows: int = 50_000) -> Any:

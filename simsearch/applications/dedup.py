@@ -162,6 +162,7 @@ class _Candidates:
         self.items, self.ids, self.is_text = self._load(data, ids, id_col, text_col, encoder, lexical, progress)
         self.floor = (DEFAULT_TEXT_THRESHOLD if self.items.features is not None else DEFAULT_VECTOR_THRESHOLD) if floor is None else floor
         self.rows_a, self.rows_b, self.scores = self._join(k, index_params, batch_size, progress)
+        self._rules: dict[tuple[int, int], float] = {}
 
     def _load(
         self, data: Any, ids: Any, id_col: str, text_col: str, encoder: Any, lexical: bool, progress: bool | None
@@ -227,7 +228,7 @@ class _Candidates:
         return key // n, key % n, s[first]
 
     def cross(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
-        return self.items.cross_scores(self.items, rows_a, rows_b, self.scoring)
+        return self.items.cross_scores(self.items, rows_a, rows_b, self.scoring, self._rules)
 
     def group(self, threshold: float, refine: bool, max_group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Labels of every row, and the mask of pairs at or above ``threshold``."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,6 +267,7 @@ class LexicalModel:
             If ``texts`` is empty.
         """
         from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.exceptions import DataDimensionalityWarning
         from sklearn.random_projection import SparseRandomProjection
 
         if len(texts) == 0:
@@ -280,7 +282,12 @@ class LexicalModel:
         tfidf = self.vectorizer_.fit_transform(texts)
         self.projection_ = SparseRandomProjection(
             n_components=self.scoring.projection_dim, dense_output=True, random_state=self.random_state
-        ).fit(tfidf)
+        )
+        with warnings.catch_warnings():
+            # A tiny catalog has fewer n-grams than projection_dim: projecting
+            # up is harmless here (only candidate search sees the projection).
+            warnings.simplefilter("ignore", DataDimensionalityWarning)
+            self.projection_.fit(tfidf)
         return self
 
     def transform(self, texts: Sequence[str]) -> TextFeatures:
@@ -410,15 +417,66 @@ def score_pairs(
     score = (w * vec + (1.0 - w) * lex).astype(np.float32)
     todo = np.arange(len(score)) if floor is None else np.flatnonzero(score + scoring.max_bonus >= floor)
     for i in todo:
-        a, b = left.facts[rows_left[i]], right.facts[rows_right[i]]
-        relation = code_relation(a, b)
-        if relation > 0:
-            score[i] += scoring.code_bonus
-        elif relation < 0:
-            score[i] -= scoring.code_conflict_penalty
-        if scoring.measure_conflict_penalty and measures_conflict(a, b):
-            score[i] -= scoring.measure_conflict_penalty
+        score[i] += rule_adjustment(scoring, left.facts[rows_left[i]], right.facts[rows_right[i]])
     return score
+
+
+def rule_adjustment(scoring: PairScoring, a: TitleFacts, b: TitleFacts) -> float:
+    """What the code and measure rules add to the weighted cosines of one pair."""
+    if not (a.codes and b.codes) and not (a.measures and b.measures):
+        return 0.0  # the common case: nothing to compare
+    adjustment = 0.0
+    relation = code_relation(a, b)
+    if relation > 0:
+        adjustment += scoring.code_bonus
+    elif relation < 0:
+        adjustment -= scoring.code_conflict_penalty
+    if scoring.measure_conflict_penalty and measures_conflict(a, b):
+        adjustment -= scoring.measure_conflict_penalty
+    return adjustment
+
+
+def cross_scores(
+    scoring: PairScoring,
+    left_vectors: np.ndarray,
+    left: TextFeatures | None,
+    rows_left: np.ndarray,
+    right_vectors: np.ndarray,
+    right: TextFeatures | None,
+    rows_right: np.ndarray,
+    cache: dict[tuple[int, int], float] | None = None,
+) -> np.ndarray:
+    """Scores of every pair across two row lists, as :func:`score_pairs` would give.
+
+    Parameters
+    ----------
+    cache : dict, optional
+        ``(row_left, row_right) -> rule adjustment``, filled and reused: group
+        refinement asks for the same pairs again and again.
+
+    Returns
+    -------
+    ndarray of shape (len(rows_left), len(rows_right)), float32
+    """
+    vec = left_vectors[rows_left] @ right_vectors[rows_right].T
+    if left is None or right is None:
+        return vec
+    lex = (left.tfidf[rows_left] @ right.tfidf[rows_right].T).toarray()
+    w = scoring.vector_weight
+    out = (w * vec + (1.0 - w) * lex).astype(np.float32)
+    for i, ra in enumerate(rows_left.tolist()):
+        fa = left.facts[ra]
+        if not fa.codes and not fa.measures:
+            continue
+        for j, rb in enumerate(rows_right.tolist()):
+            key = (ra, rb)
+            adj = cache.get(key) if cache is not None else None
+            if adj is None:
+                adj = rule_adjustment(scoring, fa, right.facts[rb])
+                if cache is not None:
+                    cache[key] = adj
+            out[i, j] += adj
+    return out
 
 
 @dataclass(frozen=True)

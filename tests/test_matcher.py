@@ -1,0 +1,189 @@
+"""CatalogMatcher: retrieval, exact re-scoring, calibration, image fusion, bad input.
+
+Real titles: the bundled PriceRunner sample (offers matched to product names)
+always; an Abt-Buy slice when ``../shared/data`` is there.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from simsearch import CatalogMatcher
+from simsearch._tables import MissingColumnError, read_table
+from simsearch.applications import PairScoring, best_f1_threshold
+from simsearch.cli import demo_sample_path
+
+DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def encoder(tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.getbasetemp() / "simsearch-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMSEARCH_CACHE", str(cache))
+        from simsearch import TextEncoder
+
+        yield TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def offers() -> pa.Table:
+    return read_table(demo_sample_path())
+
+
+@pytest.fixture(scope="module")
+def catalog(offers: pa.Table) -> pa.Table:
+    names = dict(zip(offers.column("cluster_id").to_pylist(), offers.column("cluster_label").to_pylist()))
+    return pa.table({"id": list(names), "title": list(names.values())})
+
+
+@pytest.fixture(scope="module")
+def matcher(encoder, catalog) -> CatalogMatcher:
+    return CatalogMatcher(encoder, k=3, progress=False).fit(catalog)
+
+
+def truth_of(offers: pa.Table) -> dict:
+    return dict(zip(offers.column("id").to_pylist(), offers.column("cluster_id").to_pylist()))
+
+
+def test_match_finds_the_product(matcher, offers, catalog):
+    result = matcher.match(offers)
+    assert result.column_names == ["listing_id", "product_id", "score", "rank", "is_match"]
+    assert result.schema.field("score").type == pa.float32()
+    assert result.schema.field("product_id").type == catalog.schema.field("id").type
+    assert result.num_rows == 3 * offers.num_rows
+    top = result.filter(pc.equal(result.column("rank"), 1))
+    truth = truth_of(offers)
+    accuracy = np.mean([truth[r["listing_id"]] == r["product_id"] for r in top.to_pylist()])
+    assert accuracy >= 0.9
+    # listings keep their input order; ranks run 1..k with scores descending
+    assert top.column("listing_id").to_pylist() == offers.column("id").to_pylist()
+    for i in range(0, 30, 3):
+        rows = result.slice(i, 3).to_pylist()
+        assert [r["rank"] for r in rows] == [1, 2, 3]
+        assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    assert result.column("is_match").to_pylist() == [s >= matcher.threshold_ for s in result.column("score").to_pylist()]
+
+
+def test_lexical_scores_beat_the_embedding_alone(encoder, catalog, offers):
+    truth = truth_of(offers)
+
+    def accuracy(m: CatalogMatcher) -> float:
+        top = m.fit(catalog).match(offers)
+        top = top.filter(pc.equal(top.column("rank"), 1)).to_pylist()
+        return float(np.mean([truth[r["listing_id"]] == r["product_id"] for r in top]))
+
+    assert accuracy(CatalogMatcher(encoder, k=1, progress=False)) > accuracy(CatalogMatcher(encoder, k=1, lexical=False, progress=False))
+
+
+def test_scores_match_score_pairs(matcher, offers):
+    result = matcher.match(offers.slice(0, 20))
+    pairs = pa.table({"listing_id": result.column("listing_id"), "product_id": result.column("product_id")})
+    direct = matcher.score_pairs(pairs, offers.slice(0, 20))
+    np.testing.assert_allclose(direct, result.column("score").to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def labelled_pairs(matcher: CatalogMatcher, offers: pa.Table) -> pa.Table:
+    result = matcher.match(offers)
+    truth = truth_of(offers)
+    labels = [int(truth[a] == b) for a, b in zip(result.column("listing_id").to_pylist(), result.column("product_id").to_pylist())]
+    return pa.table({"listing_id": result.column("listing_id"), "product_id": result.column("product_id"), "label": labels})
+
+
+def test_calibrate_maximizes_f1(encoder, catalog, offers):
+    m = CatalogMatcher(encoder, k=3, progress=False).fit(catalog)
+    pairs = labelled_pairs(m, offers)
+    cal = m.calibrate(pairs, offers)
+    scores = m.score_pairs(pairs, offers)
+    ref = best_f1_threshold(scores, pairs.column("label").to_numpy())
+    assert cal == ref
+    assert cal.f1 >= 0.85 and cal.n_pairs == pairs.num_rows
+    assert m.threshold_ == cal.threshold
+    after = m.match(offers)
+    assert after.column("is_match").to_pylist() == [s >= cal.threshold for s in after.column("score").to_pylist()]
+
+
+def test_calibrate_with_titles_in_the_pairs(matcher, offers):
+    titles = dict(zip(offers.column("id").to_pylist(), offers.column("title").to_pylist()))
+    pairs = labelled_pairs(matcher, offers.slice(0, 40))
+    with_titles = pairs.append_column("title", pa.array([titles[i] for i in pairs.column("listing_id").to_pylist()]))
+    # The int8 encoder quantizes activations per batch, so a title's vector
+    # moves slightly with the other titles of its batch (here 120 vs 301).
+    np.testing.assert_allclose(matcher.score_pairs(with_titles), matcher.score_pairs(pairs, offers), atol=0.02)
+
+
+def test_image_fusion(encoder):
+    catalog = pa.table({"id": [1, 2], "title": ["red kettle 1.7 l", "red kettle 1.7 l"], "img": [[1.0, 0.0], [0.0, 1.0]]})
+    listings = pa.table({"id": ["a"], "title": ["red kettle 1.7 l"], "img": [[0.1, 0.9]]})
+    text_only = CatalogMatcher(encoder, k=2, progress=False).fit(catalog).match(listings)
+    fused = CatalogMatcher(encoder, k=2, image_col="img", image_weight=0.5, progress=False).fit(catalog).match(listings)
+    assert text_only.column("score")[0].as_py() == pytest.approx(text_only.column("score")[1].as_py())
+    assert fused.column("product_id").to_pylist() == [2, 1]
+    cos = 0.9 / np.hypot(0.1, 0.9)
+    assert fused.column("score")[0].as_py() == pytest.approx(0.5 * text_only.column("score")[0].as_py() + 0.5 * cos, rel=1e-5)
+
+
+def test_k_larger_than_the_catalog(encoder):
+    m = CatalogMatcher(encoder, k=10, progress=False).fit({"id": [1, 2], "title": ["a b c", "d e f"]})
+    assert m.match({"id": [7], "title": ["a b"]}).num_rows == 2
+
+
+def test_empty_listings_give_an_empty_table(matcher):
+    out = matcher.match(pa.table({"id": pa.array([], pa.int64()), "title": pa.array([], pa.string())}))
+    assert out.num_rows == 0 and out.column_names == ["listing_id", "product_id", "score", "rank", "is_match"]
+
+
+def test_bad_input(encoder, matcher, tmp_path):
+    with pytest.raises(MissingColumnError, match="catalog has no column 'title'"):
+        CatalogMatcher(encoder).fit({"id": [1], "name": ["x"]})
+    with pytest.raises(ValueError, match="catalog is empty"):
+        CatalogMatcher(encoder).fit(pa.table({"id": pa.array([], pa.int64()), "title": pa.array([], pa.string())}))
+    with pytest.raises(FileNotFoundError):
+        CatalogMatcher(encoder).fit(tmp_path / "nope.csv")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        CatalogMatcher(encoder).match({"id": [1], "title": ["x"]})
+    with pytest.raises(MissingColumnError, match="no column 'title'"):
+        matcher.match({"id": [1], "name": ["x"]})
+    with pytest.raises(ValueError, match="product ids not in the catalog"):
+        matcher.calibrate({"listing_id": [1], "product_id": [-5], "label": [1], "title": ["x"]})
+    with pytest.raises(ValueError, match="no positive"):
+        matcher.calibrate({"listing_id": [1], "product_id": [matcher.product_ids_[0].as_py()], "label": [0], "title": ["x"]})
+    with pytest.raises(ValueError, match="k must"):
+        CatalogMatcher(encoder, k=0)
+    with pytest.raises(ValueError, match="image_encoder"):
+        CatalogMatcher(encoder, image_col="img").fit({"id": [1], "title": ["x"], "img": ["a.jpg"]})
+    with pytest.raises(ValueError, match="vector_weight"):
+        PairScoring(vector_weight=2.0)
+
+
+def test_abt_buy_slice_recall(encoder):
+    folder = DATA / "abt_buy" / "leipzig"
+    if not folder.exists():
+        pytest.skip(f"Abt-Buy not found at {folder} (set SIMSEARCH_DATA to the shared data folder)")
+
+    def rows(name: str, encoding: str) -> list[dict]:
+        with open(folder / name, newline="", encoding=encoding) as f:
+            return list(csv.DictReader(f))
+
+    abt, buy = rows("abt.csv", "cp1252")[:150], rows("buy.csv", "cp1252")
+    mapping = rows("abt_buy_perfect_mapping.csv", "ascii")
+    abt_ids = {r["id"] for r in abt}
+    truth = {(m["idAbt"], m["idBuy"]) for m in mapping if m["idAbt"] in abt_ids}
+    wanted = {b for _, b in truth}
+    # the true matches plus as many other Buy products as distractors
+    others = [r for r in buy if r["id"] not in wanted][: len(wanted)]
+    catalog = pa.table({"id": [r["id"] for r in buy if r["id"] in wanted] + [r["id"] for r in others],
+                        "title": [r["name"] for r in buy if r["id"] in wanted] + [r["name"] for r in others]})
+    listings = pa.table({"id": [r["id"] for r in abt], "title": [r["name"] for r in abt]})
+    result = CatalogMatcher(encoder, k=5, progress=False).fit(catalog).match(listings)
+    hits = {(a, b) for a, b, rank in zip(result.column("listing_id").to_pylist(), result.column("product_id").to_pylist(), result.column("rank").to_pylist()) if rank == 1}
+    listed = {a for a, _ in truth}
+    recall1 = len({a for a, b in hits if (a, b) in truth}) / len(listed)
+    assert recall1 >= 0.85
