@@ -119,6 +119,10 @@ def group_pairs(
         raise ValueError("refine with a link_threshold needs cross_score")
     cap = np.inf if max_group_size is None else max_group_size
     uf = UnionFind(n)
+    # Two groups joined by many pairs would be compared once per pair; a
+    # refusal stays valid until one of them changes, which bumps its version.
+    version = np.zeros(n, dtype=np.int64)
+    refused: set[tuple[int, int, int, int]] = set()
     for e in np.argsort(-np.asarray(scores), kind="stable"):
         a, b = uf.find(int(rows_a[e])), uf.find(int(rows_b[e]))
         if a == b:
@@ -127,10 +131,15 @@ def group_pairs(
         if len(ga) + len(gb) > cap:
             continue
         if link_threshold is not None and (len(ga) > 1 or len(gb) > 1):
+            key = (a, int(version[a]), b, int(version[b])) if a < b else (b, int(version[b]), a, int(version[a]))
+            if key in refused:
+                continue
             cross = cross_score(np.asarray(ga), np.asarray(gb))  # type: ignore[misc]
             if float(np.mean(cross)) < link_threshold:
+                refused.add(key)
                 continue
-        uf.union(a, b)
+        root = uf.union(a, b)
+        version[root] += 1
     return _smallest_member_labels(uf.labels())
 
 
