@@ -14,7 +14,7 @@ unit vectors), and is measured the same way:
 - then QPS at recall@10 = 0.90, 0.95 and 0.99, interpolated on the sweep, and
   simsearch's ratio to each library.
 
-The libraries, each in its own process so one's memory cannot hide another's:
+The libraries, each built in its own process so one's memory cannot hide another's:
 
 ============================  ======================================================
 simsearch-int8                ``simsearch.Index(dtype="int8", rescore=False)``
@@ -52,13 +52,13 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -110,16 +110,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall time of ``repeats`` calls, and the last call's result."""
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
 # --------------------------------------------------------------------------- libraries
 # Each adapter builds one library's index and answers the sweep's three
 # questions: set ef, search one query, search a batch, all on one thread.
@@ -147,6 +137,9 @@ class HnswlibF32:
 
     def save(self, path: str) -> None:
         self.index.save_index(path)
+
+    def load(self, path: str) -> None:
+        self.index.load_index(path)
 
     def reported_bytes(self) -> int | None:
         return None  # hnswlib reports no in-memory size
@@ -177,6 +170,10 @@ class FaissSQ8:
 
     def save(self, path: str) -> None:
         self.faiss.write_index(self.index, path)
+
+    def load(self, path: str) -> None:
+        self.index = self.faiss.read_index(path)
+        self.faiss.omp_set_num_threads(1)
 
     def reported_bytes(self) -> int | None:
         return None
@@ -217,6 +214,9 @@ class UsearchI8:
     def save(self, path: str) -> None:
         self.index.save(path)
 
+    def load(self, path: str) -> None:
+        self.index.load(path)
+
     def reported_bytes(self) -> int | None:
         return int(self.index.memory_usage)
 
@@ -255,6 +255,9 @@ class Simsearch:
     def save(self, path: str) -> None:
         self.index.save(path)
 
+    def load(self, path: str) -> None:
+        self.index = self.simsearch.Index.load(path, num_threads=1)
+
     def reported_bytes(self) -> int | None:
         return int(self.index.memory_bytes)
 
@@ -286,6 +289,9 @@ class Backend:
 
     def save(self, path: str) -> None:
         self.index.save(path)
+
+    def load(self, path: str) -> None:
+        self.index = type(self.index).load(path)
 
     def reported_bytes(self) -> int | None:
         return int(self.index.memory_bytes())
@@ -320,21 +326,22 @@ def make(lib: str, dim: int) -> Any:
 # --------------------------------------------------------------------------- one library
 
 
-def run_worker(lib: str, prefix: str, efs: list[int], repeats: int, build_threads: list[int]) -> dict:
-    """Build, size and sweep one library in this (fresh) process."""
+def index_path(prefix: str, lib: str) -> str:
+    return f"{prefix}-index-{lib}"
+
+
+def run_build(lib: str, prefix: str, build_threads: list[int]) -> dict:
+    """Build and size one library in this (fresh) process; save the index for the sweep."""
     base = np.load(prefix + "-base.npy")
-    queries = np.load(prefix + "-queries.npy")
-    true_scores = np.load(prefix + "-gt_scores.npy")
     dim = base.shape[1]
     out: dict[str, Any] = {"library": lib, "n": len(base), "build_s": {}}
 
-    # The searched index is built with the most threads, first, in a clean
-    # process, so its resident-set growth is not blurred by freed memory.
+    # The index that is sized, saved and searched is built first, with the
+    # most threads, in a clean process, so freed memory cannot blur its growth.
     threads_order = sorted(build_threads, reverse=True)
     adapter = make(lib, dim)
     prepare = getattr(adapter, "prepare", None)
     b = prepare(base) if prepare else base
-    q = prepare(queries) if prepare else queries
     gc.collect()
     rss0 = rss_bytes()
     start = time.perf_counter()
@@ -345,29 +352,11 @@ def run_worker(lib: str, prefix: str, efs: list[int], repeats: int, build_thread
     out["reported_bytes"] = adapter.reported_bytes()
     if hasattr(adapter, "isa"):
         out["isa"] = adapter.isa()
-    with tempfile.TemporaryDirectory(dir=_data.CACHE_DIR) as tmp:
-        path = os.path.join(tmp, "index")
-        adapter.save(path)
-        out["file_bytes"] = sum(
-            os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
-        )  # rescoring may write the originals beside the index
-
-    sweep = []
-    singles = [q[i : i + 1] for i in range(len(q))]
-    for ef in efs:
-        adapter.set_ef(ef)
-        t_batch, found = timed(lambda: adapter.search_batch(q), repeats)
-        t_single, _ = timed(lambda: [adapter.search_one(s) for s in singles], repeats)
-        recall = _data.recall_at_k(found, base, queries, true_scores, metric="ip")
-        sweep.append(
-            {
-                "ef": ef,
-                "recall": recall,
-                "qps_single": len(q) / t_single,
-                "qps_batch": len(q) / t_batch,
-            }
-        )
-    out["sweep"] = sweep
+    folder = index_path(prefix, lib)
+    os.makedirs(folder, exist_ok=True)
+    adapter.save(os.path.join(folder, "index"))
+    # rescoring may keep the originals in a file beside the index
+    out["file_bytes"] = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     del adapter
     gc.collect()
 
@@ -381,31 +370,89 @@ def run_worker(lib: str, prefix: str, efs: list[int], repeats: int, build_thread
     return out
 
 
+def run_sweep(libs: list[str], prefix: str, efs: list[int], repeats: int) -> dict:
+    """Load every library's saved index into this process and sweep ef, interleaved.
+
+    On a shared machine the load changes from minute to minute. Timing the
+    libraries one after another would hand each a different share of the
+    CPU; instead, for each ef, every repeat times every library in turn, so
+    a burst of load lands on one repeat of each library, and the median
+    drops it.
+    """
+    base = np.load(prefix + "-base.npy", mmap_mode="r")
+    queries = np.load(prefix + "-queries.npy")
+    true_scores = np.load(prefix + "-gt_scores.npy")
+    adapters, qs = {}, {}
+    for lib in libs:
+        adapter = make(lib, base.shape[1])
+        adapter.load(os.path.join(index_path(prefix, lib), "index"))
+        prepare = getattr(adapter, "prepare", None)
+        qs[lib] = prepare(queries) if prepare else queries
+        adapters[lib] = adapter
+    sweeps: dict[str, list[dict]] = {lib: [] for lib in libs}
+    for ef in efs:
+        single: dict[str, list[float]] = {lib: [] for lib in libs}
+        batch: dict[str, list[float]] = {lib: [] for lib in libs}
+        found: dict[str, np.ndarray] = {}
+        for lib in libs:
+            adapters[lib].set_ef(ef)
+        for _ in range(repeats):
+            for lib in libs:
+                adapter, q = adapters[lib], qs[lib]
+                start = time.perf_counter()
+                found[lib] = adapter.search_batch(q)
+                batch[lib].append(time.perf_counter() - start)
+                rows = [q[i : i + 1] for i in range(len(q))]
+                start = time.perf_counter()
+                for row in rows:
+                    adapter.search_one(row)
+                single[lib].append(time.perf_counter() - start)
+        for lib in libs:
+            sweeps[lib].append(
+                {
+                    "ef": ef,
+                    "recall": _data.recall_at_k(found[lib], base, queries, true_scores, metric="ip"),
+                    "qps_single": len(queries) / statistics.median(single[lib]),
+                    "qps_batch": len(queries) / statistics.median(batch[lib]),
+                }
+            )
+    return sweeps
+
+
 # --------------------------------------------------------------------------- reporting
 
 
-def qps_at(sweep: list[dict], target: float, mode: str) -> float | None:
-    """Best QPS at recall >= target on the sweep, interpolating between ef steps.
+def qps_at(sweep: list[dict], target: float, mode: str) -> tuple[float | None, bool]:
+    """QPS at recall@10 = ``target``, interpolated where the sweep first reaches it.
 
-    Between two consecutive ef values whose recalls bracket the target, QPS is
-    interpolated linearly in recall; the answer is the best of those and of
-    every measured point at or above the target. None if no point reaches it.
+    Walking ef upwards, the first point at or above the target and the point
+    before it bracket the target; QPS is interpolated linearly in recall
+    between them. Later points are ignored, so a lucky timing at a larger ef
+    cannot raise the figure.
+
+    Returns
+    -------
+    qps : float or None
+        None if no point reaches the target.
+    at_floor : bool
+        True if the smallest ef already reached it (the figure is then a lower
+        bound: a smaller ef, were the library to allow one, would be faster).
     """
     key = f"qps_{mode}"
-    best = None
     pts = sorted(sweep, key=lambda p: p["ef"])
-    for p in pts:
+    for i, p in enumerate(pts):
         if p["recall"] >= target:
-            best = max(best or 0.0, p[key])
-    for a, b in zip(pts, pts[1:]):
-        if a["recall"] < target <= b["recall"]:
-            w = (target - a["recall"]) / (b["recall"] - a["recall"])
-            best = max(best or 0.0, a[key] + w * (b[key] - a[key]))
-    return best
+            if i == 0:
+                return p[key], True
+            a = pts[i - 1]
+            w = (target - a["recall"]) / (p["recall"] - a["recall"])
+            return a[key] + w * (p[key] - a[key]), False
+    return None, False
 
 
-def fmt_qps(x: float | None) -> str:
-    return "not reached" if x is None else f"{x:,.0f}"
+def fmt_qps(x: tuple[float | None, bool]) -> str:
+    value, at_floor = x
+    return "not reached" if value is None else f"{value:,.0f}" + ("*" if at_floor else "")
 
 
 def report(dataset: str, results: list[dict], n_queries: int) -> dict:
@@ -452,7 +499,7 @@ def report(dataset: str, results: list[dict], n_queries: int) -> dict:
         print(f"  {'library':<24} " + " ".join(f"{t:>12}" for t in TARGETS) + f" {'max recall':>11}")
         for r in ok:
             vals = [qps_at(r["sweep"], t, mode) for t in TARGETS]
-            head[r["library"]]["qps_at_recall"][mode] = {str(t): v for t, v in zip(TARGETS, vals)}
+            head[r["library"]]["qps_at_recall"][mode] = {str(t): v[0] for t, v in zip(TARGETS, vals)}
             print(f"  {r['library']:<24} " + " ".join(f"{fmt_qps(v):>12}" for v in vals)
                   + f" {head[r['library']]['max_recall']:>11.4f}")
         for ours in (name for name in SIMSEARCH if name in head):
@@ -466,6 +513,7 @@ def report(dataset: str, results: list[dict], n_queries: int) -> dict:
                     b = head[r["library"]]["qps_at_recall"][mode][str(t)]
                     cells.append("-" if a is None or b is None else f"{a / b:.2f}x")
                 print(f"    vs {r['library']:<20} " + " ".join(f"{c:>12}" for c in cells))
+    print("  * reached at the smallest ef measured (ef = k = 10): a lower bound")
     return head
 
 
@@ -489,21 +537,41 @@ def prepare_dataset(name: str, n: int | None, n_queries: int) -> str:
     return prefix
 
 
-def run_library(lib: str, prefix: str, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable, __file__, "--worker", lib, "--prefix", prefix,
-        "--efs", ",".join(map(str, args.efs)), "--repeats", str(args.repeats),
-        "--build-threads", ",".join(map(str, args.build_threads)),
-    ]
-    start = time.perf_counter()
+def run_child(args: argparse.Namespace, *extra: str) -> Any:
+    cmd = [sys.executable, __file__, "--efs", ",".join(map(str, args.efs)),
+           "--repeats", str(args.repeats),
+           "--build-threads", ",".join(map(str, args.build_threads)), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    took = time.perf_counter() - start
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"library": lib, "error": " | ".join(tail) or f"exit {proc.returncode}"}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  {lib}: done in {took:.0f} s", flush=True)
-    return result
+        raise RuntimeError(" | ".join(tail) or f"exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_dataset(prefix: str, libraries: list[str], args: argparse.Namespace) -> list[dict]:
+    """Build each library in its own process, then sweep them all in one."""
+    results = []
+    for lib in libraries:
+        start = time.perf_counter()
+        try:
+            results.append(run_child(args, "--build-worker", lib, "--prefix", prefix))
+            print(f"  {lib}: built in {time.perf_counter() - start:.0f} s", flush=True)
+        except RuntimeError as err:
+            results.append({"library": lib, "error": str(err)})
+    built = [r["library"] for r in results if "error" not in r]
+    start = time.perf_counter()
+    try:
+        sweeps = run_child(args, "--sweep-worker", ",".join(built), "--prefix", prefix)
+        print(f"  sweep: {time.perf_counter() - start:.0f} s", flush=True)
+    except RuntimeError as err:
+        sweeps = {}
+        for r in results:
+            r.setdefault("error", f"sweep failed: {err}")
+    for r in results:
+        if r["library"] in sweeps:
+            r["sweep"] = sweeps[r["library"]]
+        shutil.rmtree(index_path(prefix, r["library"]), ignore_errors=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--libraries", type=lambda s: s.split(","), default=list(LIBRARIES))
     parser.add_argument("--with-backends", action="store_true", help="also time simsearch's hnswlib/faiss backends")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--build-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sweep-worker", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.efs is None:
@@ -527,9 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.n is None:
         args.n = 20_000
 
-    if args.worker:
-        result = run_worker(args.worker, args.prefix, args.efs, args.repeats, args.build_threads)
-        print(json.dumps(result))
+    if args.build_worker:
+        print(json.dumps(run_build(args.build_worker, args.prefix, args.build_threads)))
+        return 0
+    if args.sweep_worker:
+        print(json.dumps(run_sweep(args.sweep_worker.split(","), args.prefix, args.efs, args.repeats)))
         return 0
 
     flags = cpu_flags()
@@ -557,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in datasets:
         print(f"\npreparing {name} ...", flush=True)
         prefix = prepare_dataset(name, args.n, args.queries)
-        results = [run_library(lib, prefix, args) for lib in libraries]
+        results = run_dataset(prefix, libraries, args)
         summary["datasets"][name] = report(name, results, args.queries)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     print(json.dumps(summary))
