@@ -1,0 +1,155 @@
+"""The simsearch command line, run in-process on the bundled PriceRunner sample."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from simsearch._tables import read_table, write_table
+from simsearch.cli import demo_sample_path, main
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory):
+    # The CLI builds its own encoders; share the exported model with the other tests.
+    cache = tmp_path_factory.getbasetemp() / "simsearch-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMSEARCH_CACHE", str(cache))
+        yield
+
+
+@pytest.fixture(scope="module")
+def offers(tmp_path_factory: pytest.TempPathFactory):
+    """The sample as Parquet (offers) and a product catalog as CSV."""
+    folder = tmp_path_factory.mktemp("cli")
+    table = read_table(demo_sample_path()).slice(0, 120)
+    write_table(table, folder / "offers.parquet")
+    names = dict(zip(table.column("cluster_id").to_pylist(), table.column("cluster_label").to_pylist()))
+    write_table(pa.table({"product": list(names), "name": list(names.values())}), folder / "catalog.csv")
+    return folder
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["-q", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo(capsys):
+    code, out, _ = run(capsys, "demo", "--show", "2")
+    assert code == 0
+    assert "Duplicate offers" in out and "Matching offers" in out
+    f1 = float(out.split("mean F1 against the true products: ")[1].split()[0])
+    assert f1 >= 0.8
+
+
+def test_index_build_and_search(capsys, offers):
+    code, _, err = run(capsys, "index", "build", offers / "offers.parquet", "--out", offers / "idx")
+    assert code == 0, err
+    meta = json.loads((offers / "idx" / "meta.json").read_text())
+    assert meta["count"] == 120 and meta["dim"] == 384
+    title = read_table(offers / "offers.parquet").column("title")[0].as_py()
+    code, _, err = run(capsys, "search", offers / "idx", title, "-k", "3", "--out", offers / "hits.csv")
+    assert code == 0, err
+    hits = read_table(offers / "hits.csv")
+    assert hits.num_rows == 3 and hits.column("title")[0].as_py() == title
+
+
+def test_dedup_writes_pairs_and_groups(capsys, offers):
+    code, _, err = run(capsys, "dedup", offers / "offers.parquet", "--out", offers / "pairs.parquet", "--groups", offers / "groups.csv")
+    assert code == 0, err
+    pairs = pq.read_table(offers / "pairs.parquet")
+    assert pairs.column_names[:3] == ["id_a", "id_b", "score"] and pairs.num_rows > 0
+    with open(offers / "groups.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:3] == ["id", "group_id", "canonical_id"]
+    code, _, err = run(capsys, "dedup", offers / "offers.parquet", "--label-col", "cluster_id")
+    assert code == 0 and "chosen from 'cluster_id'" in err
+
+
+def test_match_with_other_column_names(capsys, offers):
+    code, _, err = run(
+        capsys, "match", offers / "catalog.csv", offers / "offers.parquet", "--id-col", "product", "--text-col", "name",
+        "--listing-id-col", "id", "--listing-text-col", "title", "-k", "2", "--out", offers / "matches.parquet",
+    )
+    assert code == 0, err
+    result = pq.read_table(offers / "matches.parquet")
+    assert result.column_names == ["listing_id", "product_id", "score", "rank", "is_match"]
+    assert result.num_rows == 240
+
+
+def test_match_against_an_index_folder(capsys, offers):
+    run(capsys, "index", "build", offers / "offers.parquet", "--out", offers / "idx2")
+    code, out, err = run(capsys, "match", offers / "idx2", offers / "offers.parquet", "-k", "1")
+    assert code == 0, err
+    assert "listing_id" in out.splitlines()[0]
+
+
+def test_classify(capsys, offers):
+    code, out, err = run(capsys, "classify", offers / "offers.parquet", offers / "offers.parquet", "--label-col", "category", "-k", "3", "--out", offers / "labels.csv")
+    assert code == 0, err
+    labels = read_table(offers / "labels.csv")
+    truth = read_table(offers / "offers.parquet").column("category").to_pylist()
+    assert np.mean([a == b for a, b in zip(labels.column("label").to_pylist(), truth)]) >= 0.95
+
+
+def test_eval(capsys, offers):
+    code, out, err = run(capsys, "eval", "dedup", offers / "offers.parquet", "--label-col", "cluster_id")
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["task"] == "dedup" and report["mean_f1"] >= 0.75
+    code, out, err = run(capsys, "eval", "dedup", offers / "offers.parquet", "--label-col", "cluster_id", "--threshold", "0.5")
+    assert code == 0 and json.loads(out)["threshold_from"] == "given"
+    table = read_table(offers / "offers.parquet")
+    write_table(pa.table({"listing_id": table.column("id"), "product_id": table.column("cluster_id")}), offers / "truth.csv")
+    code, out, err = run(
+        capsys, "eval", "match", offers / "catalog.csv", offers / "offers.parquet", offers / "truth.csv",
+        "--id-col", "product", "--text-col", "name", "--listing-id-col", "id", "--listing-text-col", "title",
+    )
+    assert code == 0, err
+    assert json.loads(out)["recall@1"] >= 0.85
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dedup", "{d}/missing.parquet"], "no such file"),
+        (["dedup", "{d}/offers.parquet", "--text-col", "name"], "no column 'name'"),
+        (["dedup", "{d}/empty.csv"], "empty"),
+        (["search", "{d}/no-index", "query"], "no such index folder"),
+        (["search", "{d}/idx8", "query"], "dimension"),
+        (["match", "{d}/catalog.csv", "{d}/offers.parquet"], "no column 'id'"),
+        (["dedup", "{d}/offers.txt2"], "cannot tell the format"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(capsys, offers, args, message):
+    from simsearch import Index
+
+    with open(offers / "empty.csv", "w") as f:
+        f.write("id,title\n")
+    (offers / "offers.txt2").write_text("x")
+    if not (offers / "idx8").exists():
+        # an index folder whose index has another dimension than the encoder
+        (offers / "idx8").mkdir()
+        index = Index(8)
+        index.add(np.random.default_rng(0).random((4, 8), dtype=np.float32))
+        index.save(offers / "idx8" / "index.ssi")
+        write_table(pa.table({"id": [1, 2, 3, 4], "title": list("abcd")}), offers / "idx8" / "items.parquet")
+        (offers / "idx8" / "meta.json").write_text(json.dumps({"format": 1, "dim": 8}))
+    code, out, err = run(capsys, *[a.format(d=offers) for a in args])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simsearch: error:")
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["dedup"])
+    assert exc.value.code == 2
