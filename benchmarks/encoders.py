@@ -14,7 +14,8 @@ Variants (all all-MiniLM-L6-v2 unless noted):
 * ``student-int8``: a distilled student (``--student DIR``), when given.
 
 Figures: titles/s at batch 32 and 64 (median of ``--repeats`` passes over
-``--n`` PriceRunner titles), single-title latency p50/p99, and against
+``--speed-n`` PriceRunner titles, variants interleaved), the same per second
+of process CPU time, single-title latency p50/p99, and against
 st-fp32: mean cosine of each title's two vectors, top-10 neighbour overlap
 among the titles, and Abt-Buy recall@1 (each Abt product's nearest Buy
 product, scored against the Leipzig perfect mapping). Runs at 1 and 2 threads.
@@ -22,7 +23,7 @@ The last line printed is one JSON object with the headline figures.
 
 Usage::
 
-    python benchmarks/encoders.py [--n 2000] [--repeats 3] [--threads 1 2] [--student DIR]
+    python benchmarks/encoders.py [--n 2000] [--speed-n 2000] [--repeats 3] [--threads 1 2] [--student DIR]
 """
 
 from __future__ import annotations
@@ -175,28 +176,50 @@ def st_int8_recipe(model_dir: Path, workdir: Path) -> Path:
     return out
 
 
-def throughput(encode: Callable[[list[str], int], np.ndarray], titles: list[str], batch: int, repeats: int) -> float:
-    encode(titles[:batch], batch)  # warm-up
-    rates = []
+def timed(encode: Callable[[list[str], int], np.ndarray], titles: list[str], batch: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    w, c = time.perf_counter(), time.process_time()
+    encode(titles, batch)
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def measure(
+    encoders: dict[str, Callable[[list[str], int], np.ndarray]], titles: list[str], repeats: int, latency_n: int
+) -> dict[str, dict[str, float]]:
+    """Throughput and single-title latency of every variant, interleaved.
+
+    The machines these run on are shared and their load changes by the
+    minute; running the variants round-robin, pass by pass and title by title,
+    gives each the same mix of load, and the medians drop the outliers.
+    Process CPU time is recorded beside wall time: at one thread it counts the
+    work done whatever the load.
+    """
+    for encode in encoders.values():
+        encode(titles[:64], 32)  # warm-up: first-call allocations, lazy init
+    runs: dict[str, dict[str, list[float]]] = {n: {} for n in encoders}
     for _ in range(repeats):
-        t = time.perf_counter()
-        encode(titles, batch)
-        rates.append(len(titles) / (time.perf_counter() - t))
-    return statistics.median(rates)
-
-
-def latency(encode: Callable[[list[str], int], np.ndarray], titles: list[str], n: int) -> tuple[float, float]:
-    times = []
-    for t in titles[:n]:
-        s = time.perf_counter()
-        encode([t], 1)
-        times.append((time.perf_counter() - s) * 1e3)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+        for batch in (32, 64):
+            for name, encode in encoders.items():
+                wall, cpu = timed(encode, titles, batch)
+                runs[name].setdefault(f"b{batch}", []).append(len(titles) / wall)
+                runs[name].setdefault(f"b{batch}_cpu", []).append(len(titles) / cpu)
+    for t in titles[:latency_n]:
+        for name, encode in encoders.items():
+            wall, cpu = timed(encode, [t], 1)
+            runs[name].setdefault("lat", []).append(wall * 1e3)
+            runs[name].setdefault("lat_cpu", []).append(cpu * 1e3)
+    out: dict[str, dict[str, float]] = {}
+    for name, r in runs.items():
+        out[name] = {k: statistics.median(v) for k, v in r.items() if not k.startswith("lat")}
+        out[name]["p50"], out[name]["p99"] = (float(x) for x in np.percentile(r["lat"], [50, 99]))
+        out[name]["p50_cpu"], out[name]["p99_cpu"] = (float(x) for x in np.percentile(r["lat_cpu"], [50, 99]))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=2000, help="PriceRunner titles for speed and neighbour overlap")
+    ap.add_argument("--n", type=int, default=2000, help="PriceRunner titles for cosine and neighbour overlap")
+    ap.add_argument("--speed-n", type=int, default=2000, help="the first this many of them are timed")
     ap.add_argument("--repeats", type=int, default=3, help="passes per throughput figure (median)")
     ap.add_argument("--latency-n", type=int, default=300, help="single titles timed for p50/p99")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -235,48 +258,62 @@ def main() -> None:
 
     rows: dict[tuple[str, int], dict[str, float]] = {}
     quality: dict[str, dict[str, float]] = {}
-    ref = ref_top = None
+    speed_titles = titles[: args.speed_n]
+    load_before = os.getloadavg()
     for threads in args.threads:
-        for name, encode in variants(threads).items():
-            r: dict[str, float] = {}
-            r["b32"] = throughput(encode, titles, 32, args.repeats)
-            r["b64"] = throughput(encode, titles, 64, args.repeats)
-            r["p50"], r["p99"] = latency(encode, titles, args.latency_n)
-            rows[(name, threads)] = r
-            if name not in quality:
-                vec = encode(titles, 32)
-                if ref is None:
-                    ref, ref_top = vec, top10(vec)
+        encoders = variants(threads)
+        if not quality:
+            ref = encoders["st-fp32"](titles, 32)
+            ref_top = top10(ref)
+            for name, encode in encoders.items():
+                vec = ref if name == "st-fp32" else encode(titles, 32)
                 quality[name] = {
                     "cos": float((vec * ref).sum(1).mean()),
                     "overlap": overlap(top10(vec), ref_top),
                     "recall1": recall_at_1(encode, ab),
                 }
-            print(f"  done {name} at {threads} thread(s): {r}", file=sys.stderr, flush=True)
+                print(f"  quality {name}: {quality[name]}", file=sys.stderr, flush=True)
+        for name, r in measure(encoders, speed_titles, args.repeats, args.latency_n).items():
+            rows[(name, threads)] = r
+            print(f"  speed {name} at {threads} thread(s): {r}", file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
 
-    print(f"\n{args.n} PriceRunner titles; Abt-Buy {len(ab[0])} x {len(ab[1])}; CPU flags: {' '.join(flags)}")
-    print("| variant | threads | titles/s b32 | titles/s b64 | 1-title p50 ms | p99 ms | cos to fp32 | top-10 overlap | Abt-Buy R@1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"\nquality on {args.n} PriceRunner titles, speed on {len(speed_titles)} (median of {args.repeats}, "
+        f"variants interleaved); Abt-Buy {len(ab[0])} x {len(ab[1])}; CPU flags: {' '.join(flags)}; "
+        f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        "| variant | threads | titles/s b32 | titles/s b64 | titles per CPU-s b32 | 1-title p50 / p99 ms "
+        "| 1-title CPU p50 / p99 ms | cos to fp32 | top-10 overlap | Abt-Buy R@1 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (name, threads), r in rows.items():
         q = quality[name]
         print(
-            f"| {name} | {threads} | {r['b32']:.0f} | {r['b64']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} "
-            f"| {q['cos']:.4f} | {q['overlap']:.3f} | {q['recall1']:.3f} |"
+            f"| {name} | {threads} | {r['b32']:.0f} | {r['b64']:.0f} | {r['b32_cpu']:.0f} | {r['p50']:.1f} / {r['p99']:.1f} "
+            f"| {r['p50_cpu']:.1f} / {r['p99_cpu']:.1f} | {q['cos']:.4f} | {q['overlap']:.3f} | {q['recall1']:.3f} |"
         )
 
     one = min(args.threads)
-    head: dict[str, Any] = {"cpu_flags": flags, "n_titles": args.n}
+    head: dict[str, Any] = {"cpu_flags": flags, "n_titles": args.n, "speed_titles": len(speed_titles)}
     for name in quality:
         head[f"{name}_titles_per_s_b32_{one}t"] = round(rows[(name, one)]["b32"], 1)
+        head[f"{name}_titles_per_cpu_s_b32_{one}t"] = round(rows[(name, one)]["b32_cpu"], 1)
         head[f"{name}_p50_ms"] = round(rows[(name, one)]["p50"], 2)
         head[f"{name}_p99_ms"] = round(rows[(name, one)]["p99"], 2)
         head[f"{name}_cos"] = round(quality[name]["cos"], 4)
         head[f"{name}_overlap10"] = round(quality[name]["overlap"], 3)
         head[f"{name}_recall1"] = round(quality[name]["recall1"], 3)
-    head["int8_speedup_vs_st_fp32"] = round(rows[("simsearch-int8", one)]["b32"] / rows[("st-fp32", one)]["b32"], 2)
-    head["int8_speedup_vs_st_int8_recipe"] = round(
-        rows[("simsearch-int8", one)]["b32"] / rows[("st-int8-recipe", one)]["b32"], 2
-    )
+    for key in ("b32", "b32_cpu"):
+        head[f"int8_speedup_vs_st_fp32_{key}"] = round(rows[("simsearch-int8", one)][key] / rows[("st-fp32", one)][key], 2)
+        head[f"int8_speedup_vs_st_int8_recipe_{key}"] = round(
+            rows[("simsearch-int8", one)][key] / rows[("st-int8-recipe", one)][key], 2
+        )
+        if ("student-int8", one) in rows:
+            head[f"student_speedup_vs_int8_{key}"] = round(
+                rows[("student-int8", one)][key] / rows[("simsearch-int8", one)][key], 2
+            )
     if 2 in args.threads and 1 in args.threads:
         head["int8_two_thread_scaling"] = round(rows[("simsearch-int8", 2)]["b32"] / rows[("simsearch-int8", 1)]["b32"], 2)
     print(json.dumps(head))

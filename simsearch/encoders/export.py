@@ -24,7 +24,7 @@ from simsearch.encoders._files import cache_dir, exclusive_lock, file_sha256, fs
 
 # Bump when the export graph or the quantization recipe changes: it is part of
 # every cache key and of the encoder fingerprint.
-RECIPE_VERSION = "text-v2"
+RECIPE_VERSION = "text-v3"
 
 PRECISIONS = ("fp32", "int8", "fp16")
 _POOLING_MODES = ("mean", "cls", "max")

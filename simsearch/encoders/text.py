@@ -48,8 +48,12 @@ class TextEncoder:
     precision : {"int8", "fp32", "fp16", "bf16"} or None, default=None
         ``None`` picks the backend's fast one: int8 on cpu, fp16 on cuda, bf16
         on neuron. ``int8`` (cpu only) quantizes the weights to int8 per
-        channel and the activations per batch, keeping the word embeddings in
-        float; ``fp32`` is the reference.
+        channel and the activations per batch, keeping the word embeddings
+        and the feed-forward output projections in float (see
+        :mod:`simsearch.encoders.quantize`); ``fp32`` is the reference. int8
+        activation scales are computed per batch, so a text's int8 vector
+        varies slightly with the texts batched beside it; the
+        same call on the same inputs always gives the same vectors.
     max_length : int, default=128
         Texts longer than this many tokens (special tokens included) are
         truncated; the vector then describes the first ``max_length`` tokens.
