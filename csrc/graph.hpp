@@ -429,6 +429,10 @@ private:
             if (-c.first > bound && top.size() >= ef) break;
             cand.pop();
             copy_links(c.second, level, nb);
+            for (uint32_t x : nb) {  // start all fetches first, as in search_base
+                __builtin_prefetch(vis + x);
+                __builtin_prefetch(codes(x));
+            }
             for (uint32_t x : nb) {
                 if (vis[x] == tag) continue;
                 vis[x] = tag;

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <emmintrin.h>  // SSE2: part of baseline x86-64
+
 #include "kernels/kernels.hpp"
 
 namespace simsearch {
@@ -90,24 +92,69 @@ public:
         for (size_t d = 0; d < dim_; ++d) out[d] = lo_[d] + step_[d] * float(c[d]);
     }
 
+    // Building a query form is on the build's hot path (every node-to-node
+    // distance needs one), so it is written with SSE2, which every x86-64
+    // has: one code path, bit-identical whichever distance kernel runs later.
+    // Rounding is cvtps2dq's (to nearest even under the default MXCSR).
     void make_query(const float* q, QueryCode& qc) const {
-        qc.q8.assign(dim_padded_, 0);
-        qc.q16.assign(dim_padded_, 0);
-        float amax = 0.f, offset = 0.f, norm2 = 0.f;
-        for (size_t d = 0; d < dim_; ++d) {
-            amax = std::max(amax, std::fabs(q[d] * step_[d]));
-            offset += q[d] * lo_[d];
-            norm2 += q[d] * q[d];
+        if (qc.q8.size() != dim_padded_) {  // the padding must stay zero
+            qc.q8.assign(dim_padded_, 0);
+            qc.q16.assign(dim_padded_, 0);
+        }
+        const float* lo = lo_.data();
+        const float* st = step_.data();
+        const __m128 sign = _mm_set1_ps(-0.f);
+        __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
+        __m128 nrm0 = _mm_setzero_ps(), nrm1 = _mm_setzero_ps();
+        __m128 mx0 = _mm_setzero_ps(), mx1 = _mm_setzero_ps();
+        size_t d = 0;
+        for (; d + 8 <= dim_; d += 8) {
+            const __m128 v0 = _mm_loadu_ps(q + d), v1 = _mm_loadu_ps(q + d + 4);
+            off0 = _mm_add_ps(off0, _mm_mul_ps(v0, _mm_loadu_ps(lo + d)));
+            off1 = _mm_add_ps(off1, _mm_mul_ps(v1, _mm_loadu_ps(lo + d + 4)));
+            nrm0 = _mm_add_ps(nrm0, _mm_mul_ps(v0, v0));
+            nrm1 = _mm_add_ps(nrm1, _mm_mul_ps(v1, v1));
+            mx0 = _mm_max_ps(mx0, _mm_andnot_ps(sign, _mm_mul_ps(v0, _mm_loadu_ps(st + d))));
+            mx1 = _mm_max_ps(mx1, _mm_andnot_ps(sign, _mm_mul_ps(v1, _mm_loadu_ps(st + d + 4))));
+        }
+        alignas(16) float lanes[3][8];
+        _mm_store_ps(lanes[0], off0); _mm_store_ps(lanes[0] + 4, off1);
+        _mm_store_ps(lanes[1], nrm0); _mm_store_ps(lanes[1] + 4, nrm1);
+        _mm_store_ps(lanes[2], mx0);  _mm_store_ps(lanes[2] + 4, mx1);
+        for (size_t l = 0; d + l < dim_; ++l) {
+            const float v = q[d + l];
+            lanes[0][l] += v * lo[d + l];
+            lanes[1][l] += v * v;
+            lanes[2][l] = std::max(lanes[2][l], std::fabs(v * st[d + l]));
+        }
+        float offset = 0.f, norm2 = 0.f, amax = 0.f;
+        for (size_t l = 0; l < 8; ++l) {
+            offset += lanes[0][l];
+            norm2 += lanes[1][l];
+            amax = std::max(amax, lanes[2][l]);
         }
         qc.offset = offset;
         qc.norm2 = norm2;
         qc.alpha = amax > 0.f ? amax / 127.f : 0.f;
-        if (amax == 0.f) return;
-        const float inv = 127.f / amax;
-        for (size_t d = 0; d < dim_; ++d) {
-            const float r = round_away(std::min(127.f, std::max(-127.f, q[d] * step_[d] * inv)));
-            qc.q8[d] = int8_t(r);
-            qc.q16[d] = int16_t(r);
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        int8_t* q8 = qc.q8.data();
+        int16_t* q16 = qc.q16.data();
+        const __m128 vinv = _mm_set1_ps(inv), lo127 = _mm_set1_ps(-127.f), hi127 = _mm_set1_ps(127.f);
+        size_t i = 0;
+        for (; i + 8 <= dim_; i += 8) {
+            __m128 a = _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(q + i), _mm_loadu_ps(st + i)), vinv);
+            __m128 b = _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(q + i + 4), _mm_loadu_ps(st + i + 4)), vinv);
+            a = _mm_min_ps(_mm_max_ps(a, lo127), hi127);
+            b = _mm_min_ps(_mm_max_ps(b, lo127), hi127);
+            const __m128i w = _mm_packs_epi32(_mm_cvtps_epi32(a), _mm_cvtps_epi32(b));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(q16 + i), w);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(q8 + i), _mm_packs_epi16(w, w));
+        }
+        for (; i < dim_; ++i) {
+            const float r = std::min(127.f, std::max(-127.f, q[i] * st[i] * inv));
+            const int v = _mm_cvtss_si32(_mm_set_ss(r));
+            q8[i] = int8_t(v);
+            q16[i] = int16_t(v);
         }
     }
 
