@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "CatalogMatcher": "simsearch.applications",
     "find_duplicates": "simsearch.applications",
     "PairScoring": "simsearch.applications",
+    "ShardedIndex": "simsearch.sharding",
 }
 
 __all__ = ["Index", "__version__", *_LAZY]

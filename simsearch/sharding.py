@@ -1,0 +1,818 @@
+"""``simsearch.ShardedIndex``: one index split into shards, searched in parallel.
+
+Each shard is a plain :class:`simsearch.Index`. The sharded index routes every
+vector to one shard, fans a search out to the shards, and merges their answers
+exactly: the result is the true top-k of the union of what the shards return,
+so a sharded index is as accurate as its shards.
+
+Two partitions:
+
+- ``"hash"``: a stable 64-bit hash of the id (splitmix64, the same in every
+  process and on every machine) picks the shard; every search visits every
+  shard.
+- ``"kmeans"``: faiss k-means, trained on the first ``add`` (or an explicit
+  :meth:`ShardedIndex.train`), sends each vector to the shard of its nearest
+  centroid; ``search(..., n_probe=p)`` visits only the ``p`` shards whose
+  centroids are nearest to each query.
+
+Two engines run the same shards:
+
+- ``"local"``: shards live in this process and are searched from a thread
+  pool; the native search releases the GIL, so shards run on separate cores.
+- ``"ray"``: one Ray actor per shard (:mod:`simsearch.ray`), the same API.
+
+Files: ``save(dir)`` writes a directory with ``manifest.json`` (format
+version, dim, metric, partition, per-shard file names, entry counts and
+SHA-256 checksums), one index file per shard and ``centroids.npy`` for
+kmeans. Nothing in it is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, Protocol, Sequence
+
+import numpy as np
+
+from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_positive_int
+from simsearch.index.core import Index, _default_threads
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CENTROIDS = "centroids.npy"
+_PARTITIONS = ("hash", "kmeans")
+_ENGINES = ("local", "ray")
+# Index keyword arguments that describe the data and go into the manifest;
+# num_threads is a property of the machine that opens the index, not of the data.
+_SAVED_PARAMS = ("metric", "dtype", "M", "ef_construction", "rescore", "backend", "ef", "isa", "train_size")
+
+Partition = Literal["hash", "kmeans"]
+
+
+# ---------------------------------------------------------------------- routing
+def hash_shard(ids: Any, n_shards: int) -> np.ndarray:
+    """Shard of each id under ``partition="hash"``.
+
+    splitmix64's finalizer (Steele et al., 2014) mixes every input bit into
+    every output bit, so consecutive ids spread evenly; unlike Python's
+    ``hash()`` it does not depend on the process or the platform.
+
+    Parameters
+    ----------
+    ids : array-like of int, shape (n,)
+    n_shards : int
+
+    Returns
+    -------
+    np.ndarray of int64, shape (n,)
+        Values in ``[0, n_shards)``.
+    """
+    z = as_ids(ids) + np.uint64(0x9E3779B97F4A7C15)  # uint64 arithmetic wraps, as splitmix64 expects
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(check_positive_int(n_shards, "n_shards"))).astype(np.int64)
+
+
+def _sq_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Squared L2 distances, shape (n, n_centroids), float32."""
+    return (x * x).sum(1)[:, None] - 2.0 * (x @ centroids.T) + (centroids * centroids).sum(1)[None, :]
+
+
+def _merge(ids: np.ndarray, scores: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of the concatenated shard answers.
+
+    ``ids``/``scores`` have shape (n, n_parts * k) with padding (NaN scores)
+    anywhere; padding sorts last whatever the metric's direction, and the
+    stable sort keeps equal scores in shard order.
+    """
+    key = scores.astype(np.float32, copy=True)
+    if metric != "l2":
+        np.negative(key, out=key)  # similarities: higher first
+    key[np.isnan(key)] = np.inf
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def _sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SearchResult(tuple):
+    """``(ids, scores)`` of a sharded search, plus which shards answered.
+
+    Unpacks like :meth:`simsearch.Index.search`'s pair; ``shards_answered``
+    (bool, shape (n_shards,)) is False only for shards that a search with
+    ``allow_partial=True`` could not reach (or that no query probed).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    shards_answered: np.ndarray
+
+    def __new__(cls, ids: np.ndarray, scores: np.ndarray, shards_answered: np.ndarray) -> SearchResult:
+        self = super().__new__(cls, (ids, scores))
+        self.ids = ids
+        self.scores = scores
+        self.shards_answered = shards_answered
+        return self
+
+
+class ShardUnavailableError(RuntimeError):
+    """A shard could not be reached (its Ray actor died and was not restarted in time)."""
+
+
+# ---------------------------------------------------------------------- shards
+class Shard:
+    """One shard: an :class:`Index` plus the operations the engines call.
+
+    The local engine calls these methods from its thread pool; the Ray engine
+    runs a subclass as an actor. Inputs arrive validated.
+    """
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.index.add(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        self.index.remove(ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.contains(ids)
+
+    def get_vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.get_vectors(ids)
+
+    def ids(self) -> np.ndarray:
+        return self.index.ids()
+
+    def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(queries, k, ef)
+
+    def size(self) -> int:
+        return len(self.index)
+
+    def memory_bytes(self) -> int:
+        return self.index.memory_bytes
+
+    def save(self, path: str) -> dict[str, Any]:
+        """Write the shard to ``path``; returns its manifest entry.
+
+        An empty shard writes no file (``"file": None``): it is rebuilt empty
+        from the index parameters at load.
+        """
+        n = len(self.index)
+        if n == 0:
+            return {"file": None, "sha256": None, "count": 0}
+        self.index.save(path)
+        return {"file": os.path.basename(path), "sha256": _sha256(path), "count": n}
+
+
+def open_shard(source: str | None, dim: int, params: dict[str, Any], mmap: bool, num_threads: int) -> Index:
+    """A shard's :class:`Index`: loaded from ``source``, or new and empty when it is None."""
+    if source is None:
+        return Index(dim, num_threads=num_threads, **params)
+    index = Index.load(source, mmap=mmap, dim=dim, metric=params.get("metric", "cosine"), num_threads=num_threads)
+    return index
+
+
+class _Engine(Protocol):
+    n_shards: int
+
+    def run(
+        self, calls: Sequence[tuple[int, str, tuple[Any, ...]]], allow_partial: bool = False, timeout: float | None = None
+    ) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+_FAILED = object()  # a call that did not answer under allow_partial=True
+
+
+class LocalEngine:
+    """Shards in this process; calls run on a thread pool (one worker per core, at most one per shard)."""
+
+    def __init__(self, shards: list[Shard], num_threads: int) -> None:
+        self.shards = shards
+        self.n_shards = len(shards)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(num_threads, self.n_shards)))
+
+    def run(
+        self, calls: Sequence[tuple[int, str, tuple[Any, ...]]], allow_partial: bool = False, timeout: float | None = None
+    ) -> list[Any]:
+        if len(calls) == 1:
+            s, method, args = calls[0]
+            return [getattr(self.shards[s], method)(*args)]
+        futures = [self._pool.submit(getattr(self.shards[s], method), *args) for s, method, args in calls]
+        # wait for every call before raising, so no shard is still writing when the caller sees the error
+        errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------- the index
+class ShardedIndex:
+    """An :class:`~simsearch.Index` split into ``n_shards`` shards, searched in parallel.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    n_shards : int
+        Number of shards (at least 1).
+    partition : {"hash", "kmeans"}, default "hash"
+        ``"hash"`` routes by a stable hash of the id and searches every
+        shard. ``"kmeans"`` routes each vector to the shard of its nearest
+        k-means centroid (trained with faiss on the first ``add``, or by
+        :meth:`train`) and lets ``search`` visit only the ``n_probe``
+        nearest shards.
+    engine : {"local", "ray"}, default "local"
+        ``"local"`` keeps the shards in this process. ``"ray"`` runs one Ray
+        actor per shard (needs ``pip install 'simsearch[ray]'``; see
+        :class:`simsearch.ray.RayIndex` for its options, passed here as
+        ``engine_options``).
+    seed : int, default 0
+        k-means seed.
+    kmeans_train_size : int, default 100000
+        At most this many vectors (a seeded sample) train the centroids.
+    engine_options : dict, optional
+        Ray engine options (``workdir``, ``max_restarts``, ``actor_options``).
+    **index_params
+        Passed to every shard's :class:`~simsearch.Index` (``metric``,
+        ``dtype``, ``M``, ``ef_construction``, ``rescore``, ``backend``,
+        ``ef``, ``isa``, ``train_size``, ``num_threads``). ``num_threads``
+        is the total for the whole index: shards run side by side, each
+        with its share.
+
+    Attributes
+    ----------
+    centroids_ : np.ndarray of float32, shape (n_shards, dim) or None
+        k-means centroids once trained (kmeans partition only).
+
+    Examples
+    --------
+    >>> import numpy as np, simsearch
+    >>> x = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+    >>> index = simsearch.ShardedIndex(16, n_shards=4)
+    >>> ids = index.add(x)
+    >>> found, scores = index.search(x[:2], k=3)
+    >>> found.shape, [int(i) for i in found[:, 0]]
+    ((2, 3), [0, 1])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_shards: int,
+        partition: Partition = "hash",
+        engine: Literal["local", "ray"] = "local",
+        *,
+        seed: int = 0,
+        kmeans_train_size: int = 100_000,
+        engine_options: dict[str, Any] | None = None,
+        **index_params: Any,
+    ) -> None:
+        self._setup(dim, n_shards, partition, engine, seed, kmeans_train_size, index_params)
+        Index(self.dim, **self.index_params)  # validates the shard parameters once, here, with Index's own words
+        self._engine = self._make_engine([None] * self.n_shards, mmap=False, engine_options=engine_options or {})
+
+    def _setup(
+        self,
+        dim: int,
+        n_shards: int,
+        partition: str,
+        engine: str,
+        seed: int,
+        kmeans_train_size: int,
+        index_params: dict[str, Any],
+    ) -> None:
+        self.dim = check_positive_int(dim, "dim")
+        self.n_shards = check_positive_int(n_shards, "n_shards")
+        if partition not in _PARTITIONS:
+            raise ValueError(f"partition must be one of {list(_PARTITIONS)}, got {partition!r}")
+        if engine not in _ENGINES:
+            raise ValueError(f"engine must be one of {list(_ENGINES)}, got {engine!r}")
+        self.partition = partition
+        self.engine = engine
+        self.seed = int(seed)
+        self.kmeans_train_size = check_positive_int(kmeans_train_size, "kmeans_train_size")
+        params = dict(index_params)
+        threads = params.pop("num_threads", None)
+        self.num_threads = _default_threads() if threads is None else check_positive_int(threads, "num_threads")
+        self.index_params = params
+        self.metric: str = params.get("metric", "cosine")
+        self.ef = check_positive_int(params.get("ef", 64), "ef")
+        self.centroids_: np.ndarray | None = None
+        self._next_id = 0
+
+    def _make_engine(self, sources: list[str | None], mmap: bool, engine_options: dict[str, Any]) -> _Engine:
+        # each shard gets its share of the threads; the pool runs the shards side by side
+        per_shard = max(1, self.num_threads // self.n_shards)
+        if self.engine == "ray":
+            from simsearch.ray import RayEngine
+
+            return RayEngine(self.dim, self.index_params, sources, mmap=mmap, num_threads=per_shard, **engine_options)
+        if engine_options:
+            raise ValueError(f"engine_options apply to engine='ray', got {sorted(engine_options)}")
+        shards = [Shard(open_shard(src, self.dim, self.index_params, mmap, per_shard)) for src in sources]
+        return LocalEngine(shards, self.num_threads)
+
+    # ------------------------------------------------------------------ info
+    def __len__(self) -> int:
+        return int(sum(self._all("size")))
+
+    @property
+    def shard_sizes(self) -> np.ndarray:
+        """Entries per shard, int64, shape (n_shards,)."""
+        return np.asarray(self._all("size"), dtype=np.int64)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of index memory over all shards."""
+        return int(sum(self._all("memory_bytes")))
+
+    def __contains__(self, id_: Any) -> bool:
+        try:
+            ids = as_ids(id_, "id")
+        except (TypeError, ValueError):
+            return False
+        return ids.size == 1 and bool(self.contains(ids)[0])
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Membership of each id.
+
+        Parameters
+        ----------
+        ids : array-like of int, shape (n,)
+
+        Returns
+        -------
+        np.ndarray of bool, shape (n,)
+        """
+        return self._locate(as_ids(ids)) >= 0
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedIndex(dim={self.dim}, n_shards={self.n_shards}, partition={self.partition!r}, "
+            f"engine={self.engine!r}, metric={self.metric!r}, len={len(self)})"
+        )
+
+    def close(self) -> None:
+        """Stop the shard workers (threads, or Ray actors). The index is unusable afterwards."""
+        self._engine.close()
+
+    def __enter__(self) -> ShardedIndex:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+    def train(self, vectors: Any) -> ShardedIndex:
+        """Learn the kmeans partition's centroids (faiss k-means) from ``vectors``.
+
+        Called by the first :meth:`add` when not called before. At most
+        ``kmeans_train_size`` vectors (a seeded sample) are used.
+
+        Parameters
+        ----------
+        vectors : array-like of shape (n, dim), float, n >= n_shards
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Not a kmeans partition, already trained with entries present,
+            fewer vectors than shards, or bad vectors.
+        """
+        if self.partition != "kmeans":
+            raise ValueError("train() applies to partition='kmeans'; the hash partition needs no training")
+        if self.centroids_ is not None and len(self) > 0:
+            raise ValueError("the index already holds vectors routed by its centroids; build a new index to retrain")
+        x = self._prepare(vectors, "vectors")
+        if x.shape[0] < self.n_shards:
+            raise ValueError(f"k-means needs at least n_shards={self.n_shards} training vectors, got {x.shape[0]}")
+        if x.shape[0] > self.kmeans_train_size:
+            rng = np.random.default_rng(self.seed)
+            x = x[np.sort(rng.choice(x.shape[0], self.kmeans_train_size, replace=False))]
+        if self.n_shards == 1:
+            self.centroids_ = x.mean(0, keepdims=True).astype(np.float32)
+            return self
+        import faiss
+
+        kmeans = faiss.Kmeans(self.dim, self.n_shards, niter=20, seed=self.seed, verbose=False)
+        # faiss prints a note to stderr under 39 points per centroid; the clustering is still valid
+        kmeans.cp.min_points_per_centroid = 1
+        kmeans.train(np.ascontiguousarray(x))
+        self.centroids_ = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        return self
+
+    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+        """Add vectors; returns their ids.
+
+        Parameters
+        ----------
+        vectors : array-like of shape (n, dim), float
+            Any float width; converted to float32.
+        ids : array-like of int, shape (n,), optional
+            Unique uint64 ids not already in any shard. By default ids
+            continue from the largest id ever added to this sharded index,
+            so automatic ids never collide across shards.
+
+        Returns
+        -------
+        np.ndarray of uint64, shape (n,)
+
+        Raises
+        ------
+        ValueError
+            Wrong dimension, NaN/inf, zero vectors under cosine, duplicate
+            ids or ids already present. Nothing is added when a check fails.
+        TypeError
+            Non-float vectors or non-integer ids.
+        """
+        x = self._prepare(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            if self._next_id + n >= 2**64 - 1:
+                raise ValueError("automatic ids are exhausted; pass ids explicitly")
+            id_arr = np.arange(self._next_id, self._next_id + n, dtype=np.uint64)
+        else:
+            id_arr = as_ids(ids, "ids", n)
+        if n == 0:
+            return id_arr
+        values, counts = np.unique(id_arr, return_counts=True)
+        if values.size != n:
+            raise ValueError(f"ids contains duplicate id {int(values[counts > 1][0])}")
+        if ids is not None:
+            present = self.contains(id_arr)
+            if present.any():
+                raise ValueError(f"id {int(id_arr[np.argmax(present)])} is already in the index")
+        if self.partition == "kmeans" and self.centroids_ is None:
+            self.train(x)
+        shard = self._route_vectors(x) if self.partition == "kmeans" else hash_shard(id_arr, self.n_shards)
+        calls = []
+        for s in range(self.n_shards):
+            rows = np.flatnonzero(shard == s)
+            if rows.size:
+                calls.append((s, "add", (np.ascontiguousarray(x[rows]), np.ascontiguousarray(id_arr[rows]))))
+        self._engine.run(calls)
+        self._next_id = max(self._next_id, int(id_arr.max()) + 1)
+        return id_arr
+
+    def remove(self, ids: Any) -> None:
+        """Remove ids from whichever shards hold them.
+
+        Raises
+        ------
+        KeyError
+            If any id is not in the index (nothing is removed then).
+        ValueError
+            If ids repeats an id.
+        """
+        id_arr = as_ids(ids)
+        if id_arr.size == 0:
+            return
+        if np.unique(id_arr).size != id_arr.size:
+            raise ValueError("ids contains duplicates")
+        shard = self._located_or_raise(id_arr)
+        calls = [(s, "remove", (id_arr[shard == s],)) for s in range(self.n_shards) if np.any(shard == s)]
+        self._engine.run(calls)
+
+    # ------------------------------------------------------------------ reads
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        ef: int | None = None,
+        n_probe: int | None = None,
+        *,
+        allow_partial: bool = False,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """The k nearest neighbours of each query over all shards.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n, dim), float
+            A 1-D array of length ``dim`` is one query.
+        k : int, default 10
+            Neighbours per query; rows are padded when fewer exist.
+        ef : int, optional
+            Each shard's candidate list size; defaults to the index's ``ef``.
+        n_probe : int, optional
+            kmeans partition: shards visited per query, the ones whose
+            centroids are nearest (1 to n_shards; default n_shards, exact
+            over the shards). The hash partition visits every shard and
+            accepts only None or n_shards.
+        allow_partial : bool, default False
+            Ray engine: when a shard cannot be reached, answer from the
+            others instead of raising; ``shards_answered`` says which did.
+        timeout : float, optional
+            Ray engine: seconds to wait for the shards.
+
+        Returns
+        -------
+        SearchResult
+            Unpacks as ``ids, scores``: uint64 and float32, shape (n, k),
+            best first (higher first for cosine/ip, squared distance lower
+            first for l2), padded with id ``2**64-1`` and score NaN. Also
+            carries ``shards_answered`` (bool, shape (n_shards,)).
+
+        Raises
+        ------
+        ValueError
+            Wrong dimension, NaN/inf, k/ef/n_probe out of range.
+        ShardUnavailableError
+            A shard did not answer and ``allow_partial`` is False.
+        """
+        k = check_positive_int(k, "k")
+        ef = self.ef if ef is None else check_positive_int(ef, "ef")
+        n_probe = self._check_n_probe(n_probe)
+        q = self._prepare(queries, "queries")
+        n = q.shape[0]
+        ids = np.full((n, self.n_shards * k), NO_ID, dtype=np.uint64)
+        scores = np.full((n, self.n_shards * k), np.nan, dtype=np.float32)
+        answered = np.zeros(self.n_shards, dtype=bool)
+        if n == 0 or self.centroids_ is None and self.partition == "kmeans":
+            return SearchResult(ids[:, :k], scores[:, :k], answered)
+        if n_probe == self.n_shards:
+            rows_of = [np.arange(n)] * self.n_shards
+        else:
+            # each shard searches, in one batch, the queries that probe it: the same
+            # work as grouping queries by their shard set, with one call per shard
+            probes = np.argsort(_sq_distances(q, self.centroids_), axis=1, kind="stable")[:, :n_probe]
+            rows_of = [np.flatnonzero((probes == s).any(1)) for s in range(self.n_shards)]
+        calls = [(s, "search", (q if rows.size == n else q[rows], k, ef)) for s, rows in enumerate(rows_of) if rows.size]
+        results = self._engine.run(calls, allow_partial=allow_partial, timeout=timeout)
+        for (s, _, _), res in zip(calls, results):
+            if res is _FAILED:
+                continue
+            answered[s] = True
+            rows = rows_of[s]
+            ids[rows, s * k : (s + 1) * k] = res[0]
+            scores[rows, s * k : (s + 1) * k] = res[1]
+        top_ids, top_scores = _merge(ids, scores, k, self.metric)
+        return SearchResult(top_ids, top_scores, answered)
+
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored vectors of ``ids`` (normalized under cosine; decoded from int8 on native shards).
+
+        Returns
+        -------
+        np.ndarray of float32, shape (n, dim)
+
+        Raises
+        ------
+        KeyError
+            If any id is not in the index.
+        """
+        id_arr = as_ids(ids)
+        shard = self._located_or_raise(id_arr)
+        out = np.empty((id_arr.size, self.dim), dtype=np.float32)
+        calls = [(s, "get_vectors", (id_arr[shard == s],)) for s in range(self.n_shards) if np.any(shard == s)]
+        for (s, _, _), vecs in zip(calls, self._engine.run(calls)):
+            out[shard == s] = vecs
+        return out
+
+    def ids(self) -> np.ndarray:
+        """All live ids, shape (len(self),), uint64, shard by shard (native backend)."""
+        parts = self._all("ids")
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to the directory ``path``.
+
+        The shards and the manifest are written into a temporary directory
+        beside ``path``, which then replaces ``path`` by rename, so a reader
+        sees the old index or the new one, never half of one. An existing
+        ``path`` is replaced only if it is a saved ShardedIndex (or empty).
+        With the Ray engine, ``path`` must be on storage every actor can write.
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and is not a saved ShardedIndex.
+        """
+        dest = Path(path).absolute()
+        if dest.exists() and not (dest.is_dir() and ((dest / MANIFEST).is_file() or not any(dest.iterdir()))):
+            raise FileExistsError(f"{str(dest)!r} exists and is not a saved ShardedIndex; refusing to replace it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            calls = [(s, "save", (str(tmp / f"shard-{s:04d}.simsearch"),)) for s in range(self.n_shards)]
+            entries = self._engine.run(calls)
+            manifest: dict[str, Any] = {
+                "format": "simsearch.ShardedIndex",
+                "format_version": FORMAT_VERSION,
+                "dim": self.dim,
+                "metric": self.metric,
+                "partition": self.partition,
+                "n_shards": self.n_shards,
+                "next_id": self._next_id,
+                "seed": self.seed,
+                "kmeans_train_size": self.kmeans_train_size,
+                "index_params": {k: v for k, v in self.index_params.items() if k in _SAVED_PARAMS},
+                "centroids": None,
+                "shards": entries,
+            }
+            if self.centroids_ is not None:
+                np.save(tmp / CENTROIDS, self.centroids_, allow_pickle=False)
+                manifest["centroids"] = {"file": CENTROIDS, "sha256": _sha256(tmp / CENTROIDS)}
+            with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private to this user
+            _swap_in(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        mmap: bool = False,
+        *,
+        verify: bool = True,
+        engine: Literal["local", "ray"] = "local",
+        num_threads: int | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> ShardedIndex:
+        """Open a directory written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : path-like
+            The directory.
+        mmap : bool, default False
+            Map each shard's file instead of reading it (see :meth:`Index.load`).
+        verify : bool, default True
+            Check each file's SHA-256 against the manifest before opening it.
+        engine : {"local", "ray"}, default "local"
+            Where the shards run; any saved index opens with either engine.
+        num_threads : int, optional
+            Total threads (default: every core available).
+        engine_options : dict, optional
+            Ray engine options.
+
+        Raises
+        ------
+        ValueError
+            No or unreadable manifest, a newer format version, a shard file
+            missing or corrupt (the message names it), centroids missing or
+            corrupt.
+        """
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise ValueError(f"{str(root)!r} has no {MANIFEST}; it is not a saved ShardedIndex")
+        try:
+            with open(manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+            version = int(manifest["format_version"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: {err}") from err
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{str(root)!r} was written in ShardedIndex format version {version}; this simsearch reads "
+                f"up to version {FORMAT_VERSION}. Upgrade simsearch to open it"
+            )
+        shards = manifest["shards"]
+        if len(shards) != manifest["n_shards"]:
+            raise ValueError(f"{str(manifest_path)!r} lists {len(shards)} shards but n_shards is {manifest['n_shards']}")
+        sources: list[str | None] = []
+        for s, entry in enumerate(shards):
+            if entry["file"] is None:
+                sources.append(None)
+                continue
+            file = root / entry["file"]
+            if not file.is_file():
+                raise ValueError(f"shard {s} file {entry['file']!r} is missing from {str(root)!r}")
+            if verify and _sha256(file) != entry["sha256"]:
+                raise ValueError(f"shard {s} file {entry['file']!r} in {str(root)!r} is corrupt (SHA-256 mismatch)")
+            sources.append(str(file.absolute()))
+        self = cls.__new__(cls)
+        params = dict(manifest["index_params"])
+        if num_threads is not None:
+            params["num_threads"] = num_threads
+        self._setup(
+            manifest["dim"], manifest["n_shards"], manifest["partition"], engine, manifest["seed"],
+            manifest["kmeans_train_size"], params,
+        )  # fmt: skip
+        self._next_id = int(manifest["next_id"])
+        if manifest["centroids"] is not None:
+            file = root / manifest["centroids"]["file"]
+            if not file.is_file():
+                raise ValueError(f"centroids file {manifest['centroids']['file']!r} is missing from {str(root)!r}")
+            if verify and _sha256(file) != manifest["centroids"]["sha256"]:
+                raise ValueError(f"centroids file {manifest['centroids']['file']!r} in {str(root)!r} is corrupt")
+            centroids = np.load(file, allow_pickle=False)
+            if centroids.shape != (self.n_shards, self.dim):
+                raise ValueError(f"centroids in {str(root)!r} have shape {centroids.shape}, expected {(self.n_shards, self.dim)}")
+            self.centroids_ = np.ascontiguousarray(centroids, dtype=np.float32)
+        try:
+            self._engine = self._make_engine(sources, mmap=mmap, engine_options=engine_options or {})
+        except ValueError as err:
+            raise ValueError(f"cannot open a shard of {str(root)!r}: {err}") from err
+        sizes = self.shard_sizes
+        for s, entry in enumerate(shards):
+            if sizes[s] != entry["count"]:
+                self.close()
+                raise ValueError(f"shard {s} file {entry['file']!r} holds {sizes[s]} entries, the manifest says {entry['count']}")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def _all(self, method: str) -> list[Any]:
+        return self._engine.run([(s, method, ()) for s in range(self.n_shards)])
+
+    def _prepare(self, x: Any, name: str) -> np.ndarray:
+        arr = as_float_matrix(x, name, self.dim)
+        if self.metric == "cosine" and arr.shape[0]:
+            norms = np.linalg.norm(arr, axis=1)
+            if not np.all(norms > 0):
+                raise ValueError(f"{name} row {int(np.argmin(norms > 0))} has zero norm; cosine is undefined for it")
+            if self.partition == "kmeans":
+                arr = arr / norms[:, None]  # route by direction, as the cosine shards compare
+        return arr
+
+    def _route_vectors(self, x: np.ndarray) -> np.ndarray:
+        assert self.centroids_ is not None  # train() ran in add()
+        out = np.empty(x.shape[0], dtype=np.int64)
+        for start in range(0, x.shape[0], 65536):  # bounds the (rows, n_shards) distance block
+            out[start : start + 65536] = np.argmin(_sq_distances(x[start : start + 65536], self.centroids_), axis=1)
+        return out
+
+    def _check_n_probe(self, n_probe: Any) -> int:
+        if n_probe is None:
+            return self.n_shards
+        n_probe = check_positive_int(n_probe, "n_probe")
+        if n_probe > self.n_shards:
+            raise ValueError(f"n_probe must be between 1 and n_shards={self.n_shards}, got {n_probe}")
+        if self.partition == "hash" and n_probe != self.n_shards:
+            raise ValueError("n_probe applies to partition='kmeans'; the hash partition searches every shard")
+        return n_probe
+
+    def _locate(self, ids: np.ndarray) -> np.ndarray:
+        """Shard holding each id, or -1; shape (n,), int64."""
+        out = np.full(ids.size, -1, dtype=np.int64)
+        if ids.size == 0:
+            return out
+        if self.partition == "hash":
+            shard = hash_shard(ids, self.n_shards)
+            calls = [(s, "contains", (ids[shard == s],)) for s in range(self.n_shards) if np.any(shard == s)]
+            for (s, _, _), found in zip(calls, self._engine.run(calls)):
+                rows = np.flatnonzero(shard == s)
+                out[rows[np.asarray(found, dtype=bool)]] = s
+        else:
+            calls = [(s, "contains", (ids,)) for s in range(self.n_shards)]
+            for (s, _, _), found in zip(calls, self._engine.run(calls)):
+                out[np.asarray(found, dtype=bool)] = s
+        return out
+
+    def _located_or_raise(self, ids: np.ndarray) -> np.ndarray:
+        shard = self._locate(ids)
+        if np.any(shard < 0):
+            missing = ids[shard < 0]
+            raise KeyError(f"unknown id {int(missing[0])}" + (f" (and {missing.size - 1} more)" if missing.size > 1 else ""))
+        return shard
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside first and deleted after."""
+    if not dest.exists():
+        os.rename(tmp, dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    os.rmdir(old)
+    os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["ShardedIndex", "SearchResult", "ShardUnavailableError", "hash_shard", "FORMAT_VERSION"]
