@@ -3,11 +3,14 @@
 // the GIL around C++ work and maps C++ errors to Python exception types.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/vector.h>
 
 #include <chrono>
 #include <memory>
+#include <shared_mutex>
 
 #include "graph.hpp"
 #include "io.hpp"
@@ -23,6 +26,7 @@ using FloatVector = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::devi
 using IdVector = nb::ndarray<const uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using U8Vector = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using I8Vector = nb::ndarray<const int8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using I32Vector = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 template <class T>
 nb::ndarray<nb::numpy, T> to_numpy(std::unique_ptr<T[]> data, std::initializer_list<size_t> shape) {
@@ -81,6 +85,10 @@ const float* maybe_normalize(const float* x, size_t n, size_t dim, Metric metric
 
 struct NativeIndex {
     std::unique_ptr<HnswIndex> ix;
+    // compact() swaps `ix` for a rebuilt index: every call reads under this
+    // lock. Nothing holds it while waiting for the GIL, so it cannot deadlock.
+    std::unique_ptr<std::shared_mutex> swap_mu = std::make_unique<std::shared_mutex>();
+    std::shared_lock<std::shared_mutex> reading() const { return std::shared_lock<std::shared_mutex>(*swap_mu); }
 
     NativeIndex(size_t dim, uint32_t metric, size_t M, size_t ef_construction, bool keep_floats, const std::string& isa,
                 uint64_t seed, size_t train_limit) {
@@ -97,18 +105,53 @@ struct NativeIndex {
     }
     explicit NativeIndex(std::unique_ptr<HnswIndex> p) : ix(std::move(p)) {}
 
-    void add(FloatMatrix x, IdVector ids, size_t num_threads) {
+    void add(FloatMatrix x, IdVector ids, size_t num_threads, const std::vector<std::string>& attr_names,
+             const std::vector<I32Vector>& attr_values) {
+        auto g = reading();
         check_dim("vectors", x.shape(1), ix->dim());
         if (ids.shape(0) != x.shape(0)) throw std::invalid_argument("ids and vectors differ in length");
+        std::vector<const int32_t*> values;
+        for (const auto& v : attr_values) {
+            if (v.shape(0) != x.shape(0)) throw std::invalid_argument("an attribute array and vectors differ in length");
+            values.push_back(v.data());
+        }
         auto cancel = python_cancel();
         std::vector<float> buf;
         run_released([&] {
             const float* rows = maybe_normalize(x.data(), x.shape(0), ix->dim(), ix->params().metric, "vectors", buf);
-            ix->add(rows, ids.data(), x.shape(0), num_threads, cancel);
+            ix->add(rows, ids.data(), x.shape(0), num_threads, cancel, attr_names, values);
         });
     }
 
+    nb::tuple search_filtered(FloatMatrix q, size_t k, size_t ef, bool rescore, size_t num_threads,
+                              std::optional<IdVector> allowed,
+                              const std::vector<std::pair<std::string, std::vector<int32_t>>>& conditions,
+                              double brute_fraction) {
+        auto g = reading();
+        check_dim("queries", q.shape(1), ix->dim());
+        if (k == 0) throw std::invalid_argument("k must be positive");
+        const size_t n = q.shape(0);
+        std::unique_ptr<uint64_t[]> ids(new uint64_t[n * k]);
+        std::unique_ptr<float[]> scores(new float[n * k]);
+        auto cancel = python_cancel();
+        std::vector<float> buf;
+        run_released([&] {
+            const float* rows = maybe_normalize(q.data(), n, ix->dim(), ix->params().metric, "queries", buf);
+            ix->search_filtered(rows, n, k, ef, rescore, num_threads, allowed ? allowed->data() : nullptr,
+                                allowed ? allowed->shape(0) : 0, allowed.has_value(), conditions, brute_fraction,
+                                ids.get(), scores.get(), cancel);
+        });
+        return nb::make_tuple(to_numpy(std::move(ids), {n, k}), to_numpy(std::move(scores), {n, k}));
+    }
+
+    void compact(size_t num_threads) {
+        nb::gil_scoped_release release;
+        std::unique_lock<std::shared_mutex> w(*swap_mu);
+        ix = ix->compacted(num_threads);
+    }
+
     nb::tuple search(FloatMatrix q, size_t k, size_t ef, bool rescore, size_t num_threads, bool exact) {
+        auto g = reading();
         check_dim("queries", q.shape(1), ix->dim());
         if (k == 0) throw std::invalid_argument("k must be positive");
         const size_t n = q.shape(0);
@@ -125,11 +168,13 @@ struct NativeIndex {
     }
 
     void remove(IdVector ids) {
+        auto g = reading();
         nb::gil_scoped_release release;
         ix->remove(ids.data(), ids.shape(0));
     }
 
     nb::ndarray<nb::numpy, bool> contains(IdVector ids) {
+        auto g = reading();
         const size_t n = ids.shape(0);
         std::unique_ptr<bool[]> out(new bool[n]);
         for (size_t i = 0; i < n; ++i) out[i] = ix->contains(ids.data()[i]);
@@ -137,6 +182,7 @@ struct NativeIndex {
     }
 
     nb::ndarray<nb::numpy, float> get_vectors(IdVector ids) {
+        auto g = reading();
         const size_t n = ids.shape(0);
         std::unique_ptr<float[]> out(new float[n * ix->dim()]);
         ix->get_vectors(ids.data(), n, out.get());
@@ -144,6 +190,7 @@ struct NativeIndex {
     }
 
     nb::ndarray<nb::numpy, uint64_t> ids() {
+        auto g = reading();
         std::vector<uint64_t> v = ix->ids();
         std::unique_ptr<uint64_t[]> out(new uint64_t[v.size()]);
         std::copy(v.begin(), v.end(), out.get());
@@ -151,6 +198,7 @@ struct NativeIndex {
     }
 
     nb::ndarray<nb::numpy, float> quantizer_param(bool step) {
+        auto g = reading();
         const auto& v = step ? ix->quantizer().step() : ix->quantizer().lo();
         std::unique_ptr<float[]> out(new float[v.size()]);
         std::copy(v.begin(), v.end(), out.get());
@@ -158,6 +206,7 @@ struct NativeIndex {
     }
 
     void save(const std::string& path) {
+        auto g = reading();
         nb::gil_scoped_release release;
         ix->save(path);
     }
@@ -230,19 +279,22 @@ NB_MODULE(_core, m) {
         .def("quantizer_param", &NativeIndex::quantizer_param)
         .def("save", &NativeIndex::save)
         .def_static("load", &NativeIndex::load)
-        .def("set_isa", [](NativeIndex& s, const std::string& isa) { s.ix->set_isa(isa); })
-        .def_prop_ro("dim", [](const NativeIndex& s) { return s.ix->dim(); })
-        .def_prop_ro("size", [](const NativeIndex& s) { return s.ix->size(); })
-        .def_prop_ro("n_slots", [](const NativeIndex& s) { return s.ix->n_slots(); })
-        .def_prop_ro("n_deleted", [](const NativeIndex& s) { return s.ix->n_deleted(); })
-        .def_prop_ro("isa", [](const NativeIndex& s) { return std::string(s.ix->isa()); })
-        .def_prop_ro("metric", [](const NativeIndex& s) { return uint32_t(s.ix->params().metric); })
-        .def_prop_ro("M", [](const NativeIndex& s) { return s.ix->params().M; })
-        .def_prop_ro("ef_construction", [](const NativeIndex& s) { return s.ix->params().ef_construction; })
-        .def_prop_ro("keep_floats", [](const NativeIndex& s) { return s.ix->params().keep_floats; })
-        .def_prop_ro("has_floats", [](const NativeIndex& s) { return s.ix->has_floats(); })
-        .def_prop_ro("quantizer_final", [](const NativeIndex& s) { return s.ix->quantizer_final(); })
-        .def_prop_ro("next_auto_id", [](const NativeIndex& s) { return s.ix->next_auto_id(); })
-        .def_prop_ro("memory_bytes", [](const NativeIndex& s) { return s.ix->memory_bytes(); })
-        .def_prop_ro("max_level", [](const NativeIndex& s) { return s.ix->max_level(); });
+        .def("set_isa", [](NativeIndex& s, const std::string& isa) { auto g = s.reading(); s.ix->set_isa(isa); })
+        .def("search_filtered", &NativeIndex::search_filtered)
+        .def("compact", &NativeIndex::compact)
+        .def_prop_ro("attribute_names", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->attribute_names(); })
+        .def_prop_ro("dim", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->dim(); })
+        .def_prop_ro("size", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->size(); })
+        .def_prop_ro("n_slots", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->n_slots(); })
+        .def_prop_ro("n_deleted", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->n_deleted(); })
+        .def_prop_ro("isa", [](const NativeIndex& s) { auto g = s.reading(); return std::string(s.ix->isa()); })
+        .def_prop_ro("metric", [](const NativeIndex& s) { auto g = s.reading(); return uint32_t(s.ix->params().metric); })
+        .def_prop_ro("M", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->params().M; })
+        .def_prop_ro("ef_construction", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->params().ef_construction; })
+        .def_prop_ro("keep_floats", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->params().keep_floats; })
+        .def_prop_ro("has_floats", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->has_floats(); })
+        .def_prop_ro("quantizer_final", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->quantizer_final(); })
+        .def_prop_ro("next_auto_id", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->next_auto_id(); })
+        .def_prop_ro("memory_bytes", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->memory_bytes(); })
+        .def_prop_ro("max_level", [](const NativeIndex& s) { auto g = s.reading(); return s.ix->max_level(); });
 }

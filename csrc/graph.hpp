@@ -54,6 +54,39 @@ struct IndexParams {
 };
 
 using DistId = std::pair<float, uint32_t>;
+
+// Attribute value that no filter matches: slots added before an attribute
+// existed, or added without it.
+constexpr int32_t kMissingAttr = std::numeric_limits<int32_t>::min();
+
+// A search restriction, evaluated per node in C++: a set of allowed slots
+// (from a list of ids), and/or per-attribute sets of allowed values (ANDed).
+struct Filter {
+    struct Condition {
+        const int32_t* column;       // one value per slot
+        std::vector<int32_t> values;  // sorted allowed values
+    };
+    std::vector<Condition> conditions;
+    std::vector<uint64_t> slot_bits;  // empty: no id restriction
+    bool has_ids = false;
+    const uint8_t* flags = nullptr;   // deleted slots never pass
+
+    bool operator()(uint32_t s) const {
+        if (flags[s] & 1) return false;
+        if (has_ids && !((slot_bits[s >> 6] >> (s & 63)) & 1)) return false;
+        for (const Condition& c : conditions) {
+            const int32_t v = c.column[s];
+            if (c.values.size() <= 8) {
+                bool hit = false;
+                for (int32_t a : c.values) hit |= (a == v);
+                if (!hit) return false;
+            } else if (!std::binary_search(c.values.begin(), c.values.end(), v)) {
+                return false;
+            }
+        }
+        return true;
+    }
+};
 using MaxHeap = std::priority_queue<DistId>;
 
 class HnswIndex {
@@ -113,10 +146,27 @@ public:
     // x: n x dim float32 rows (normalized by the caller for cosine); ids: n
     // labels, none present and none repeated (checked here before anything
     // changes, so a failed call leaves the index as it was).
-    void add(const float* x, const uint64_t* ids, size_t n, size_t num_threads, const CancelCheck& cancel) {
+    // attr_names/attr_values: optional attribute columns for these n rows
+    // (attr_values[j] points at n int32 values); new names are registered,
+    // and rows that lack a registered attribute get kMissingAttr.
+    void add(const float* x, const uint64_t* ids, size_t n, size_t num_threads, const CancelCheck& cancel,
+             const std::vector<std::string>& attr_names = {}, const std::vector<const int32_t*>& attr_values = {}) {
         std::unique_lock<std::shared_mutex> w(rw_);
         if (n == 0) return;
         check_new_ids(ids, n);
+        if (attr_names.size() != attr_values.size()) throw std::invalid_argument("attribute names and values differ in count");
+        for (size_t j = 0; j < attr_names.size(); ++j) {
+            if (attr_names[j].empty() || attr_names[j].find('\0') != std::string::npos)
+                throw std::invalid_argument("attribute names must be non-empty and contain no NUL");
+            for (size_t i = 0; i < n; ++i)
+                if (attr_values[j][i] == kMissingAttr)
+                    throw std::invalid_argument("attribute '" + attr_names[j] + "' uses -2**31, which marks a missing value");
+        }
+        for (const std::string& name : attr_names)
+            if (attr_index(name) < 0) {
+                attr_names_.push_back(name);
+                attr_cols_.emplace_back(capacity_, kMissingAttr);
+            }
         if (n_slots_ + n - std::min(n, free_.size()) >= size_t(kNone) - 1)
             throw std::invalid_argument("index is full: at most 2^32 - 2 slots");
 
@@ -148,6 +198,8 @@ public:
             set_norm2(s, quant_.encode(x + i * p_.dim, codes(s)));
             set_label(s, ids[i]);
             flags_[s] = 0;
+            for (auto& col : attr_cols_) col[s] = kMissingAttr;
+            for (size_t j = 0; j < attr_names.size(); ++j) attr_cols_[size_t(attr_index(attr_names[j]))][s] = attr_values[j][i];
             // A reused slot keeps its level: nodes that still link to it at
             // upper levels must find a list there.
             if (i < n_reuse) clear_links(s);
@@ -198,6 +250,110 @@ public:
             [&](size_t i) { search_one(q + i * p_.dim, k, ef, rescore, out_ids + i * k, out_scores + i * k); },
             cancel, n > 256 ? 16 : 1);
     }
+
+    // Filtered search. ids/n_ids: allowed ids (unknown ones are ignored);
+    // conditions: attribute name -> allowed values. The index estimates the
+    // share of items that pass (exactly for ids, from a sample of slots for
+    // attributes): below brute_fraction it scans the allowed items exactly
+    // over the codes; above, it walks the graph through every node but
+    // keeps only allowed ones, with ef raised as the share falls. A graph
+    // walk that finds fewer than k allowed items falls back to the scan, so
+    // every query gets k results whenever k items pass.
+    void search_filtered(const float* q, size_t n, size_t k, size_t ef, bool rescore, size_t num_threads,
+                         const uint64_t* ids, size_t n_ids, bool has_ids,
+                         const std::vector<std::pair<std::string, std::vector<int32_t>>>& conditions,
+                         double brute_fraction, uint64_t* out_ids, float* out_scores, const CancelCheck& cancel) const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        rescore = rescore && has_floats();
+        ef = std::max(ef, k);
+        Filter f;
+        f.flags = flags_.data();
+        for (const auto& c : conditions) {
+            const int a = attr_index(c.first);
+            if (a < 0) throw std::invalid_argument("unknown attribute '" + c.first + "'");
+            Filter::Condition cond{attr_cols_[size_t(a)].data(), c.second};
+            std::sort(cond.values.begin(), cond.values.end());
+            f.conditions.push_back(std::move(cond));
+        }
+        double share;
+        if (has_ids) {
+            f.has_ids = true;
+            f.slot_bits.assign((n_slots_ + 63) / 64, 0);
+            for (size_t i = 0; i < n_ids; ++i) {
+                const uint32_t s = ids_.find(ids[i]);
+                if (s != IdMap::kEmpty) f.slot_bits[s >> 6] |= uint64_t(1) << (s & 63);
+            }
+        }
+        {
+            const size_t stride = std::max<size_t>(1, n_slots_ / 4096);
+            size_t seen = 0, pass = 0;
+            for (size_t s = 0; s < n_slots_; s += stride, ++seen) pass += f(uint32_t(s));
+            share = seen ? double(pass) / double(seen) : 0.0;
+        }
+        const bool brute = share < brute_fraction;
+        // Raise ef as the share falls: the walk must collect ef allowed nodes
+        // among many that are not.
+        const size_t ef_f = brute ? ef : size_t(double(ef) * std::min(4.0, 1.0 / std::sqrt(std::max(share, 1e-6))));
+        parallel_for(
+            n, num_threads,
+            [&](size_t i) {
+                const float* qi = q + i * p_.dim;
+                uint64_t* oi = out_ids + i * k;
+                float* os = out_scores + i * k;
+                if (!brute) {
+                    search_one(qi, k, ef_f, rescore, oi, os, &f);
+                    if (oi[k - 1] != kNoId) return;
+                }
+                scan_filtered(qi, k, ef, rescore, f, oi, os);
+            },
+            cancel, n > 256 ? 16 : 1);
+    }
+
+    // Rebuild from the live items only (same parameters, same quantizer, ids
+    // and attributes kept): storage shrinks to fit and the links are those a
+    // fresh build of the survivors gets.
+    std::unique_ptr<HnswIndex> compacted(size_t num_threads) const {
+        std::shared_lock<std::shared_mutex> r(rw_);
+        auto fresh = std::make_unique<HnswIndex>(p_, kern_.name);
+        fresh->quant_ = quant_;
+        fresh->quant_final_ = quant_final_;
+        fresh->next_retrain_ = quant_final_ ? 0 : next_retrain_;
+        std::vector<uint64_t> labels;
+        std::vector<float> rows;
+        labels.reserve(n_live_);
+        rows.reserve(n_live_ * p_.dim);
+        std::vector<std::vector<int32_t>> attrs(attr_cols_.size());
+        for (size_t s = 0; s < n_slots_; ++s) {
+            if (flags_[s] & kDeleted) continue;
+            labels.push_back(label(s));
+            const size_t at = rows.size();
+            rows.resize(at + p_.dim);
+            // decode(encode) is exact with the same quantizer, so codes survive unchanged
+            if (has_floats()) std::memcpy(rows.data() + at, floats_.row(uint32_t(s)), p_.dim * 4);
+            else quant_.decode(codes(uint32_t(s)), rows.data() + at);
+            for (size_t a = 0; a < attr_cols_.size(); ++a) attrs[a].push_back(attr_cols_[a][s]);
+        }
+        std::vector<const int32_t*> cols;
+        for (auto& a : attrs) cols.push_back(a.data());
+        // Register every attribute even when all survivors lack it.
+        fresh->attr_names_ = attr_names_;
+        fresh->attr_cols_.assign(attr_names_.size(), {});
+        std::vector<std::string> names;
+        std::vector<const int32_t*> vals;
+        for (size_t a = 0; a < attr_names_.size(); ++a) {
+            bool any = false;
+            for (int32_t v : attrs[a]) any |= v != kMissingAttr;
+            if (any) {
+                names.push_back(attr_names_[a]);
+                vals.push_back(cols[a]);
+            }
+        }
+        fresh->add(rows.data(), labels.data(), labels.size(), num_threads, nullptr, names, vals);
+        fresh->next_auto_id_ = std::max(fresh->next_auto_id_, next_auto_id_);
+        return fresh;
+    }
+
+    const std::vector<std::string>& attribute_names() const { return attr_names_; }
 
     // Exact search over the int8 codes (no graph): the reference that
     // separates what quantization loses from what the graph loses.
@@ -278,6 +434,7 @@ private:
         data0_.resize(cap * rec_size_);
         labels_.resize(cap * 8);
         levels_.resize(cap, 0);
+        for (auto& col : attr_cols_) col.resize(cap, kMissingAttr);
         flags_.resize(cap, 0);
         upper_off_.resize(cap, kNone);
         if (floats_.active()) floats_.buf.resize(cap * p_.dim * 4);
@@ -336,6 +493,43 @@ private:
         }
         upper_off_[s] = uint32_t(upper_pool_.size());
         upper_pool_.resize(upper_pool_.size() + size_t(level) * (p_.M + 1), 0);
+    }
+
+    int attr_index(const std::string& name) const {
+        for (size_t a = 0; a < attr_names_.size(); ++a)
+            if (attr_names_[a] == name) return int(a);
+        return -1;
+    }
+
+    // Exact scan of the allowed items: over the codes (then the float
+    // originals for the best ef when rescoring).
+    void scan_filtered(const float* qf, size_t k, size_t ef, bool rescore, const Filter& f, uint64_t* ids,
+                       float* scores) const {
+        thread_local QueryCode q;
+        quant_.make_query(qf, q);
+        const size_t keep = rescore ? ef : k;
+        MaxHeap top;
+        for (size_t s = 0; s < n_slots_; ++s) {
+            if (!f(uint32_t(s))) continue;
+            const float d = dist(q, uint32_t(s));
+            if (top.size() < keep) top.emplace(d, uint32_t(s));
+            else if (d < top.top().first) {
+                top.pop();
+                top.emplace(d, uint32_t(s));
+            }
+        }
+        if (rescore) rescore_heap(qf, top);
+        write_results(top, k, ids, scores);
+    }
+
+    void rescore_heap(const float* qf, MaxHeap& top) const {
+        MaxHeap exact;
+        while (!top.empty()) {
+            const uint32_t s = top.top().second;
+            top.pop();
+            exact.emplace(exact_dist(qf, s), s);
+        }
+        top.swap(exact);
     }
 
     void check_new_ids(const uint64_t* ids, size_t n) const {
@@ -508,6 +702,15 @@ private:
         std::sort(cand.begin(), cand.end());
         thread_local std::vector<uint32_t> sel;
         select_neighbors(cand, cap, sel);
+        // Keep pruned connections (the HNSW paper's keepPrunedConnections):
+        // the heuristic may keep far fewer than cap links in a dense cluster
+        // (near-duplicates dominate one another); refilling the free places
+        // with the closest pruned candidates keeps in-links that a node may
+        // not have anywhere else, so near-duplicates stay reachable.
+        for (const DistId& c : cand) {
+            if (sel.size() >= cap) break;
+            if (std::find(sel.begin(), sel.end(), c.second) == sel.end()) sel.push_back(c.second);
+        }
         for (size_t j = 0; j < sel.size(); ++j) ll[1 + j] = sel[j];
         ll[0] = uint32_t(sel.size());
     }
@@ -527,8 +730,18 @@ private:
         if (level <= maxl) g.unlock();
         float curd = dist(q, cur);
         for (int l = maxl; l > level; --l) greedy_build(q, cur, curd, l);
+        // s's own lists are written level by level, but the links back to s
+        // wait until all of them are: another thread's insert can only reach
+        // s, and start its own lower-level search there, once s has out-links
+        // at every level. (Linking back level by level, a concurrent insert
+        // could descend to s at level 1 and find its level-0 list still
+        // empty: its only neighbour would then be s.)
         std::vector<uint32_t> sel;
-        for (int l = std::min(level, maxl); l >= 0; --l) {
+        thread_local std::vector<std::vector<uint32_t>> chosen;
+        if (chosen.size() < size_t(kMaxLevel) + 1) chosen.resize(size_t(kMaxLevel) + 1);
+        const int top_link = std::min(level, maxl);
+        for (int l = top_link; l >= 0; --l) {
+            chosen[size_t(l)].clear();
             const std::vector<DistId> cand = search_layer(q, cur, p_.ef_construction, l, s);
             if (cand.empty()) continue;
             select_neighbors(cand, p_.M, sel);
@@ -538,9 +751,11 @@ private:
                 for (size_t j = 0; j < sel.size(); ++j) ll[1 + j] = sel[j];
                 ll[0] = uint32_t(sel.size());
             }
-            for (uint32_t n : sel) link_back(n, s, l);
+            chosen[size_t(l)] = sel;
             cur = cand.front().second;
         }
+        for (int l = top_link; l >= 0; --l)
+            for (uint32_t n : chosen[size_t(l)]) link_back(n, s, l);
         if (level > maxl) {
             entry_ = s;
             max_level_ = level;
@@ -596,14 +811,17 @@ private:
     }
 
     // ---- query-time search -------------------------------------------------------
-    template <bool kCheckDeleted>
-    void search_base(const QueryCode& q, uint32_t ep, size_t ef, MaxHeap& top, VisitedList& vl) const {
+    // Allowed(x) decides which visited nodes may be results; every node is
+    // walked through. The no-deletion predicate is a constant and compiles away.
+    template <class Allowed>
+    void search_base(const QueryCode& q, uint32_t ep, size_t ef, MaxHeap& top, VisitedList& vl,
+                     const Allowed& allowed) const {
         uint16_t* vis = vl.data();
         const uint16_t tag = vl.next_epoch();
         MaxHeap cand;
         const float d0 = dist(q, ep);
         vis[ep] = tag;
-        if (!kCheckDeleted || !(flags_[ep] & kDeleted)) top.emplace(d0, ep);
+        if (allowed(ep)) top.emplace(d0, ep);
         float bound = top.empty() ? INFINITY : d0;
         cand.emplace(-d0, ep);
         thread_local std::vector<uint32_t> fresh;
@@ -632,7 +850,7 @@ private:
                 const float d = dist(q, x);
                 if (top.size() < ef || d < bound) {
                     cand.emplace(-d, x);
-                    if (kCheckDeleted && (flags_[x] & kDeleted)) continue;
+                    if (!allowed(x)) continue;
                     top.emplace(d, x);
                     if (top.size() > ef) top.pop();
                     bound = top.top().first;
@@ -656,7 +874,8 @@ private:
         }
     }
 
-    void search_one(const float* qf, size_t k, size_t ef, bool rescore, uint64_t* ids, float* scores) const {
+    void search_one(const float* qf, size_t k, size_t ef, bool rescore, uint64_t* ids, float* scores,
+                    const Filter* filter = nullptr) const {
         MaxHeap top;
         if (entry_ != kNone && n_live_ > 0) {
             thread_local QueryCode q;
@@ -678,18 +897,11 @@ private:
                 }
             }
             auto vl = visited_.get(capacity_);
-            if (n_live_ == n_slots_) search_base<false>(q, cur, ef, top, *vl);
-            else search_base<true>(q, cur, ef, top, *vl);
+            if (filter) search_base(q, cur, ef, top, *vl, *filter);
+            else if (n_live_ == n_slots_) search_base(q, cur, ef, top, *vl, [](uint32_t) { return true; });
+            else search_base(q, cur, ef, top, *vl, [this](uint32_t x) { return !(flags_[x] & kDeleted); });
             visited_.put(std::move(vl));
-            if (rescore) {
-                MaxHeap exact;
-                while (!top.empty()) {
-                    const uint32_t s = top.top().second;
-                    top.pop();
-                    exact.emplace(exact_dist(qf, s), s);
-                }
-                top.swap(exact);
-            }
+            if (rescore) rescore_heap(qf, top);
         }
         write_results(top, k, ids, scores);
     }
@@ -704,6 +916,8 @@ private:
     Buffer data0_, labels_;
     std::vector<uint8_t> levels_, flags_;
     std::vector<uint32_t> upper_off_, upper_pool_, free_;
+    std::vector<std::string> attr_names_;
+    std::vector<std::vector<int32_t>> attr_cols_;  // [attribute][slot]
     Floats floats_;
     IdMap ids_;
     size_t capacity_ = 0, n_slots_ = 0, n_live_ = 0;

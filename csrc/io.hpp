@@ -39,11 +39,12 @@ constexpr uint32_t kFormatVersion = 1;
 
 enum Section : uint32_t {
     kData0 = 0, kLabels, kLevels, kFlags, kUpperOff, kUpperPool, kQuantLo, kQuantStep, kFree, kFloats,
-    kNumSections
+    kAttrNames, kAttrValues, kNumSections
 };
 constexpr const char* kSectionNames[kNumSections] = {
     "level-0 records", "labels", "levels", "flags", "upper offsets", "upper links",
-    "quantizer lo", "quantizer step", "free list", "float originals"};
+    "quantizer lo", "quantizer step", "free list", "float originals",
+    "attribute names", "attribute values"};
 
 struct SectionEntry {
     uint64_t offset;
@@ -73,7 +74,7 @@ struct FileHeader {
     uint32_t flags;  // bit 0: keep_floats, bit 1: quantizer final, bit 2: floats section present
     uint32_t n_sections;
     SectionEntry sections[kNumSections];
-    uint8_t reserved[136];
+    uint8_t reserved[88];
     uint64_t header_checksum;  // over every byte before it
 };
 static_assert(sizeof(SectionEntry) == 24, "section entry layout");
@@ -159,6 +160,12 @@ struct IndexFile {
     static void save(const HnswIndex& ix, const std::string& path) {
         std::shared_lock<std::shared_mutex> r(ix.rw_);
         const size_t n = ix.n_slots_;
+        // attributes: names joined by NUL; values one int32 column per name
+        std::string names;
+        for (const std::string& a : ix.attr_names_) names += a + '\0';
+        std::vector<int32_t> attr_values;
+        attr_values.reserve(ix.attr_cols_.size() * n);
+        for (const auto& col : ix.attr_cols_) attr_values.insert(attr_values.end(), col.begin(), col.begin() + n);
         struct Src {
             const void* data;
             size_t len;
@@ -174,6 +181,8 @@ struct IndexFile {
             {ix.quant_.step().data(), ix.p_.dim * 4},
             {ix.free_.data(), ix.free_.size() * 4},
             {ix.has_floats() ? ix.floats_.buf.data() : nullptr, ix.has_floats() ? n * ix.p_.dim * 4 : 0},
+            {names.data(), names.size()},
+            {attr_values.data(), attr_values.size() * 4},
         };
         FileHeader h;
         std::memset(&h, 0, sizeof h);
@@ -199,6 +208,10 @@ struct IndexFile {
         h.n_sections = kNumSections;
         uint64_t off = sizeof(FileHeader);
         for (uint32_t i = 0; i < kNumSections; ++i) {
+            if (src[i].len == 0) {  // empty: no bytes in the file, so no offset past its end
+                h.sections[i] = {0, 0, checksum64(src[i].data, 0)};
+                continue;
+            }
             off = (off + 63) & ~uint64_t(63);
             h.sections[i] = {off, src[i].len, checksum64(src[i].data, src[i].len)};
             off += src[i].len;
@@ -330,6 +343,24 @@ struct IndexFile {
         take_small(kFree, ix->free_);
         if (has_floats) take_large(kFloats, ix->floats_.buf);
         else ix->floats_.drop();
+        {
+            Buffer tmp;
+            const char* ptr = section_ptr(kAttrNames, tmp);
+            check(kAttrNames, ptr);
+            const std::string names(ptr, h.sections[kAttrNames].length);
+            size_t start = 0;
+            while (start < names.size()) {
+                const size_t end = names.find('\0', start);
+                if (end == std::string::npos) throw FormatError("'" + path + "' is corrupt: attribute names");
+                ix->attr_names_.push_back(names.substr(start, end - start));
+                start = end + 1;
+            }
+            expect(kAttrValues, ix->attr_names_.size() * n * 4);
+            std::vector<int32_t> values;
+            take_small(kAttrValues, values);
+            for (size_t a = 0; a < ix->attr_names_.size(); ++a)
+                ix->attr_cols_.emplace_back(values.begin() + a * n, values.begin() + (a + 1) * n);
+        }
 
         // Cross-checks that keep a crafted file from sending reads out of bounds.
         for (uint64_t s = 0; s < n; ++s) {

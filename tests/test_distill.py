@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

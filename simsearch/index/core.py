@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -134,6 +135,7 @@ class Index:
         self.backend = backend
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
         self.ef = check_positive_int(ef, "ef")
+        self.filter_brute_fraction = 0.02
         if backend == "native":
             self._impl = _core().NativeIndex(
                 self.dim, _METRICS[metric], self.M, self.ef_construction, self.rescore, isa or "", 0x5EED5EED,
@@ -186,7 +188,7 @@ class Index:
         )
 
     # ------------------------------------------------------------------ writes
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, attributes: Mapping[str, Any] | None = None) -> np.ndarray:
         """Add vectors; returns their ids.
 
         Parameters
@@ -198,6 +200,11 @@ class Index:
             Unsigned 64-bit ids, unique and not already in the index
             (2**64-1 is reserved). By default, ids continue from the largest
             id ever added.
+        attributes : mapping of str to array-like of int, shape (n,), optional
+            Small integer attributes to filter on (category, brand, seller),
+            values in int32 except -2**31 (the "missing" marker that rows
+            added without an attribute get). Map strings to ints first.
+            Native backend only; saved with the index.
 
         Returns
         -------
@@ -229,7 +236,13 @@ class Index:
         present = self._impl.contains(id_arr)
         if np.any(present):
             raise ValueError(f"id {int(id_arr[np.argmax(present)])} is already in the index")
-        self._impl.add(x, id_arr, self.num_threads)
+        if self.backend == "native":
+            names, columns = _check_attributes(attributes, n)
+            self._impl.add(x, id_arr, self.num_threads, names, columns)
+        else:
+            if attributes:
+                raise ValueError("attributes need the native backend")
+            self._impl.add(x, id_arr, self.num_threads)
         self._next_id = max(self._next_id, int(id_arr.max()) + 1)
         return id_arr
 
@@ -255,7 +268,9 @@ class Index:
         self._impl.remove(id_arr)
 
     # ------------------------------------------------------------------ reads
-    def search(self, queries: Any, k: int = 10, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: Any, k: int = 10, ef: int | None = None, filter: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each query.
 
         Parameters
@@ -267,6 +282,17 @@ class Index:
         ef : int, optional
             Candidate list size (at least k is used); larger is slower and
             more accurate. Defaults to ``self.ef``.
+        filter : array-like of int, or mapping of str to int or list of int, optional
+            Restrict results to allowed items: an array of allowed ids
+            (unknown ids are ignored), or attribute conditions such as
+            ``{"category": 7, "brand": [3, 9]}`` (one value or a list of
+            allowed values per attribute; attributes combine with AND).
+            Evaluated in C++. When few items pass (below
+            ``filter_brute_fraction``, estimated from a sample) the allowed
+            items are scanned exactly; otherwise the graph is walked through
+            every node, keeping only allowed ones, with ef raised as the
+            share falls. Rows get k results whenever k items pass; a filter
+            nothing passes gives padded rows. Native backend only.
 
         Returns
         -------
@@ -281,6 +307,13 @@ class Index:
         q = self._prepare(queries, "queries")
         if q.shape[0] == 0:
             return np.empty((0, k), dtype=np.uint64), np.empty((0, k), dtype=np.float32)
+        if filter is not None:
+            if self.backend != "native":
+                raise ValueError("filter needs the native backend")
+            allowed, conditions = _check_filter(filter)
+            return self._impl.search_filtered(
+                q, k, max(ef, k), self.rescore, self.num_threads, allowed, conditions, self.filter_brute_fraction
+            )
         if self.backend == "native":
             ids, scores = self._impl.search(q, k, max(ef, k), self.rescore, self.num_threads)
         else:
@@ -319,6 +352,22 @@ class Index:
         if not np.all(present):
             raise KeyError(f"unknown id {int(id_arr[~present][0])}")
         return np.asarray(self._impl.get_vectors(id_arr), dtype=np.float32)
+
+    def compact(self) -> None:
+        """Rebuild without removed items and give their memory back.
+
+        Ids, attributes and the quantizer are kept; the graph is what a fresh
+        build of the survivors gets. Other calls on this index wait while it
+        runs. Native backend only.
+        """
+        if self.backend != "native":
+            raise ValueError("compact needs the native backend")
+        self._impl.compact(self.num_threads)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Names of the attributes stored with the vectors (native backend)."""
+        return list(self._impl.attribute_names) if self.backend == "native" else []
 
     def ids(self) -> np.ndarray:
         """All live ids, shape (len(self),), uint64 (native backend)."""
@@ -402,6 +451,7 @@ class Index:
             raise ValueError(f"{p!r} holds an index with metric {self.metric!r}, expected {metric!r}")
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
         self.ef = 64
+        self.filter_brute_fraction = 0.02
         self._next_id = 0
         return self
 
@@ -415,6 +465,53 @@ class Index:
                 raise ValueError(f"{name} row {int(np.argmin(norms > 0))} has zero norm; cosine is undefined for it")
             arr = arr / norms[:, None]
         return arr
+
+
+_INT32_MIN = -(2**31)
+
+
+def _check_attribute_values(name: str, values: Any, n: int | None) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"attribute {name!r} must be 1-D, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(
+            f"attribute {name!r} has dtype {arr.dtype}; expected small integers (map strings to ints first)"
+        )
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"attribute {name!r} has length {arr.shape[0]}, expected {n} (one per vector)")
+    if arr.size and (arr.min() <= _INT32_MIN or arr.max() > 2**31 - 1):
+        raise ValueError(f"attribute {name!r} has values outside -2**31+1 .. 2**31-1")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _check_attributes(attributes: Mapping[str, Any] | None, n: int) -> tuple[list[str], list[np.ndarray]]:
+    if not attributes:
+        return [], []
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"attributes must be a mapping of name to integer array, got {type(attributes).__name__}")
+    names, columns = [], []
+    for name, values in attributes.items():
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ValueError(f"attribute names must be non-empty strings, got {name!r}")
+        names.append(name)
+        columns.append(_check_attribute_values(name, values, n))
+    return names, columns
+
+
+def _check_filter(filter: Any) -> tuple[np.ndarray | None, list[tuple[str, list[int]]]]:
+    if isinstance(filter, Mapping):
+        if not filter:
+            raise ValueError("filter is an empty mapping; pass None for no filter")
+        conditions = []
+        for name, values in filter.items():
+            if not isinstance(name, str):
+                raise TypeError(f"filter keys must be attribute names, got {name!r}")
+            conditions.append((name, _check_attribute_values(name, values, None).tolist()))
+        return None, conditions
+    return as_ids(filter, "filter"), []
 
 
 def _make_backend(backend: str, dim: int, metric: str, M: int, ef_construction: int) -> Any:
