@@ -36,12 +36,12 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_positive_int
-from simsearch.index.core import Index, _default_threads
+from simsearch.index.core import Index, _check_attributes, _check_filter, _default_threads
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -51,6 +51,9 @@ _ENGINES = ("local", "ray")
 # Index keyword arguments that describe the data and go into the manifest;
 # num_threads is a property of the machine that opens the index, not of the data.
 _SAVED_PARAMS = ("metric", "dtype", "M", "ef_construction", "rescore", "backend", "ef", "isa", "train_size")
+
+_MANIFEST_KEYS = ("dim", "partition", "next_id", "seed", "kmeans_train_size", "index_params", "centroids")
+_SHARD_KEYS = ("file", "sha256", "count")
 
 Partition = Literal["hash", "kmeans"]
 
@@ -143,8 +146,8 @@ class Shard:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        self.index.add(vectors, ids)
+    def add(self, vectors: np.ndarray, ids: np.ndarray, attributes: dict[str, np.ndarray] | None = None) -> None:
+        self.index.add(vectors, ids, attributes)
 
     def remove(self, ids: np.ndarray) -> None:
         self.index.remove(ids)
@@ -158,8 +161,8 @@ class Shard:
     def ids(self) -> np.ndarray:
         return self.index.ids()
 
-    def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(queries, k, ef)
+    def search(self, queries: np.ndarray, k: int, ef: int, filter: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(queries, k, ef, filter)
 
     def size(self) -> int:
         return len(self.index)
@@ -318,6 +321,8 @@ class ShardedIndex:
         self.num_threads = _default_threads() if threads is None else check_positive_int(threads, "num_threads")
         self.index_params = params
         self.metric: str = params.get("metric", "cosine")
+        # Index picks hnswlib for dtype="float32"; filters and attributes are the native graph's
+        self._native = params.get("backend", "native") == "native" and params.get("dtype") != "float32"
         self.ef = check_positive_int(params.get("ef", 64), "ef")
         self.centroids_: np.ndarray | None = None
         self._next_id = 0
@@ -427,7 +432,7 @@ class ShardedIndex:
         self.centroids_ = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
         return self
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, attributes: Mapping[str, Any] | None = None) -> np.ndarray:
         """Add vectors; returns their ids.
 
         Parameters
@@ -438,6 +443,9 @@ class ShardedIndex:
             Unique uint64 ids not already in any shard. By default ids
             continue from the largest id ever added to this sharded index,
             so automatic ids never collide across shards.
+        attributes : mapping of str to array-like of int, shape (n,), optional
+            Integer attributes to filter on (see :meth:`Index.add`); each
+            shard stores those of its rows. Native backend only.
 
         Returns
         -------
@@ -447,9 +455,13 @@ class ShardedIndex:
         ------
         ValueError
             Wrong dimension, NaN/inf, zero vectors under cosine, duplicate
-            ids or ids already present. Nothing is added when a check fails.
+            ids, ids already present, attributes of the wrong length or
+            range. Nothing is added when a check fails.
         TypeError
-            Non-float vectors or non-integer ids.
+            Non-float vectors, non-integer ids or attributes.
+        ShardUnavailableError
+            Ray engine: a shard's actor died during the call. The other
+            shards' rows were added; ``contains(ids)`` tells which rows to add again.
         """
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
@@ -468,6 +480,9 @@ class ShardedIndex:
             present = self.contains(id_arr)
             if present.any():
                 raise ValueError(f"id {int(id_arr[np.argmax(present)])} is already in the index")
+        names, columns = _check_attributes(attributes, n)
+        if names and not self._native:
+            raise ValueError("attributes need the native backend")
         if self.partition == "kmeans" and self.centroids_ is None:
             self.train(x)
         shard = self._route_vectors(x) if self.partition == "kmeans" else hash_shard(id_arr, self.n_shards)
@@ -475,9 +490,12 @@ class ShardedIndex:
         for s in range(self.n_shards):
             rows = np.flatnonzero(shard == s)
             if rows.size:
-                calls.append((s, "add", (np.ascontiguousarray(x[rows]), np.ascontiguousarray(id_arr[rows]))))
-        self._engine.run(calls)
+                attrs = {name: col[rows] for name, col in zip(names, columns)} or None
+                calls.append((s, "add", (np.ascontiguousarray(x[rows]), np.ascontiguousarray(id_arr[rows]), attrs)))
+        # advanced first: should a shard fail mid-call, the next automatic ids
+        # still start past every id this call may have written
         self._next_id = max(self._next_id, int(id_arr.max()) + 1)
+        self._engine.run(calls)
         return id_arr
 
     def remove(self, ids: Any) -> None:
@@ -506,6 +524,7 @@ class ShardedIndex:
         k: int = 10,
         ef: int | None = None,
         n_probe: int | None = None,
+        filter: Any = None,
         *,
         allow_partial: bool = False,
         timeout: float | None = None,
@@ -525,6 +544,11 @@ class ShardedIndex:
             centroids are nearest (1 to n_shards; default n_shards, exact
             over the shards). The hash partition visits every shard and
             accepts only None or n_shards.
+        filter : array-like of int, or mapping of str to int or list of int, optional
+            Restrict results to allowed ids or attribute values, as
+            :meth:`Index.search` (native backend). Under the hash partition
+            an id filter is split by shard, and shards holding no allowed id
+            are not searched.
         allow_partial : bool, default False
             Ray engine: when a shard cannot be reached, answer from the
             others instead of raising; ``shards_answered`` says which did.
@@ -550,6 +574,11 @@ class ShardedIndex:
         ef = self.ef if ef is None else check_positive_int(ef, "ef")
         n_probe = self._check_n_probe(n_probe)
         q = self._prepare(queries, "queries")
+        allowed = None
+        if filter is not None:
+            if not self._native:
+                raise ValueError("filter needs the native backend")
+            allowed, _ = _check_filter(filter)  # checked here, in the caller's words, before any shard runs
         n = q.shape[0]
         ids = np.full((n, self.n_shards * k), NO_ID, dtype=np.uint64)
         scores = np.full((n, self.n_shards * k), np.nan, dtype=np.float32)
@@ -563,7 +592,16 @@ class ShardedIndex:
             # work as grouping queries by their shard set, with one call per shard
             probes = np.argsort(_sq_distances(q, self.centroids_), axis=1, kind="stable")[:, :n_probe]
             rows_of = [np.flatnonzero((probes == s).any(1)) for s in range(self.n_shards)]
-        calls = [(s, "search", (q if rows.size == n else q[rows], k, ef)) for s, rows in enumerate(rows_of) if rows.size]
+        filters: list[Any] = [filter] * self.n_shards
+        if allowed is not None and self.partition == "hash":
+            owner = hash_shard(allowed, self.n_shards)
+            filters = [allowed[owner == s] for s in range(self.n_shards)]
+            rows_of = [rows if filters[s].size else rows[:0] for s, rows in enumerate(rows_of)]
+        calls = [
+            (s, "search", (q if rows.size == n else q[rows], k, ef, filters[s]))
+            for s, rows in enumerate(rows_of)
+            if rows.size
+        ]
         results = self._engine.run(calls, allow_partial=allow_partial, timeout=timeout)
         for (s, _, _), res in zip(calls, results):
             if res is _FAILED:
@@ -644,7 +682,9 @@ class ShardedIndex:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o755)  # mkdtemp makes it private to this user
+            _fsync_dir(tmp)
             _swap_in(tmp, dest)
+            _fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -691,22 +731,33 @@ class ShardedIndex:
         try:
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
+            kind = manifest.get("format") if isinstance(manifest, dict) else None
+            if kind != "simsearch.ShardedIndex":
+                raise ValueError(f"{str(manifest_path)!r} is not a ShardedIndex manifest (format {kind!r})")
             version = int(manifest["format_version"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+            if version > FORMAT_VERSION:
+                raise ValueError(
+                    f"{str(root)!r} was written in ShardedIndex format version {version}; this simsearch reads "
+                    f"up to version {FORMAT_VERSION}. Upgrade simsearch to open it"
+                )
+            shards = manifest["shards"]
+            if len(shards) != manifest["n_shards"]:
+                raise ValueError(f"{str(manifest_path)!r} lists {len(shards)} shards but n_shards is {manifest['n_shards']}")
+            missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+            missing += [f"shards[{s}].{key}" for s, e in enumerate(shards) for key in _SHARD_KEYS if key not in e]
+            if missing:
+                raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: it lacks {missing}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: {err}") from err
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{str(root)!r} was written in ShardedIndex format version {version}; this simsearch reads "
-                f"up to version {FORMAT_VERSION}. Upgrade simsearch to open it"
-            )
-        shards = manifest["shards"]
-        if len(shards) != manifest["n_shards"]:
-            raise ValueError(f"{str(manifest_path)!r} lists {len(shards)} shards but n_shards is {manifest['n_shards']}")
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: missing or bad {err}") from err
         sources: list[str | None] = []
         for s, entry in enumerate(shards):
             if entry["file"] is None:
                 sources.append(None)
                 continue
+            if os.path.basename(entry["file"]) != entry["file"]:
+                raise ValueError(f"shard {s} file {entry['file']!r} in {str(manifest_path)!r} is not a plain file name")
             file = root / entry["file"]
             if not file.is_file():
                 raise ValueError(f"shard {s} file {entry['file']!r} is missing from {str(root)!r}")
@@ -797,6 +848,15 @@ class ShardedIndex:
             missing = ids[shard < 0]
             raise KeyError(f"unknown id {int(missing[0])}" + (f" (and {missing.size - 1} more)" if missing.size > 1 else ""))
         return shard
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the names in ``path`` (new files, a rename) durable, as fsync does for contents."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _swap_in(tmp: Path, dest: Path) -> None:

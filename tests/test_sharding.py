@@ -1,0 +1,409 @@
+"""simsearch.ShardedIndex with the local engine, against references: brute
+force, one Index on the same data, the shards' own answers, and the same
+index after save and load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import simsearch
+from simsearch.sharding import FORMAT_VERSION, MANIFEST, ShardedIndex, hash_shard
+
+NO_ID = np.uint64(2**64 - 1)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DIM = 24
+
+
+def clustered(n: int, dim: int = DIM, seed: int = 0, n_clusters: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = 3.0 * rng.normal(size=(n_clusters, dim))
+    return (centers[rng.integers(0, n_clusters, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def brute_force(x: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Row positions of the true top-k, shape (n_queries, k)."""
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    if metric in ("cosine", "ip"):
+        return np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1, kind="stable")[:, :k]
+    d = (q.astype(np.float64) ** 2).sum(1)[:, None] - 2 * q.astype(np.float64) @ x.T + (x.astype(np.float64) ** 2).sum(1)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(found[i, :k].tolist()) & set(truth[i].tolist())) / k for i in range(len(truth))]))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return clustered(3000, seed=1), clustered(60, seed=2)
+
+
+# ---------------------------------------------------------------------- routing
+def test_hash_shard_is_pinned_and_even() -> None:
+    # saved indexes route by these values: a change here would orphan their ids
+    assert hash_shard(np.arange(8), 4).tolist() == hash_shard(np.arange(8, dtype=np.uint64), 4).tolist()
+    some = [0, 1, 2, 3, 2**40, 2**64 - 2]
+    assert hash_shard(np.array(some, dtype=np.uint64), 7).tolist() == _splitmix_reference(some, 7)
+    counts = np.bincount(hash_shard(np.arange(40_000), 8), minlength=8)
+    assert counts.min() > 0.9 * 5000 and counts.max() < 1.1 * 5000
+
+
+def _splitmix_reference(ids: list[int], n: int) -> list[int]:
+    """splitmix64's finalizer in plain Python integers, the published constants."""
+    out = []
+    mask = 2**64 - 1
+    for z in ids:
+        z = (z + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append((z ^ (z >> 31)) % n)
+    return out
+
+
+# ---------------------------------------------------------------------- exact merge
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_hash_exact_merge_equals_one_float32_index(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
+    x, q = data
+    k = 10
+    # ef at the shard size makes each float32 (hnswlib) shard exhaustive, so
+    # the merged answer must be the true top-k, as one index with the same ef gives
+    one = simsearch.Index(DIM, metric=metric, dtype="float32", num_threads=1)
+    one.add(x)
+    sharded = ShardedIndex(DIM, 4, metric=metric, dtype="float32", num_threads=2)
+    sharded.add(x)
+    found, scores = sharded.search(q, k=k, ef=len(x))
+    ref_ids, ref_scores = one.search(q, k=k, ef=len(x))
+    truth = brute_force(x, q, k, metric)
+    np.testing.assert_array_equal(found, truth.astype(np.uint64))
+    if metric != "ip":  # HNSW under inner product is not exhaustive even at ef = n; brute force is the reference there
+        np.testing.assert_array_equal(found, ref_ids)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    # best first, in the metric's direction
+    assert np.all(np.diff(scores, axis=1) >= -1e-6) if metric == "l2" else np.all(np.diff(scores, axis=1) <= 1e-6)
+    sharded.close()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_merge_is_the_top_k_of_the_shards_answers(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
+    """With approximate int8 shards, the merge must still be the union's exact top-k."""
+    x, q = data
+    k = 7
+    sharded = ShardedIndex(DIM, 3, metric=metric, M=8, ef_construction=40, num_threads=2)
+    sharded.add(x)
+    found, scores = sharded.search(q, k=k, ef=16)
+    answers = [shard.index.search(q, k, 16) for shard in sharded._engine.shards]  # type: ignore[attr-defined]
+    all_ids = np.concatenate([a[0] for a in answers], axis=1)
+    all_scores = np.concatenate([a[1] for a in answers], axis=1).astype(np.float64)
+    key = all_scores if metric == "l2" else -all_scores
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(found, np.take_along_axis(all_ids, order, axis=1))
+    np.testing.assert_array_equal(scores, np.take_along_axis(all_scores, order, axis=1).astype(np.float32))
+
+
+def test_padding_when_fewer_than_k() -> None:
+    x = clustered(5, seed=3)
+    sharded = ShardedIndex(DIM, 4, num_threads=1)
+    assert len(sharded.search(x[:1], k=3).ids[0]) == 3  # empty index: all padding
+    assert np.all(sharded.search(x[:1], k=3).ids == NO_ID)
+    sharded.add(x)
+    found, scores = sharded.search(x[:2], k=8)
+    assert found.shape == (2, 8) and found.dtype == np.uint64 and scores.dtype == np.float32
+    assert np.all(np.sort(found[:, :5], axis=1) == np.arange(5, dtype=np.uint64))
+    assert np.all(found[:, 5:] == NO_ID) and np.all(np.isnan(scores[:, 5:]))
+    empty_ids, empty_scores = sharded.search(np.zeros((0, DIM), np.float32), k=4)
+    assert empty_ids.shape == (0, 4) and empty_scores.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------- kmeans
+def test_kmeans_full_probe_equals_exact(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    sharded = ShardedIndex(DIM, 4, partition="kmeans", metric="l2", dtype="float32", num_threads=2)
+    sharded.add(x)
+    assert sharded.centroids_ is not None and sharded.centroids_.shape == (4, DIM)
+    sizes = sharded.shard_sizes
+    assert sizes.sum() == len(x) and sizes.min() > 0
+    found, _ = sharded.search(q, k=10, ef=len(x), n_probe=4)
+    np.testing.assert_array_equal(found, brute_force(x, q, 10, "l2").astype(np.uint64))
+    np.testing.assert_array_equal(found, sharded.search(q, k=10, ef=len(x)).ids)  # default n_probe = n_shards
+
+
+def test_kmeans_routes_by_nearest_centroid(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = data
+    sharded = ShardedIndex(DIM, 4, partition="kmeans", metric="l2", dtype="float32", num_threads=1)
+    ids = sharded.add(x)
+    c = sharded.centroids_
+    assert c is not None
+    nearest = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+    for s, shard in enumerate(sharded._engine.shards):  # type: ignore[attr-defined]
+        held = shard.index.contains(ids)
+        np.testing.assert_array_equal(held, nearest == s)
+
+
+def test_kmeans_partial_probe_recall() -> None:
+    both = clustered(4100, seed=4, n_clusters=32)  # queries from the data's own clusters
+    x, q = both[:4000], both[4000:]
+    sharded = ShardedIndex(DIM, 8, partition="kmeans", metric="l2", dtype="float32", num_threads=2)
+    sharded.add(x)
+    truth = brute_force(x, q, 10, "l2")
+    r2 = recall(sharded.search(q, k=10, ef=200, n_probe=2).ids.astype(np.int64), truth)
+    r8 = recall(sharded.search(q, k=10, ef=200, n_probe=8).ids.astype(np.int64), truth)
+    assert r8 > 0.99
+    assert r2 >= 0.9, r2
+    answered = sharded.search(q[:1], k=10, n_probe=2).shards_answered
+    assert answered.sum() == 2  # one query probes exactly two shards
+
+
+def test_kmeans_cosine_routes_by_direction(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    sharded = ShardedIndex(DIM, 4, partition="kmeans", metric="cosine", dtype="float32", num_threads=1)
+    sharded.add(x)
+    # scaled copies of the queries probe the same shards, so find the same neighbours
+    a = sharded.search(q, k=5, ef=200, n_probe=1).ids
+    b = sharded.search(7.5 * q, k=5, ef=200, n_probe=1).ids
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------- routing of reads and writes
+@pytest.mark.parametrize("partition", ["hash", "kmeans"])
+def test_remove_contains_get_vectors_len(data: tuple[np.ndarray, np.ndarray], partition: str) -> None:
+    x, q = data
+    sharded = ShardedIndex(DIM, 4, partition=partition, metric="l2", dtype="float32", num_threads=2)
+    ids = sharded.add(x, ids=np.arange(1000, 1000 + len(x)))
+    assert len(sharded) == len(x) and int(sharded.shard_sizes.sum()) == len(x)
+    assert 1000 in sharded and 999 not in sharded and "x" not in sharded
+    np.testing.assert_array_equal(sharded.get_vectors(ids[[5, 2999, 0]]), x[[5, 2999, 0]])
+    gone = ids[::3]
+    sharded.remove(gone)
+    assert len(sharded) == len(x) - len(gone)
+    assert not sharded.contains(gone).any() and sharded.contains(ids[1::3]).all()
+    found = sharded.search(q, k=20, ef=len(x)).ids
+    assert not np.isin(found, gone).any()
+    keep = np.setdiff1d(np.arange(len(x)), np.arange(0, len(x), 3))
+    truth = ids[keep[brute_force(x[keep], q, 20, "l2")]]
+    np.testing.assert_array_equal(found, truth)
+    with pytest.raises(KeyError, match="unknown id 1000"):
+        sharded.get_vectors([1001, 1000])
+    # automatic ids continue past every explicit id, across shards
+    more = sharded.add(x[:3])
+    assert more.tolist() == [1000 + len(x), 1001 + len(x), 1002 + len(x)]
+
+
+def test_ids_lists_every_shard(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = data
+    sharded = ShardedIndex(DIM, 3, num_threads=1)
+    ids = sharded.add(x[:500], ids=np.arange(500) * 7)
+    np.testing.assert_array_equal(np.sort(sharded.ids()), np.sort(ids))
+
+
+def test_filter_and_attributes_pass_through(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    category = np.arange(len(x)) % 10
+    sharded = ShardedIndex(DIM, 4, metric="l2", num_threads=2)
+    sharded.add(x, attributes={"category": category})
+    found, _ = sharded.search(q, k=10, ef=200, filter={"category": [3, 7]})
+    assert np.isin(category[found.astype(np.int64)], [3, 7]).all()
+    allowed = np.flatnonzero(np.isin(category, [3, 7]))
+    truth = allowed[brute_force(x[allowed], q, 10, "l2")]
+    assert recall(found.astype(np.int64), truth) >= 0.9
+    # an id filter goes only to the shards owning the ids
+    few = np.array([11, 500, 1234, 2999])
+    res = sharded.search(q, k=10, filter=few)
+    assert set(res.ids[0].tolist()) == {11, 500, 1234, 2999, int(NO_ID)}
+    owners = set(hash_shard(few, 4).tolist())
+    assert res.shards_answered.tolist() == [s in owners for s in range(4)]
+    with pytest.raises(ValueError, match="native backend"):
+        ShardedIndex(DIM, 2, dtype="float32").search(q, filter={"category": 3})
+    with pytest.raises(ValueError, match="attribute 'category' has length 2"):
+        sharded.add(x[:3], attributes={"category": [1, 2]})
+    assert len(sharded) == len(x)
+
+
+# ---------------------------------------------------------------------- files
+@pytest.mark.parametrize("partition", ["hash", "kmeans"])
+def test_save_load_round_trip(data: tuple[np.ndarray, np.ndarray], tmp_path: Path, partition: str) -> None:
+    x, q = data
+    sharded = ShardedIndex(DIM, 4, partition=partition, num_threads=2, M=12)
+    sharded.add(x, attributes={"c": np.arange(len(x)) % 4})
+    sharded.remove([1, 2, 3])
+    before = sharded.search(q, k=10, n_probe=2 if partition == "kmeans" else None)
+    before_filtered = sharded.search(q, k=10, filter={"c": 1})
+    path = tmp_path / "idx"
+    sharded.save(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["n_shards"] == 4
+    assert [e["count"] for e in manifest["shards"]] == sharded.shard_sizes.tolist()
+    for mmap in (False, True):
+        loaded = ShardedIndex.load(path, mmap=mmap, num_threads=2)
+        assert (loaded.partition, loaded.metric, len(loaded)) == (partition, "cosine", len(x) - 3)
+        after = loaded.search(q, k=10, n_probe=2 if partition == "kmeans" else None)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_array_equal(after.scores, before.scores)
+        np.testing.assert_array_equal(loaded.search(q, k=10, filter={"c": 1}).ids, before_filtered.ids)
+        assert 1 not in loaded and 4 in loaded
+        assert loaded.add(x[:1]).tolist() == [len(x)]  # automatic ids carry on
+        loaded.close()
+    # saving again over a saved index replaces it; anything else is refused
+    sharded.remove([4])
+    sharded.save(path)
+    assert len(ShardedIndex.load(path)) == len(x) - 4
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a saved ShardedIndex"):
+        sharded.save(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_empty_shards_round_trip(tmp_path: Path) -> None:
+    sharded = ShardedIndex(DIM, 6, num_threads=1)
+    sharded.add(clustered(2, seed=9))  # at most two shards hold anything
+    sharded.save(tmp_path / "idx")
+    loaded = ShardedIndex.load(tmp_path / "idx")
+    assert len(loaded) == 2 and loaded.shard_sizes.sum() == 2
+
+
+def _saved(tmp_path: Path, data: tuple[np.ndarray, np.ndarray], partition: str = "hash") -> Path:
+    x, _ = data
+    sharded = ShardedIndex(DIM, 3, partition=partition, num_threads=1, M=8, ef_construction=40)
+    sharded.add(x[:600])
+    path = tmp_path / "idx"
+    sharded.save(path)
+    return path
+
+
+def test_missing_shard_reported_by_name(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data)
+    (path / "shard-0001.simsearch").unlink()
+    with pytest.raises(ValueError, match=r"shard 1 file 'shard-0001\.simsearch' is missing"):
+        ShardedIndex.load(path)
+
+
+def test_corrupt_shard_reported_by_name(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data)
+    file = path / "shard-0002.simsearch"
+    raw = bytearray(file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    file.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"shard 2 file 'shard-0002\.simsearch' .* is corrupt"):
+        ShardedIndex.load(path)
+    # without the manifest's checksum, the shard's own section checksums still catch it, naming the shard
+    with pytest.raises(ValueError, match="shard-0002"):
+        ShardedIndex.load(path, verify=False)
+
+
+def test_corrupt_centroids_reported(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data, partition="kmeans")
+    c = np.load(path / "centroids.npy")
+    np.save(path / "centroids.npy", c + 1)
+    with pytest.raises(ValueError, match="centroids file 'centroids.npy' .* is corrupt"):
+        ShardedIndex.load(path)
+
+
+def _edit_manifest(path: Path, **changes: object) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(changes)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_newer_manifest_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data)
+    _edit_manifest(path, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}.*Upgrade simsearch"):
+        ShardedIndex.load(path)
+
+
+def test_foreign_manifest_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data)
+    _edit_manifest(path, format="someone.else")
+    with pytest.raises(ValueError, match="not a ShardedIndex manifest"):
+        ShardedIndex.load(path)
+    (path / MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid ShardedIndex manifest"):
+        ShardedIndex.load(path)
+    (path / MANIFEST).write_text(json.dumps({"format": "simsearch.ShardedIndex", "format_version": 1, "n_shards": 1, "shards": [{}]}))
+    with pytest.raises(ValueError, match="it lacks"):
+        ShardedIndex.load(path)
+    with pytest.raises(ValueError, match="no manifest.json"):
+        ShardedIndex.load(tmp_path)
+
+
+def test_shard_file_outside_the_directory_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["shards"][0]["file"] = "../elsewhere.simsearch"
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not a plain file name"):
+        ShardedIndex.load(path)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_input_raises_and_loses_nothing(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    sharded = ShardedIndex(DIM, 4, num_threads=2)
+    ids = sharded.add(x[:1000])
+    before = sharded.search(q, k=5)
+    bad = x[1000:1010].copy()
+    bad[4, 3] = np.nan
+    with pytest.raises(ValueError, match="vectors has dimension 23, the index has 24"):
+        sharded.add(x[:10, :23])
+    with pytest.raises(ValueError, match="vectors contains NaN"):
+        sharded.add(bad)
+    with pytest.raises(TypeError, match="expected floating point"):
+        sharded.add(np.ones((2, DIM), dtype=np.int64))
+    with pytest.raises(ValueError, match="already in the index"):
+        sharded.add(x[1000:1003], ids=[5000, 5001, int(ids[17])])
+    with pytest.raises(ValueError, match="duplicate id 7000"):
+        sharded.add(x[1000:1003], ids=[7000, 7000, 7001])
+    with pytest.raises(ValueError, match="zero norm"):
+        sharded.add(np.zeros((1, DIM), np.float32))
+    with pytest.raises(KeyError, match="unknown id 123456"):
+        sharded.remove([int(ids[0]), 123456])
+    with pytest.raises(ValueError, match="queries has dimension 5"):
+        sharded.search(np.ones((1, 5), np.float32))
+    with pytest.raises(ValueError, match="n_probe applies to partition='kmeans'"):
+        sharded.search(q, n_probe=2)
+    with pytest.raises(ValueError, match="k must be positive"):
+        sharded.search(q, k=0)
+    assert len(sharded) == 1000 and int(ids[0]) in sharded and 5000 not in sharded
+    after = sharded.search(q, k=5)
+    np.testing.assert_array_equal(after.ids, before.ids)
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ValueError, match="partition must be one of"):
+        ShardedIndex(DIM, 2, partition="range")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_shards must be positive"):
+        ShardedIndex(DIM, 0)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        ShardedIndex(DIM, 2, metric="hamming")
+    with pytest.raises(ValueError, match="engine_options apply to engine='ray'"):
+        ShardedIndex(DIM, 2, engine_options={"max_restarts": 1})
+    km = ShardedIndex(DIM, 8, partition="kmeans")
+    with pytest.raises(ValueError, match="at least n_shards=8 training vectors"):
+        km.add(clustered(5))
+    assert len(km) == 0 and km.centroids_ is None
+    with pytest.raises(ValueError, match="n_probe must be between 1 and n_shards=8"):
+        km.search(clustered(1), n_probe=9)
+
+
+# ---------------------------------------------------------------------- real data
+@pytest.mark.skipif(not (DATA / "bigann10k" / "base.npy").exists(), reason="needs ../shared/data/bigann10k")
+def test_bigann10k_sharded_recall_matches_one_index() -> None:
+    base = np.load(DATA / "bigann10k" / "base.npy").astype(np.float32)
+    queries = np.load(DATA / "bigann10k" / "queries.npy").astype(np.float32)
+    truth = np.load(DATA / "bigann10k" / "groundtruth.npy")[:, :10].astype(np.int64)
+    one = simsearch.Index(128, metric="l2", num_threads=2)
+    one.add(base)
+    sharded = ShardedIndex(128, 4, metric="l2", num_threads=2)
+    sharded.add(base)
+    r_one = recall(one.search(queries, k=10, ef=64)[0].astype(np.int64), truth)
+    r_sharded = recall(sharded.search(queries, k=10, ef=64).ids.astype(np.int64), truth)
+    assert r_sharded >= r_one - 0.01, (r_sharded, r_one)
+    assert r_sharded > 0.9
