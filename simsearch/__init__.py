@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "find_duplicates": "simsearch.applications",
     "PairScoring": "simsearch.applications",
     "ShardedIndex": "simsearch.sharding",
+    "ShardUnavailableError": "simsearch.sharding",
 }
 
 __all__ = ["Index", "__version__", *_LAZY]

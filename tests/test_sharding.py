@@ -407,3 +407,12 @@ def test_bigann10k_sharded_recall_matches_one_index() -> None:
     r_sharded = recall(sharded.search(queries, k=10, ef=64).ids.astype(np.int64), truth)
     assert r_sharded >= r_one - 0.01, (r_sharded, r_one)
     assert r_sharded > 0.9
+
+
+def test_ray_engine_without_ray_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    monkeypatch.delitem(sys.modules, "simsearch.ray", raising=False)
+    with pytest.raises(ImportError, match=r"install it with: pip install 'simsearch\[ray\]'"):
+        ShardedIndex(DIM, 2, engine="ray")

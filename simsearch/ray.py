@@ -1,0 +1,394 @@
+"""The Ray engine: a :class:`~simsearch.ShardedIndex` whose shards are Ray actors.
+
+``RayIndex(dim, n_shards, ...)`` (or ``ShardedIndex(..., engine="ray")``)
+starts one Ray actor per shard (or per ``shards_per_actor`` shards); each
+shard is one :class:`simsearch.Index` inside its actor. Routing, validation
+and the exact top-k merge stay on the caller, as in the local engine: a search
+sends the queries to the shards' actors (one object ref shared by all when the
+batch is large), waits for their answers and merges them. Ray does the
+scheduling, the transport and the restarts; simsearch runs no server of its own.
+
+Durability and failures
+-----------------------
+Each shard keeps a copy of itself under ``workdir`` and rewrites it (a new
+file, then an atomic switch of a small state file) after every ``add`` and
+``remove`` it acknowledges; until its first write, the file it was loaded from
+is its copy. Actors are created with ``max_restarts``: when one dies (its
+process is killed, its node is lost), Ray starts it again and each of its
+shards reloads its copy, so **every acknowledged write survives a restart**.
+The price is one shard write per ``add`` call: add in large batches.
+
+- Reads (``search``, ``contains``, ``get_vectors``, ``len``, ``save``) are
+  retried by Ray once the actor is back, so they wait out a restart (bounded
+  by ``search(..., timeout=...)``).
+- Writes are not retried (one that ran just before the actor died must not
+  run twice): a write in flight when its actor dies raises
+  :class:`~simsearch.sharding.ShardUnavailableError`; the other shards' part of
+  the call was applied, and ``contains(ids)`` says which rows to add again.
+- A shard whose actor is gone for good (restarts exhausted, or removed with
+  ``ray.kill(actor, no_restart=True)``) or that misses the timeout makes a
+  search raise ``ShardUnavailableError``, unless ``allow_partial=True``: then
+  the result comes from the other shards and ``shards_answered`` says which.
+
+On a cluster, ``workdir`` and the directories given to ``save``/``load`` must
+be storage every node can read and write.
+
+Ray is an optional dependency: ``pip install 'simsearch[ray]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from typing import Any, Literal, Sequence
+
+try:
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+except ImportError as err:  # pragma: no cover - exercised only without ray
+    raise ImportError(
+        "simsearch's Ray engine needs the ray package; install it with: pip install 'simsearch[ray]'"
+    ) from err
+
+import numpy as np
+
+from simsearch._validation import check_positive_int
+from simsearch.sharding import _FAILED, Partition, Shard, ShardedIndex, ShardUnavailableError, open_shard
+
+# ActorUnavailableError: an actor that is restarting (Ray >= 2.22)
+_UNREACHABLE = (RayActorError, ActorUnavailableError, GetTimeoutError)
+
+# arrays above this size are put in the object store once and shared by every shard's call
+_PUT_BYTES = 64 * 1024
+
+
+class _DurableShard(Shard):
+    """A shard that writes itself to ``workfile`` after every write it acknowledges.
+
+    Files: ``workfile + ".state"`` (JSON: generation, shard file name or null
+    for an empty shard) points at ``workfile + ".<generation>"``. Each write
+    saves a new generation (atomic, via :meth:`simsearch.Index.save`), then
+    replaces the state file atomically, then deletes the old generation, so a
+    process killed at any point leaves a state file naming a complete shard.
+    Without a state file, the shard has had no write since it opened, and
+    ``source`` (the saved shard it started from, or None: empty) is its state.
+    """
+
+    def __init__(self, workfile: str, dim: int, params: dict[str, Any], source: str | None, mmap: bool, num_threads: int) -> None:
+        self.workfile = workfile
+        self.statefile = workfile + ".state"
+        self.generation = 0
+        self.current: str | None = None
+        if os.path.exists(self.statefile):
+            with open(self.statefile, encoding="utf-8") as f:
+                state = json.load(f)
+            self.generation = int(state["generation"])
+            self.current = None if state["file"] is None else os.path.join(os.path.dirname(workfile), state["file"])
+            source = self.current
+        super().__init__(open_shard(source, dim, params, mmap, num_threads))
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, attributes: dict[str, np.ndarray] | None = None) -> None:
+        super().add(vectors, ids, attributes)
+        self._persist()
+
+    def remove(self, ids: np.ndarray) -> None:
+        super().remove(ids)
+        self._persist()
+
+    def _persist(self) -> None:
+        generation = self.generation + 1
+        path = None
+        if len(self.index):
+            path = f"{self.workfile}.{generation}"
+            self.index.save(path)
+        tmp = self.statefile + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"generation": generation, "file": None if path is None else os.path.basename(path)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.statefile)
+        if self.current is not None and os.path.exists(self.current):
+            os.remove(self.current)
+        self.generation, self.current = generation, path
+
+
+@ray.remote
+class _ShardHost:
+    """A Ray actor holding one or more shards.
+
+    Ray calls ``__init__`` again with the same arguments when it restarts the
+    actor; each shard then comes back from its own files in ``workdir``.
+    Reads are retried by Ray across a restart (they are idempotent); writes
+    are not, since one that ran before the actor died must not run twice.
+    """
+
+    def __init__(
+        self, workdir: str, shards: Sequence[int], dim: int, params: dict[str, Any], sources: Sequence[str | None],
+        mmap: bool, num_threads: int,
+    ) -> None:  # fmt: skip
+        self.shards = {
+            s: _DurableShard(os.path.join(workdir, f"shard-{s:04d}.simsearch"), dim, params, src, mmap, num_threads)
+            for s, src in zip(shards, sources)
+        }
+
+    @ray.method(max_task_retries=-1)
+    def read(self, shard: int, method: str, *args: Any) -> Any:
+        return getattr(self.shards[shard], method)(*args)
+
+    @ray.method(max_task_retries=0)
+    def write(self, shard: int, method: str, *args: Any) -> Any:
+        return getattr(self.shards[shard], method)(*args)
+
+    def was_restarted(self) -> bool:
+        """Whether Ray restarted this actor (its shards reloaded from their files)."""
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+_WRITES = frozenset({"add", "remove"})
+
+
+class RayEngine:
+    """Runs the shards' calls on Ray actors.
+
+    Parameters
+    ----------
+    dim : int
+    params : dict
+        Index keyword arguments for new shards.
+    sources : list of str or None, length n_shards
+        Shard file each shard starts from (None: a new empty shard); every
+        node that may host an actor must be able to read it.
+    mmap : bool
+    num_threads : int
+        Threads for each shard's Index.
+    workdir : path-like, optional
+        Directory for the actors' shard files (a fresh subdirectory is made
+        in it and removed by :meth:`close`). Default: a temporary directory
+        on this machine, which suits a one-machine Ray; on a cluster pass
+        storage every node can write.
+    max_restarts : int, default 3
+        How often Ray restarts a dead actor (-1: without limit).
+    shards_per_actor : int, default 1
+        Shards held by each actor (consecutive shard numbers).
+    actor_options : dict, optional
+        Extra ``ray.remote`` options for the actors (``num_cpus``, ``memory``,
+        ``resources``, ``scheduling_strategy``, ...). Default ``num_cpus=0``
+        (a shard is mostly memory; its search threads are set by
+        ``num_threads``) and the ``"SPREAD"`` strategy, so a cluster's nodes
+        share the shards.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        params: dict[str, Any],
+        sources: Sequence[str | None],
+        *,
+        mmap: bool = False,
+        num_threads: int = 1,
+        workdir: str | os.PathLike[str] | None = None,
+        max_restarts: int = 3,
+        shards_per_actor: int = 1,
+        actor_options: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
+            raise ValueError(f"max_restarts must be an integer >= -1, got {max_restarts!r}")
+        self.shards_per_actor = check_positive_int(shards_per_actor, "shards_per_actor")
+        self.n_shards = len(sources)
+        base = os.fspath(workdir) if workdir is not None else None
+        if base is not None:
+            os.makedirs(base, exist_ok=True)
+        self.workdir = tempfile.mkdtemp(prefix="simsearch-ray-", dir=base)
+        os.chmod(self.workdir, 0o755)
+        options = {"num_cpus": 0, "scheduling_strategy": "SPREAD", **(actor_options or {})}
+        host = _ShardHost.options(max_restarts=max_restarts, **options)
+        spa = self.shards_per_actor
+        self.actors = [
+            host.remote(self.workdir, list(range(a, min(a + spa, self.n_shards))), dim, params, sources[a : a + spa], mmap, num_threads)
+            for a in range(0, self.n_shards, spa)
+        ]
+        # killed with the index, or when it is garbage collected, or at exit
+        self._finalizer = weakref.finalize(self, _release, list(self.actors), self.workdir)
+        try:
+            # surfaces a shard that cannot be opened now, with its own error, not at the first search
+            self.run([(s, "size", ()) for s in range(self.n_shards)])
+        except BaseException:
+            self.close()
+            raise
+
+    def actor_of(self, shard: int) -> Any:
+        """The Ray actor handle holding ``shard``."""
+        return self.actors[shard // self.shards_per_actor]
+
+    def run(
+        self, calls: Sequence[tuple[int, str, tuple[Any, ...]]], allow_partial: bool = False, timeout: float | None = None
+    ) -> list[Any]:
+        shared: dict[int, Any] = {}
+
+        def arg(a: Any) -> Any:
+            # a large array sent to several shards goes into the object store once
+            if isinstance(a, np.ndarray) and a.nbytes > _PUT_BYTES and len(calls) > 1:
+                if id(a) not in shared:
+                    shared[id(a)] = ray.put(a)
+                return shared[id(a)]
+            return a
+
+        refs = []
+        for s, method, args in calls:
+            actor = self.actor_of(s)
+            kind = actor.write if method in _WRITES else actor.read
+            refs.append(kind.remote(s, method, *map(arg, args)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return list(ray.get(refs, timeout=timeout))  # the usual case: every shard answers
+        except Exception:  # noqa: BLE001 - sorted out below, shard by shard
+            pass
+        out: list[Any] = []
+        first_error: BaseException | None = None
+        # every answer is awaited before raising, so no shard is still writing when the caller sees the error
+        for (s, method, _), ref in zip(calls, refs):
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                out.append(ray.get(ref, timeout=left))
+            except _UNREACHABLE as err:
+                if not allow_partial and first_error is None:
+                    why = (
+                        f"did not answer within {timeout} s"
+                        if isinstance(err, GetTimeoutError)
+                        else f"is unreachable: its Ray actor died or is restarting ({type(err).__name__})"
+                    )
+                    first_error = ShardUnavailableError(
+                        f"shard {s} {why} during {method}()."
+                        + (
+                            " Writes are not retried: check which ids arrived with contains() and add the rest again"
+                            if method in _WRITES
+                            else " Retry, or search with allow_partial=True to answer from the other shards"
+                        )
+                    )
+                    first_error.__cause__ = err
+                out.append(_FAILED)
+            except Exception as err:  # the shard's own error (ValueError, KeyError, ...): the caller's
+                if first_error is None:
+                    first_error = err
+                out.append(_FAILED)
+        if first_error is not None:
+            raise first_error
+        return out
+
+    def close(self) -> None:
+        self._finalizer()
+        self.actors = []
+
+
+def _release(actors: list[Any], workdir: str) -> None:
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - Ray already shut down (interpreter exit): nothing left to stop
+            pass
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+class RayIndex(ShardedIndex):
+    """A :class:`~simsearch.ShardedIndex` whose shards run as Ray actors.
+
+    Same API as ``ShardedIndex`` (``add``, ``search``, ``remove``, ``len``,
+    ``in``, ``contains``, ``get_vectors``, ``save``, ``load``); the module
+    notes say what survives an actor's death. Connect to Ray first
+    (``ray.init()`` on one machine, ``ray.init(address="auto")`` on a node of
+    a cluster started with ``ray start``); otherwise the first actor starts a
+    local Ray.
+
+    Parameters
+    ----------
+    dim, n_shards, partition, seed, kmeans_train_size, **index_params
+        As for :class:`~simsearch.ShardedIndex`.
+    workdir : path-like, optional
+        Where the actors keep their shard copies (a fresh subdirectory,
+        removed by :meth:`close`). Shared storage on a cluster.
+    max_restarts : int, default 3
+        Restarts Ray grants each actor (-1: without limit).
+    shards_per_actor : int, default 1
+        Shards held by each actor.
+    actor_options : dict, optional
+        Extra ``ray.remote`` options for the actors (default ``num_cpus=0``,
+        ``scheduling_strategy="SPREAD"``).
+
+    Examples
+    --------
+    >>> import numpy as np, ray                                   # doctest: +SKIP
+    >>> from simsearch.ray import RayIndex                        # doctest: +SKIP
+    >>> ray.init(num_cpus=2)                                      # doctest: +SKIP
+    >>> index = RayIndex(16, n_shards=4)                          # doctest: +SKIP
+    >>> ids = index.add(np.random.default_rng(0).normal(size=(1000, 16)))  # doctest: +SKIP
+    >>> found, scores = index.search(np.ones(16), k=5)            # doctest: +SKIP
+    >>> index.close()                                             # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_shards: int,
+        partition: Partition = "hash",
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        max_restarts: int = 3,
+        shards_per_actor: int = 1,
+        actor_options: dict[str, Any] | None = None,
+        seed: int = 0,
+        kmeans_train_size: int = 100_000,
+        **index_params: Any,
+    ) -> None:
+        options = {
+            "workdir": workdir, "max_restarts": max_restarts, "shards_per_actor": shards_per_actor,
+            "actor_options": actor_options,
+        }  # fmt: skip
+        super().__init__(
+            dim, n_shards, partition, engine="ray", seed=seed, kmeans_train_size=kmeans_train_size,
+            engine_options=options, **index_params,
+        )  # fmt: skip
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls,
+        path: str | os.PathLike[str],
+        mmap: bool = False,
+        *,
+        verify: bool = True,
+        num_threads: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        max_restarts: int = 3,
+        shards_per_actor: int = 1,
+        actor_options: dict[str, Any] | None = None,
+    ) -> RayIndex:
+        """Open a directory written by :meth:`ShardedIndex.save` (with either engine) on Ray actors.
+
+        Each actor reads its own shards' files, so ``path`` must be readable
+        from every node. Options as for :class:`RayIndex`; raises as
+        :meth:`ShardedIndex.load`.
+        """
+        options = {
+            "workdir": workdir, "max_restarts": max_restarts, "shards_per_actor": shards_per_actor,
+            "actor_options": actor_options,
+        }  # fmt: skip
+        index = super().load(path, mmap, verify=verify, engine="ray", num_threads=num_threads, engine_options=options)
+        return index  # type: ignore[return-value]
+
+    @property
+    def actors(self) -> list[Any]:
+        """The Ray actor handles; actor ``a`` holds shards ``a * shards_per_actor`` onwards."""
+        return list(self._engine.actors)  # type: ignore[attr-defined]
+
+    def actor_of(self, shard: int) -> Any:
+        """The Ray actor handle holding ``shard``."""
+        return self._engine.actor_of(shard)  # type: ignore[attr-defined]
+
+
+__all__ = ["RayIndex", "RayEngine"]

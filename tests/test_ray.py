@@ -1,0 +1,180 @@
+"""The Ray engine on a real local Ray (two CPUs, 127.0.0.1): the same
+neighbours as one Index, save and load, and what happens when an actor dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs ray: pip install 'simsearch[ray]'")
+
+import simsearch  # noqa: E402
+from simsearch.ray import RayIndex  # noqa: E402
+from simsearch.sharding import ShardedIndex, ShardUnavailableError  # noqa: E402
+
+DIM = 16
+NO_ID = np.uint64(2**64 - 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    if ray.is_initialized():  # pragma: no cover - another module left one running
+        ray.shutdown()
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        # the workers import simsearch from this checkout, as the test does
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(simsearch.__file__).resolve().parents[1])}},
+    )  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    centers = 3.0 * rng.normal(size=(12, DIM))
+    both = (centers[rng.integers(0, 12, 2050)] + rng.normal(size=(2050, DIM))).astype(np.float32)
+    return both[:2000], both[2000:]
+
+
+@pytest.fixture(scope="module")
+def built(data: tuple[np.ndarray, np.ndarray]) -> Iterator[RayIndex]:
+    x, _ = data
+    index = RayIndex(DIM, 4, metric="l2", dtype="float32", num_threads=2)
+    index.add(x)
+    yield index
+    index.close()
+
+
+def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    d = (q.astype(np.float64) ** 2).sum(1)[:, None] - 2 * q.astype(np.float64) @ x.T + (x.astype(np.float64) ** 2).sum(1)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def test_same_neighbours_as_one_index(built: RayIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    assert len(built.actors) == 4 and len(built) == len(x)
+    assert built.shard_sizes.min() > 0
+    one = simsearch.Index(DIM, metric="l2", dtype="float32", num_threads=1)
+    one.add(x)
+    found, scores = built.search(q, k=10, ef=len(x))
+    ref_ids, ref_scores = one.search(q, k=10, ef=len(x))
+    np.testing.assert_array_equal(found, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(found, brute_force(x, q, 10).astype(np.uint64))
+    # a batch above the object-store threshold travels as one shared ref
+    big = np.repeat(q, 60, axis=0)
+    np.testing.assert_array_equal(built.search(big, k=10, ef=len(x)).ids, np.repeat(ref_ids, 60, axis=0))
+    # reads routed to the right actors
+    np.testing.assert_array_equal(built.get_vectors([3, 1999]), x[[3, 1999]])
+    assert 1999 in built and 2000 not in built
+
+
+def test_local_and_ray_engines_agree(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    local = ShardedIndex(DIM, 2, partition="kmeans", metric="l2", M=8, num_threads=2)
+    remote = ShardedIndex(DIM, 2, partition="kmeans", metric="l2", M=8, num_threads=2, engine="ray")
+    try:
+        for index in (local, remote):
+            index.add(x, attributes={"c": np.arange(len(x)) % 3})
+            index.remove([0, 1, 2])
+        a, b = local.search(q, k=5, n_probe=1), remote.search(q, k=5, n_probe=1)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.shards_answered, b.shards_answered)
+        np.testing.assert_array_equal(local.search(q, k=5, filter={"c": 2}).ids, remote.search(q, k=5, filter={"c": 2}).ids)
+        # the shard's own error reaches the caller with its type and words
+        with pytest.raises(ValueError, match="attribute 'c' has length 1"):
+            remote.add(x[:2], attributes={"c": [1]})
+        with pytest.raises(KeyError, match="unknown id 0"):
+            remote.get_vectors([0])
+    finally:
+        remote.close()
+
+
+def test_save_load_round_trip(built: RayIndex, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    _, q = data
+    before = built.search(q, k=10)
+    built.save(tmp_path / "idx")
+    # any saved index opens on either engine, with any number of shards per actor
+    local = ShardedIndex.load(tmp_path / "idx")
+    np.testing.assert_array_equal(local.search(q, k=10).ids, before.ids)
+    loaded = RayIndex.load(tmp_path / "idx", shards_per_actor=2)
+    try:
+        assert len(loaded.actors) == 2 and len(loaded) == len(built)
+        after = loaded.search(q, k=10)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_array_equal(after.scores, before.scores)
+        # a corrupt shard is named when loading on Ray too
+        raw = bytearray((tmp_path / "idx" / "shard-0003.simsearch").read_bytes())
+        raw[-5] ^= 0x55
+        (tmp_path / "idx" / "shard-0003.simsearch").write_bytes(bytes(raw))
+        with pytest.raises(ValueError, match="shard 3 file 'shard-0003.simsearch'.*corrupt"):
+            RayIndex.load(tmp_path / "idx")
+    finally:
+        loaded.close()
+
+
+def test_dead_actor_restarts_with_acknowledged_writes(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    x, q = data
+    index = RayIndex(DIM, 4, metric="l2", dtype="float32", num_threads=2, shards_per_actor=2, workdir=tmp_path)
+    try:
+        index.add(x[:1500])
+        index.remove(np.arange(0, 100))
+        index.add(x[1500:])  # acknowledged: must survive
+        expected = index.search(q, k=10, ef=len(x))
+        # 1. Ray kills the actor and restarts it: its shards reload their last saved state
+        victim = index.actor_of(1)
+        ray.kill(victim, no_restart=False)
+        after = index.search(q, k=10, ef=len(x))  # reads wait out the restart
+        np.testing.assert_array_equal(after.ids, expected.ids)
+        assert ray.get(victim.was_restarted.remote())
+        assert len(index) == len(x) - 100 and 50 not in index and 1999 in index
+        # 2. the process dies (SIGKILL): the same
+        os.kill(ray.get(index.actor_of(3).pid.remote()), signal.SIGKILL)
+        np.testing.assert_array_equal(index.search(q, k=10, ef=len(x)).ids, expected.ids)
+        # 3. an actor gone for good: a clear error, or the other shards' answer when asked for
+        ray.kill(index.actor_of(0), no_restart=True)
+        with pytest.raises(ShardUnavailableError, match="shard 0 is unreachable.*allow_partial=True"):
+            index.search(q, k=10)
+        partial = index.search(q, k=10, ef=len(x), allow_partial=True)
+        assert partial.shards_answered.tolist() == [False, False, True, True]
+        live = np.arange(100, len(x))
+        held = live[simsearch.sharding.hash_shard(live, 4) >= 2]
+        truth = held[brute_force(x[held], q, 10)]
+        np.testing.assert_array_equal(partial.ids, truth.astype(np.uint64))
+        with pytest.raises(ShardUnavailableError, match="Writes are not retried"):
+            index.add(x[:50] + 0.5)
+    finally:
+        index.close()
+    assert not any(tmp_path.iterdir())  # close() removed the actors' working copies
+
+
+def test_durable_shard_files_switch_atomically(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    """The restart path itself, in this process: state file, generations, an emptied shard."""
+    from simsearch.ray import _DurableShard
+
+    x, _ = data
+    params = {"metric": "l2", "dtype": "float32"}
+    work = str(tmp_path / "shard-0000.simsearch")
+    shard = _DurableShard(work, DIM, params, None, False, 1)
+    shard.add(x[:10], np.arange(10, dtype=np.uint64))
+    shard.add(x[10:20], np.arange(10, 20, dtype=np.uint64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0000.simsearch.2", "shard-0000.simsearch.state"]
+    again = _DurableShard(work, DIM, params, None, False, 1)  # what a restarted actor does
+    assert again.size() == 20 and again.generation == 2
+    again.remove(np.arange(20, dtype=np.uint64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0000.simsearch.state"]
+    assert _DurableShard(work, DIM, params, None, False, 1).size() == 0
+
+
+def test_ray_engine_options_checked() -> None:
+    with pytest.raises(ValueError, match="max_restarts must be an integer >= -1"):
+        RayIndex(DIM, 2, max_restarts=-5)
+    with pytest.raises(ValueError, match="shards_per_actor must be positive"):
+        RayIndex(DIM, 2, shards_per_actor=0)
