@@ -126,7 +126,7 @@ struct NativeIndex {
     nb::tuple search_filtered(FloatMatrix q, size_t k, size_t ef, bool rescore, size_t num_threads,
                               std::optional<IdVector> allowed,
                               const std::vector<std::pair<std::string, std::vector<int32_t>>>& conditions,
-                              double brute_fraction) {
+                              double brute_fraction, double walk_cost) {
         auto g = reading();
         check_dim("queries", q.shape(1), ix->dim());
         if (k == 0) throw std::invalid_argument("k must be positive");
@@ -139,7 +139,7 @@ struct NativeIndex {
             const float* rows = maybe_normalize(q.data(), n, ix->dim(), ix->params().metric, "queries", buf);
             ix->search_filtered(rows, n, k, ef, rescore, num_threads, allowed ? allowed->data() : nullptr,
                                 allowed ? allowed->shape(0) : 0, allowed.has_value(), conditions, brute_fraction,
-                                ids.get(), scores.get(), cancel);
+                                walk_cost, ids.get(), scores.get(), cancel);
         });
         return nb::make_tuple(to_numpy(std::move(ids), {n, k}), to_numpy(std::move(scores), {n, k}));
     }

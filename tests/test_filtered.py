@@ -54,8 +54,15 @@ def catalog() -> tuple[simsearch.Index, np.ndarray, np.ndarray, dict[str, np.nda
         {"brand": [3, 4], "category": list(range(0, 1000, 3))},  # AND: ~6.7%
     ],
 )
-def test_filtered_recall_against_exact(catalog, flt: dict) -> None:
+@pytest.mark.parametrize("mode", ["auto", "walk", "scan"])
+def test_filtered_recall_against_exact(catalog, flt: dict, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     index, x, q, attrs = catalog
+    # Force each strategy: a zero walk cost makes every walk look free (the
+    # 2% floor still scans below it); a brute fraction of 1 always scans.
+    if mode == "walk":
+        monkeypatch.setattr(index, "filter_walk_cost", 0.0)
+    elif mode == "scan":
+        monkeypatch.setattr(index, "filter_brute_fraction", 1.01)
     mask = np.ones(len(x), bool)
     for name, values in flt.items():
         mask &= np.isin(attrs[name], np.atleast_1d(values))
@@ -70,8 +77,10 @@ def test_filtered_recall_against_exact(catalog, flt: dict) -> None:
     assert _recall(got, _exact(x, q, allowed, k)) >= 0.95
 
 
-def test_filter_by_id_list(catalog) -> None:
+@pytest.mark.parametrize("walk_cost", [0.0, 64.0])
+def test_filter_by_id_list(catalog, walk_cost: float, monkeypatch: pytest.MonkeyPatch) -> None:
     index, x, q, _ = catalog
+    monkeypatch.setattr(index, "filter_walk_cost", walk_cost)
     allowed = np.arange(0, len(x), 7)
     ids, _ = index.search(q, k=10, filter=np.concatenate([allowed, [10**12]]))  # unknown ids are ignored
     assert np.isin(ids, allowed).all()
@@ -113,6 +122,37 @@ def test_attributes_added_later_and_slot_reuse() -> None:
     got = ids.astype(np.int64)
     ok = ((got >= 700) & (got < 1000) & ((got - 500) % 3 == 1)) | ((got >= 1000) & (got < 1200))
     assert ok.all()
+
+
+@pytest.mark.parametrize("brute_fraction", [0.02, 1.01])
+def test_filters_follow_adds_removes_and_reuse_between_searches(brute_fraction: float) -> None:
+    # The posting lists behind filters are built on first use: every search
+    # here follows a change, so stale lists would return wrong or missing items.
+    x, q = _data(1200)
+    index = simsearch.Index(32)
+    index.filter_brute_fraction = brute_fraction
+    colors = np.arange(1200) % 4
+    live: dict[int, int] = {}
+
+    def check() -> None:
+        for color in range(5):
+            allowed = np.array(sorted(i for i, c in live.items() if c == color), dtype=np.int64)
+            ids, _ = index.search(q[:20], k=10, filter={"color": color})
+            got = ids.astype(np.int64)
+            k = min(10, allowed.size)
+            assert np.isin(got[:, :k], allowed).all()
+            assert (ids[:, :k] != NO_ID).all() and (ids[:, k:] == NO_ID).all()
+
+    index.add(x[:600], attributes={"color": colors[:600]})
+    live.update(zip(range(600), colors[:600].tolist()))
+    check()
+    index.remove(np.arange(0, 600, 4))  # every color-0 item
+    for i in range(0, 600, 4):
+        del live[i]
+    check()
+    index.add(x[600:750], ids=np.arange(600, 750), attributes={"color": np.full(150, 4)})  # reuses freed slots
+    live.update(dict.fromkeys(range(600, 750), 4))
+    check()
 
 
 @pytest.mark.parametrize(

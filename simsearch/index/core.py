@@ -136,6 +136,7 @@ class Index:
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
         self.ef = check_positive_int(ef, "ef")
         self.filter_brute_fraction = 0.02
+        self.filter_walk_cost = 64.0
         if backend == "native":
             self._impl = _core().NativeIndex(
                 self.dim, _METRICS[metric], self.M, self.ef_construction, self.rescore, isa or "", 0x5EED5EED,
@@ -287,12 +288,15 @@ class Index:
             (unknown ids are ignored), or attribute conditions such as
             ``{"category": 7, "brand": [3, 9]}`` (one value or a list of
             allowed values per attribute; attributes combine with AND).
-            Evaluated in C++. When few items pass (below
-            ``filter_brute_fraction``, estimated from a sample) the allowed
-            items are scanned exactly; otherwise the graph is walked through
-            every node, keeping only allowed ones, with ef raised as the
-            share falls. Rows get k results whenever k items pass; a filter
-            nothing passes gives padded rows. Native backend only.
+            Evaluated in C++ over per-value posting lists. When few items
+            pass (below ``filter_brute_fraction``), or scanning the
+            candidates costs fewer distance computations than a filtered
+            graph walk would (``filter_walk_cost``, 64: the distance
+            computations each node a walk visits is worth), the allowed
+            items are scanned exactly over the codes; otherwise the graph is walked through every node, keeping
+            only allowed ones, with ef raised as the share falls. Rows get k
+            results whenever k items pass; a filter nothing passes gives
+            padded rows. Native backend only.
 
         Returns
         -------
@@ -312,7 +316,8 @@ class Index:
                 raise ValueError("filter needs the native backend")
             allowed, conditions = _check_filter(filter)
             return self._impl.search_filtered(
-                q, k, max(ef, k), self.rescore, self.num_threads, allowed, conditions, self.filter_brute_fraction
+                q, k, max(ef, k), self.rescore, self.num_threads, allowed, conditions, self.filter_brute_fraction,
+                self.filter_walk_cost,
             )
         if self.backend == "native":
             ids, scores = self._impl.search(q, k, max(ef, k), self.rescore, self.num_threads)
@@ -452,6 +457,7 @@ class Index:
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
         self.ef = 64
         self.filter_brute_fraction = 0.02
+        self.filter_walk_cost = 64.0
         self._next_id = 0
         return self
 
