@@ -515,7 +515,10 @@ def _check_filter(filter: Any) -> tuple[np.ndarray | None, list[tuple[str, list[
         for name, values in filter.items():
             if not isinstance(name, str):
                 raise TypeError(f"filter keys must be attribute names, got {name!r}")
-            conditions.append((name, _check_attribute_values(name, values, None).tolist()))
+            if type(values) is int and -(2**31) < values < 2**31:  # the common case, without numpy
+                conditions.append((name, [values]))
+            else:
+                conditions.append((name, _check_attribute_values(name, values, None).tolist()))
         return None, conditions
     return as_ids(filter, "filter"), []
 
