@@ -26,6 +26,8 @@ _LAZY: dict[str, str] = {
     "find_duplicates": "simsearch.applications",
     "PairScoring": "simsearch.applications",
     "ShardedIndex": "simsearch.sharding",
+    "Deduplicator": "simsearch.applications",
+    "evaluate": "simsearch.evaluation",
     "ShardUnavailableError": "simsearch.sharding",
 }
 

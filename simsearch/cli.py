@@ -206,6 +206,11 @@ def cmd_match(args: argparse.Namespace) -> None:
 def cmd_dedup(args: argparse.Namespace) -> None:
     from simsearch.applications import choose_threshold, find_duplicates
 
+    if args.state:
+        cmd_dedup_state(args)
+        return
+    if args.removed:
+        raise CommandError("--removed needs --state DIR (the state the items are removed from)")
     lexical = not args.no_lexical
     threshold = args.threshold
     if args.label_col:
@@ -298,6 +303,128 @@ def cmd_eval_match(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.truth} is empty: it has no rows")
     recall = {f"recall@{r}": round(sum(1 for lid in listings if best.get(lid, 10**9) <= r) / len(listings), 4) for r in sorted({1, min(5, args.k), args.k})}
     print(json.dumps({"task": "match", "listings": len(listings), **recall}))
+
+
+# -- incremental dedup state, review loop, quantization report ---------------
+
+
+def _state_exists(path: str) -> bool:
+    return (Path(path) / "CURRENT").exists()
+
+
+def _load_state(args: argparse.Namespace, need_encoder: bool) -> Any:
+    from simsearch.applications import Deduplicator
+
+    if not Path(args.state).is_dir():
+        raise FileNotFoundError(f"no dedup state at {args.state!r} (make one with: simsearch dedup ITEMS --state DIR)")
+    encoder = _encoder(args) if need_encoder else None
+    return Deduplicator.load(args.state, encoder=encoder, progress=_progress(args))
+
+
+def cmd_dedup_state(args: argparse.Namespace) -> None:
+    """Create the state from ITEMS, or update it with ITEMS (new) and --removed; write the change table."""
+    from simsearch.applications import Deduplicator
+
+    if args.label_col:
+        raise CommandError("--label-col does not combine with --state; calibrate with: simsearch review export/import")
+    start = time.perf_counter()
+    if _state_exists(args.state):
+        dedup = _load_state(args, need_encoder=True)
+        removed = None
+        if args.removed:
+            table = _tables.read_table(args.removed, [args.id_col], name=args.removed)
+            removed = table.column(args.id_col).combine_chunks()
+        changes = dedup.update(args.items, removed_ids=removed)
+        verb = "updated"
+    else:
+        if args.removed:
+            raise CommandError(f"there is no state at {args.state!r} yet to remove items from")
+        dedup = Deduplicator(
+            threshold=args.threshold, k=args.k, encoder=_encoder(args), max_group_size=args.max_group_size,
+            id_col=args.id_col, text_col=args.text_col, lexical=not args.no_lexical, progress=_progress(args),
+        ).fit(args.items)
+        groups = dedup.groups_
+        changes = pa.table(
+            {
+                "item_id": groups.column("item_id"),
+                "old_group": pa.nulls(groups.num_rows, pa.int64()),
+                "new_group": groups.column("group_id"),
+                "event": pa.array(["new_group"] * groups.num_rows),
+            }
+        )
+        verb = "created"
+    dedup.save(args.state)
+    out = args.out or str(Path(args.state) / "changes" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.parquet")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    _tables.write_table(changes, out)
+    counts = {e: 0 for e in ("joined", "new_group", "merged", "split", "removed")}
+    for e in changes.column("event").to_pylist():
+        counts[e] += 1
+    n_groups = len(set(dedup.groups_.column("group_id").to_pylist()))
+    print(
+        f"{verb} {args.state}: {dedup.n_items_} items in {n_groups} groups (threshold {dedup.threshold_:.3f}); "
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + f"; changes in {out} ({time.perf_counter() - start:.1f} s)",
+        file=sys.stderr,
+    )
+
+
+def cmd_review_export(args: argparse.Namespace) -> None:
+    dedup = _load_state(args, need_encoder=False)
+    table = dedup.export_review(args.out, n=args.n, seed=args.seed)
+    print(
+        f"wrote {table.num_rows} pairs to {args.out} (threshold {dedup.threshold_:.3f}): fill the label column "
+        f"with 1 (duplicates) or 0, then run: simsearch review import {args.out} --state {args.state}",
+        file=sys.stderr,
+    )
+
+
+def cmd_review_import(args: argparse.Namespace) -> None:
+    dedup = _load_state(args, need_encoder=False)
+    result = dedup.calibrate(args.labels, target_precision=args.target_precision)
+    dedup.save(args.state)
+    print(result.summary(), file=sys.stderr)
+    print(json.dumps(result.to_dict()))
+
+
+def cmd_eval_index(args: argparse.Namespace) -> None:
+    from simsearch.applications._items import encode_texts
+    from simsearch.evaluation import evaluate
+    from simsearch.index import Index
+
+    path = Path(args.index)
+    items = meta = None
+    if path.is_dir():
+        index, items, meta = _open_index_dir(args.index)
+    else:
+        index = Index.load(path)
+    vectors = ids = None
+    if args.vectors:
+        vectors = np.load(args.vectors, allow_pickle=False)
+        ids = np.load(args.ids, allow_pickle=False) if args.ids else None
+    elif not index.rescore:
+        if items is None:
+            raise CommandError("the index keeps no float32 originals: pass --vectors FILE.npy (row i: id i, or --ids)")
+        if args.model is None and meta and meta.get("model_path"):
+            args.model = meta["model_path"]
+        print(f"encoding {items.num_rows} titles for the float32 originals", file=sys.stderr)
+        vectors = encode_texts(_tables.text_column(items, "title"), _encoder(args), _progress(args))
+    if args.queries:
+        if args.queries.endswith(".npy"):
+            queries = np.load(args.queries, allow_pickle=False)
+        else:
+            qt = _tables.read_table(args.queries, [args.text_col], name=args.queries)
+            queries = encode_texts(_tables.text_column(qt, args.text_col, name=args.queries), _encoder(args), _progress(args))
+    else:
+        rng = np.random.default_rng(0)
+        if vectors is not None:
+            queries = np.asarray(vectors)[rng.choice(len(vectors), size=min(args.sample, len(vectors)), replace=False)]
+        else:
+            all_ids = index.ids()
+            queries = index.get_vectors(all_ids[rng.choice(len(all_ids), size=min(args.sample, len(all_ids)), replace=False)])
+    report = evaluate(index, queries, k=args.k, vectors=vectors, ids=ids, ef=args.ef)
+    print(report.summary(), file=sys.stderr)
+    print(json.dumps({"task": "index", **{k: round(v, 4) if isinstance(v, float) else v for k, v in report.to_dict().items()}}))
 
 
 # -- demo ---------------------------------------------------------------------
@@ -411,9 +538,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-group-size", type=int, default=100)
     p.add_argument("--no-lexical", action="store_true", help="embedding cosine only")
     p.add_argument("--groups", help="write the groups table here")
-    p.add_argument("--out", help="write the pairs table here instead of printing")
+    p.add_argument("--out", help="write the pairs table here instead of printing (with --state: the change table)")
+    p.add_argument("--state", help="incremental dedup state folder: created from ITEMS, or updated with ITEMS as new items")
+    p.add_argument("--removed", help="with --state: table of ids (column --id-col) to remove")
     _add_encoder_args(p)
     p.set_defaults(func=cmd_dedup)
+
+    p_review = sub.add_parser("review", help="label pairs near the dedup threshold and recalibrate it")
+    review_sub = p_review.add_subparsers(dest="review_command", metavar="ACTION", required=True)
+    p = review_sub.add_parser("export", help="write pairs to label (CSV with an empty label column)")
+    p.add_argument("out", help="CSV (or Parquet) to write")
+    p.add_argument("--state", required=True, help="dedup state folder")
+    p.add_argument("-n", type=int, default=200, help="pairs to label (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_review_export)
+    p = review_sub.add_parser("import", help="recalibrate the threshold from a labelled CSV")
+    p.add_argument("labels", help="the exported file with its label column filled (1 duplicates, 0 not)")
+    p.add_argument("--state", required=True, help="dedup state folder")
+    p.add_argument("--target-precision", type=float, default=None, help="lowest threshold with at least this precision (default: maximum F1)")
+    p.set_defaults(func=cmd_review_import)
 
     p = sub.add_parser("classify", help="label ITEMS by kNN over labelled TRAIN titles")
     p.add_argument("train", help="Parquet or CSV with title and label columns")
@@ -449,6 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lexical", action="store_true")
     _add_encoder_args(p)
     p.set_defaults(func=cmd_eval_match)
+    p = eval_sub.add_parser("index", help="recall lost to int8 codes vs to the graph")
+    p.add_argument("index", help="index folder (simsearch index build) or index file")
+    p.add_argument("--queries", help="queries: .npy vectors, or Parquet/CSV texts (default: --sample indexed items)")
+    p.add_argument("--vectors", help=".npy float32 originals (default: kept by the index, or re-encoded titles of a folder)")
+    p.add_argument("--ids", help=".npy ids of --vectors (default 0..n-1)")
+    p.add_argument("--text-col", default="title")
+    p.add_argument("--sample", type=int, default=1000, help="queries drawn from the items when --queries is not given")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--ef", type=int, default=None)
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_eval_index)
 
     p = sub.add_parser("demo", help="deduplicate and match the bundled PriceRunner sample")
     p.add_argument("--show", type=int, default=5, help="groups and matches to print (default 5)")

@@ -9,15 +9,19 @@ from simsearch.applications.dedup import (
     mean_group_f1,
     pairwise_precision_recall,
 )
+from simsearch.applications.incremental import Deduplicator
 from simsearch.applications.lexical import Calibration, PairScoring, best_f1_threshold, extract_facts
 from simsearch.applications.matcher import CatalogMatcher
+from simsearch.applications.review import ReviewCalibration
 
 __all__ = [
     "Calibration",
     "CatalogMatcher",
+    "Deduplicator",
     "Duplicates",
     "KNNClassifier",
     "PairScoring",
+    "ReviewCalibration",
     "ThresholdChoice",
     "best_f1_threshold",
     "choose_threshold",

@@ -135,6 +135,74 @@ def pairwise_precision_recall(labels: Any, groups: Any) -> tuple[float, float]:
     return (tp / pred if pred else 1.0), (tp / true if true else 1.0)
 
 
+def is_vector_input(data: Any) -> bool:
+    """Whether ``data`` is an array of vectors rather than a table of titles."""
+    return isinstance(data, np.ndarray) or (isinstance(data, Sequence) and not isinstance(data, (str, bytes)))
+
+
+def knn_pairs(
+    index: Any,
+    items: Items,
+    rows: np.ndarray,
+    k: int,
+    scoring: PairScoring,
+    floor: float,
+    batch_size: int,
+    progress: bool | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scored pairs between ``rows`` and their ``k`` nearest neighbours in ``index``.
+
+    Parameters
+    ----------
+    index : Index
+        Holds ``items.search[r]`` under id ``r`` for every live row.
+    items : Items
+    rows : ndarray of shape (m,), int64
+        Rows whose neighbours are looked up.
+    k : int
+    scoring : PairScoring
+    floor : float
+        Pairs scoring below it are dropped.
+    batch_size : int
+    progress : bool or None
+
+    Returns
+    -------
+    rows_a, rows_b : ndarray of shape (p,), int64
+        Each pair once, ``rows_a < rows_b``, sorted.
+    scores : ndarray of shape (p,), float32
+    """
+    n = len(items)
+    kk = min(k + 1, len(index))  # the item itself comes back too
+    if len(rows) == 0 or kk < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    ef = max(2 * kk, 64)
+    keep_a, keep_b, keep_s = [], [], []
+    bar = progress_bar(len(rows), "searching", progress)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        found, _ = index.search(items.search[batch], k=kk, ef=ef)
+        src = np.repeat(batch, kk)
+        nbrs = found.reshape(-1)
+        valid = (nbrs != np.uint64(2**64 - 1)) & (nbrs != src.astype(np.uint64))
+        a, b = src[valid], nbrs[valid].astype(np.int64)
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        key = np.unique(a * n + b)  # one pair found from both ends counts once
+        a, b = key // n, key % n
+        s = items.pair_scores(items, a, b, scoring, floor=floor)
+        hit = s >= floor
+        keep_a.append(a[hit])
+        keep_b.append(b[hit])
+        keep_s.append(s[hit])
+        bar.update(len(batch))
+    bar.close()
+    a, b, s = np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s)
+    # Pairs found from both ends in different batches: keep one.
+    key, first = np.unique(a * n + b, return_index=True)
+    return key // n, key % n, s[first]
+
+
 class _Candidates:
     """The scored kNN self-join of one input, reusable for several thresholds."""
 
@@ -169,7 +237,9 @@ class _Candidates:
     ) -> tuple[Items, pa.Array, bool]:
         from simsearch.applications._items import as_vectors
 
-        if isinstance(data, np.ndarray) or (isinstance(data, Sequence) and not isinstance(data, (str, bytes))):
+        self.lexical_model: LexicalModel | None = None
+        self.texts: list[str] | None = None
+        if is_vector_input(data):
             vectors = as_vectors(data, "data")
             if len(vectors) == 0:
                 raise ValueError("data is empty: it has no rows")
@@ -186,8 +256,10 @@ class _Candidates:
         _tables.require_rows(table, name="data")
         id_array = _tables.id_column(table, id_col, name="data").combine_chunks()
         texts = _tables.text_column(table, text_col, name="data")
+        self.texts = texts
         encoder = default_encoder() if encoder is None else encoder
         model = LexicalModel(self.scoring).fit(texts) if lexical else None
+        self.lexical_model = model
         return Items.from_texts(texts, encoder, model, self.scoring, progress), id_array, True
 
     def _join(
@@ -195,37 +267,16 @@ class _Candidates:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         items = self.items
         n = len(items)
+        self.index: Any = None
         if n < 2:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, np.zeros(0, dtype=np.float32)
         params = dict(index_params or {})
         params.setdefault("ef_construction", 100)
-        index = build_index(items.search, params, progress)
-        kk = min(k + 1, n)  # the item itself comes back too
-        ef = max(2 * kk, 64)
-        keep_a, keep_b, keep_s = [], [], []
-        bar = progress_bar(n, "searching", progress)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            found, _ = index.search(items.search[start:stop], k=kk, ef=ef)
-            rows = np.repeat(np.arange(start, stop, dtype=np.int64), kk)
-            nbrs = found.reshape(-1)
-            valid = (nbrs != np.uint64(2**64 - 1)) & (nbrs != rows.astype(np.uint64))
-            a, b = rows[valid], nbrs[valid].astype(np.int64)
-            a, b = np.minimum(a, b), np.maximum(a, b)
-            key = np.unique(a * n + b)  # one pair found from both ends counts once
-            a, b = key // n, key % n
-            s = items.pair_scores(items, a, b, self.scoring, floor=self.floor)
-            hit = s >= self.floor
-            keep_a.append(a[hit])
-            keep_b.append(b[hit])
-            keep_s.append(s[hit])
-            bar.update(stop - start)
-        bar.close()
-        a, b, s = np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s)
-        # Pairs found from both ends in different batches: keep one.
-        key, first = np.unique(a * n + b, return_index=True)
-        return key // n, key % n, s[first]
+        self.index = build_index(items.search, params, progress)
+        return knn_pairs(
+            self.index, items, np.arange(n, dtype=np.int64), k, self.scoring, self.floor, batch_size, progress
+        )
 
     def cross(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
         return self.items.cross_scores(self.items, rows_a, rows_b, self.scoring, self._rules)

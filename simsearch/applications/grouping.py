@@ -62,6 +62,17 @@ class UnionFind:
         self.members.pop(b, None)
         return a
 
+    def seed(self, initial: np.ndarray) -> None:
+        """Put elements with equal ``initial`` values in one set (fresh sets only)."""
+        order = np.argsort(initial, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, initial[order][1:] != initial[order][:-1], True])
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            if stop - start > 1:
+                members = order[start:stop]
+                root = int(members[0])
+                self.parent[members] = root
+                self.members[root] = members.tolist()
+
     def labels(self) -> np.ndarray:
         """Root of every element, shape (n,), int64."""
         return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
@@ -77,6 +88,7 @@ def group_pairs(
     link_threshold: float | None = None,
     max_group_size: int | None = 100,
     refine: bool = True,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """Group ``n`` items from scored pairs.
 
@@ -99,6 +111,10 @@ def group_pairs(
     refine : bool, default True
         ``False`` returns connected components of the pairs (no linkage check,
         no size cap).
+    initial : ndarray of shape (n,), int, optional
+        Groups to start from: items with equal values begin in one group, as
+        if already merged (incremental dedup seeds the existing groups this
+        way); the pairs then merge groups as usual.
 
     Returns
     -------
@@ -108,10 +124,15 @@ def group_pairs(
     """
     rows_a = np.asarray(rows_a, dtype=np.int64)
     rows_b = np.asarray(rows_b, dtype=np.int64)
+    if initial is not None and len(initial) != n:
+        raise ValueError(f"initial has {len(initial)} labels, expected one per item ({n})")
     if not refine:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
+        if initial is not None:
+            seed_a, seed_b = _seed_links(np.asarray(initial))
+            rows_a, rows_b = np.r_[rows_a, seed_a], np.r_[rows_b, seed_b]
         graph = coo_matrix((np.ones(len(rows_a), dtype=np.int8), (rows_a, rows_b)), shape=(n, n))
         _, comp = connected_components(graph, directed=False)
         return _smallest_member_labels(comp)
@@ -119,6 +140,8 @@ def group_pairs(
         raise ValueError("refine with a link_threshold needs cross_score")
     cap = np.inf if max_group_size is None else max_group_size
     uf = UnionFind(n)
+    if initial is not None:
+        uf.seed(np.asarray(initial))
     # Two groups joined by many pairs would be compared once per pair; a
     # refusal stays valid until one of them changes, which bumps its version.
     version = np.zeros(n, dtype=np.int64)
@@ -141,6 +164,13 @@ def group_pairs(
         root = uf.union(a, b)
         version[root] += 1
     return _smallest_member_labels(uf.labels())
+
+
+def _seed_links(initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs that chain the members of each ``initial`` group together."""
+    order = np.argsort(initial, kind="stable")
+    same = initial[order][1:] == initial[order][:-1]
+    return order[:-1][same].astype(np.int64), order[1:][same].astype(np.int64)
 
 
 def _smallest_member_labels(comp: np.ndarray) -> np.ndarray:

@@ -266,20 +266,33 @@ class LexicalModel:
         ValueError
             If ``texts`` is empty.
         """
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.exceptions import DataDimensionalityWarning
-        from sklearn.random_projection import SparseRandomProjection
-
         if len(texts) == 0:
             raise ValueError("cannot fit the lexical model on no texts")
-        self.vectorizer_ = TfidfVectorizer(
+        self.vectorizer_ = self._vectorizer()
+        tfidf = self.vectorizer_.fit_transform(texts)
+        self._fit_projection(tfidf.shape[1])
+        return self
+
+    def _vectorizer(self, vocabulary: dict[str, int] | None = None) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(
             analyzer="char_wb",
             ngram_range=self.scoring.ngram_range,
             sublinear_tf=True,
             dtype=np.float32,
             preprocessor=normalize_title,
+            vocabulary=vocabulary,
         )
-        tfidf = self.vectorizer_.fit_transform(texts)
+
+    def _fit_projection(self, n_features: int) -> None:
+        import scipy.sparse as sp
+        from sklearn.exceptions import DataDimensionalityWarning
+        from sklearn.random_projection import SparseRandomProjection
+
+        # The projection matrix depends only on the number of features, the
+        # width and the seed, so fitting on an empty matrix of the right width
+        # gives the same matrix as fitting on the titles.
         self.projection_ = SparseRandomProjection(
             n_components=self.scoring.projection_dim, dense_output=True, random_state=self.random_state
         )
@@ -287,8 +300,51 @@ class LexicalModel:
             # A tiny catalog has fewer n-grams than projection_dim: projecting
             # up is harmless here (only candidate search sees the projection).
             warnings.simplefilter("ignore", DataDimensionalityWarning)
-            self.projection_.fit(tfidf)
-        return self
+            self.projection_.fit(sp.csr_matrix((1, n_features), dtype=np.float32))
+
+    def vocabulary(self) -> tuple[list[str], np.ndarray]:
+        """The learned n-grams in column order and their IDF weights.
+
+        Returns
+        -------
+        terms : list of str
+            N-gram of each TF-IDF column.
+        idf : ndarray of shape (len(terms),), float
+        """
+        if self.vectorizer_ is None:
+            raise RuntimeError("LexicalModel.vocabulary called before fit")
+        vocab = self.vectorizer_.vocabulary_
+        terms = [""] * len(vocab)
+        for term, column in vocab.items():
+            terms[column] = term
+        return terms, np.asarray(self.vectorizer_.idf_)
+
+    @classmethod
+    def restore(
+        cls, scoring: PairScoring, terms: Sequence[str], idf: np.ndarray, random_state: int = 0
+    ) -> LexicalModel:
+        """Rebuild a fitted model from :meth:`vocabulary` (nothing is unpickled).
+
+        Parameters
+        ----------
+        scoring : PairScoring
+            The scoring the model was fit with.
+        terms : sequence of str
+            N-gram of each column, as :meth:`vocabulary` returns them.
+        idf : ndarray of shape (len(terms),), float
+        random_state : int, default 0
+
+        Returns
+        -------
+        LexicalModel
+        """
+        if len(terms) != len(idf) or len(terms) == 0:
+            raise ValueError(f"terms ({len(terms)}) and idf ({len(idf)}) must be non-empty and of one length")
+        model = cls(scoring=scoring, random_state=random_state)
+        model.vectorizer_ = model._vectorizer({t: i for i, t in enumerate(terms)})
+        model.vectorizer_.idf_ = np.asarray(idf, dtype=np.float64)
+        model._fit_projection(len(terms))
+        return model
 
     def transform(self, texts: Sequence[str]) -> TextFeatures:
         """TF-IDF rows, projected vectors and facts of ``texts``.
@@ -501,7 +557,7 @@ class Calibration:
     n_positive: int
 
 
-def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Calibration:
     """The threshold that maximizes pairwise F1, with precision and recall there.
 
     Every distinct score is tried (a pair is a match when ``score >= threshold``);
@@ -513,6 +569,10 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
     ----------
     scores : ndarray of shape (n,), float
     labels : ndarray of shape (n,), {0, 1} or bool
+    weights : ndarray of shape (n,), float, optional
+        How many pairs each labelled pair stands for (the inverse of its
+        chance of being picked, for pairs sampled by stratum); precision,
+        recall and F1 are then weighted estimates. Default: 1 each.
 
     Returns
     -------
@@ -521,8 +581,8 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
     Raises
     ------
     ValueError
-        If the arrays differ in length, are empty, hold NaN, or the labels are
-        not 0/1 or hold no positive.
+        If the arrays differ in length, are empty, hold NaN, the labels are
+        not 0/1 or hold no positive, or a weight is not positive.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
@@ -536,20 +596,27 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
         if not np.isin(labels, (0, 1)).all():
             raise ValueError("labels must be 0 or 1")
         labels = labels.astype(bool)
+    if weights is None:
+        weights = np.ones(len(scores))
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != scores.shape:
+        raise ValueError(f"weights has shape {weights.shape}, scores {scores.shape}")
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        raise ValueError("weights must be finite and positive")
     n_pos = int(labels.sum())
     if n_pos == 0:
         raise ValueError("labels hold no positive pair: a threshold cannot be chosen")
     order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    predicted = np.arange(1, len(s) + 1)
+    s, y, w = scores[order], labels[order], weights[order]
+    tp = np.cumsum(w * y)
+    predicted = np.cumsum(w)
     # Only the last position of each run of equal scores is a valid cut.
     last = np.r_[s[1:] != s[:-1], True]
     precision = tp / predicted
-    recall = tp / n_pos
+    recall = tp / tp[-1]
     f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     f1 = np.where(last, f1, -1.0)
-    best = int(np.flatnonzero(f1 == f1.max())[0])  # highest threshold among ties
+    best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])  # highest threshold among ties
     below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
     threshold = float((s[best] + below) / 2)
     return Calibration(
