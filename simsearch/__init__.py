@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "find_duplicates": "simsearch.applications",
     "PairScoring": "simsearch.applications",
     "ShardedIndex": "simsearch.sharding",
+    "Service": "simsearch.serving",
     "Deduplicator": "simsearch.applications",
     "evaluate": "simsearch.evaluation",
     "ShardUnavailableError": "simsearch.sharding",

@@ -1,0 +1,622 @@
+"""The HTTP front of :class:`~simsearch.serving.Service`: an ASGI app (FastAPI) and its uvicorn runner.
+
+Endpoints: ``POST /v1/embed``, ``/v1/search``, ``/v1/match``, ``/v1/items``,
+``DELETE /v1/items``, ``GET /healthz``, ``/readyz``, ``/metrics``
+(Prometheus text), and the OpenAPI schema at ``/openapi.json`` (``/docs``).
+
+Every response carries the model name, the model fingerprint and the index
+version, as headers (``X-Model``, ``X-Model-Fingerprint``,
+``X-Index-Version``) and, in JSON bodies, as fields (``model``,
+``model_fingerprint``, ``index_version``). Errors are JSON ``{"error": "one
+line"}``: 400 bad input or invalid JSON, 401 missing or wrong bearer token, 404
+unknown id, 409 id already present, 413 body or batch too large, 422 body of
+the wrong shape, 429 queue full (with ``Retry-After``), 503 still loading,
+504 deadline passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from simsearch.serving.batcher import BatchStats, DeadlineExceeded, QueueFull
+from simsearch.serving.service import MAX_K, DuplicateIdError, SearchResult, Service
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        disable_created_metrics,
+        generate_latest,
+    )
+    from pydantic import BaseModel, Field
+    from starlette.concurrency import run_in_threadpool
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"the simsearch HTTP server needs {err.name}; install it with: pip install 'simsearch[serve]'"
+    ) from err
+
+# The *_created series double the text for no use here.
+disable_created_metrics()
+
+#: Environment variable holding the bearer token when ``--token`` is not given.
+TOKEN_ENV = "SIMSEARCH_TOKEN"
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_ENDPOINTS = frozenset({"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"})
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+# -- request and response bodies ----------------------------------------------
+
+
+class EmbedRequest(BaseModel):
+    texts: list[str] = Field(description="texts to embed")
+    timeout_ms: float | None = Field(None, gt=0, description="deadline of this request (default: the server's)")
+
+
+class SearchRequest(BaseModel):
+    query: Union[str, list[str], None] = Field(None, description="a query text, or a list of them")
+    vector: Union[list[float], list[list[float]], None] = Field(None, description="a query vector, or a list of them")
+    k: int = Field(10, ge=1, le=MAX_K, description="results per query")
+    timeout_ms: float | None = Field(None, gt=0)
+
+
+class Listing(BaseModel):
+    id: Union[int, str, None] = None
+    title: str
+
+
+class MatchRequest(BaseModel):
+    listings: list[Listing]
+    k: int = Field(5, ge=1, le=MAX_K)
+    threshold: float | None = Field(None, description="least cosine of a match (default: the server's)")
+    timeout_ms: float | None = Field(None, gt=0)
+
+
+class Item(BaseModel):
+    id: Union[int, str]
+    title: str
+    vector: list[float] | None = None
+
+
+class AddRequest(BaseModel):
+    items: list[Item]
+
+
+class RemoveRequest(BaseModel):
+    ids: list[Union[int, str]]
+
+
+class Envelope(BaseModel):
+    model: str
+    model_fingerprint: str
+    index_version: int
+
+
+class HitOut(BaseModel):
+    id: Union[int, str]
+    title: str | None
+    score: float
+    is_match: bool | None = None
+
+
+class EmbedResponse(Envelope):
+    embeddings: list[list[float | None]]
+    missing: list[bool]
+    dim: int
+
+
+class SearchResponse(Envelope):
+    results: list[list[HitOut]]
+
+
+class MatchOut(BaseModel):
+    listing_id: Union[int, str, None]
+    matches: list[HitOut]
+
+
+class MatchResponse(Envelope):
+    results: list[MatchOut]
+
+
+class WriteResponse(Envelope):
+    added: int | None = None
+    removed: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+# -- settings and state -----------------------------------------------------
+
+
+@dataclass
+class ServerLimits:
+    """Limits the HTTP layer enforces before any work is queued.
+
+    Attributes
+    ----------
+    max_body_bytes : int
+        Larger request bodies get 413.
+    max_items : int
+        Most texts, queries, vectors, listings, items or ids per request (413 beyond).
+    timeout_ms : float or None
+        Deadline of a request that gives none; ``None``: no deadline.
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_items: int = 256
+    timeout_ms: float | None = 2000.0
+
+
+class _Metrics:
+    """Prometheus metrics of one app, in their own registry."""
+
+    def __init__(self, state: _State) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("simsearch_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r)
+        self.latency = Histogram(
+            "simsearch_request_duration_seconds", "HTTP request latency by endpoint", ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("simsearch_batch_size", "texts per encoder call", buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_wait = Histogram("simsearch_batch_wait_seconds", "time a batch waited for company", buckets=_LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("simsearch_rejected", "requests refused with 429 (queue full)", registry=r)
+
+        def stat(name: str) -> Callable[[], float]:
+            return lambda: float(state.service.stats().get(name, 0.0)) if state.service is not None else 0.0
+
+        for name, doc in (
+            ("queue_depth", "texts waiting for the encoder"),
+            ("cache_hit_rate", "embedding cache hits / lookups since start"),
+            ("cache_hits", "embedding cache hits since start"),
+            ("cache_misses", "embedding cache misses since start"),
+            ("items", "items in the index"),
+            ("index_version", "writes applied to the index folder"),
+            ("deadline_exceeded", "requests dropped past their deadline"),
+        ):
+            Gauge(f"simsearch_{name}", doc, registry=r).set_function(stat(name))
+        ready = Gauge("simsearch_ready", "1 once the index and model are loaded", registry=r)
+        ready.set_function(lambda: 1.0 if state.service is not None else 0.0)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.size)
+        self.batch_wait.observe(stats.waited_s)
+
+
+class _State:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.service: Service | None = None
+        self.error: str | None = None
+        self.info = info
+
+    def envelope(self) -> dict[str, Any]:
+        s = self.service
+        if s is None:
+            return {
+                "model": str(self.info.get("model", "")),
+                "model_fingerprint": str(self.info.get("fingerprint", "")),
+                "index_version": int(self.info.get("version", 0)),
+            }
+        return {"model": s.model_name, "model_fingerprint": s.model_fingerprint, "index_version": s.index_version}
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return text
+
+
+# -- the app ----------------------------------------------------------------
+
+
+def create_app(
+    service: Service | Callable[[Callable[[BatchStats], None]], Service],
+    *,
+    token: str | None = None,
+    limits: ServerLimits | None = None,
+    info: dict[str, Any] | None = None,
+) -> FastAPI:
+    """The ASGI app serving ``service``.
+
+    Parameters
+    ----------
+    service : Service or callable
+        A ready service, or ``load(on_batch) -> Service``, called in a
+        background thread at startup so that ``/healthz`` answers at once and
+        ``/readyz`` says 503 until the model and index are loaded (pass
+        ``on_batch`` to the Service to fill the batch metrics).
+    token : str or None, default=None
+        Bearer token every request but ``/healthz`` and ``/readyz`` must carry (401 otherwise).
+    limits : ServerLimits or None, default=None
+        Body, batch and deadline limits.
+    info : dict or None, default=None
+        ``model``, ``fingerprint`` and ``version`` to report while loading.
+
+    Returns
+    -------
+    fastapi.FastAPI
+    """
+    limits = limits or ServerLimits()
+    state = _State(info or {})
+    metrics = _Metrics(state)
+
+    def load() -> None:
+        try:
+            state.service = service(metrics.on_batch)  # type: ignore[operator]
+        except Exception as err:  # reported by /readyz; the process stays up for the probe to see it
+            state.error = f"{type(err).__name__}: {_one_line(err)}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if isinstance(service, Service):
+            state.service = service
+        else:
+            threading.Thread(target=load, name="simsearch-load", daemon=True).start()
+        yield
+        if state.service is not None:
+            await run_in_threadpool(state.service.close)
+
+    app = FastAPI(
+        title="simsearch",
+        version=_version(),
+        summary="Embedding and similarity search over a product catalog.",
+        lifespan=lifespan,
+        responses={code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503, 504)},
+    )
+    app.state.simsearch = state
+    app.state.metrics = metrics
+
+    def ready() -> Service:
+        if state.service is None:
+            raise _HTTPError(503, state.error or "the model and index are still loading", {"Retry-After": "1"})
+        return state.service
+
+    def count(n: int, what: str) -> None:
+        if n > limits.max_items:
+            raise _HTTPError(413, f"{n} {what} in one request; the limit is {limits.max_items}")
+        if n == 0:
+            raise _HTTPError(400, f"no {what} given")
+
+    def timeout_s(timeout_ms: float | None) -> float | None:
+        ms = timeout_ms if timeout_ms is not None else limits.timeout_ms
+        return None if ms is None else ms / 1000.0
+
+    async def vectors_of(svc: Service, texts: list[str], timeout: float | None, on_miss: str | None = "wait") -> Any:
+        future = svc.submit_embed(texts, timeout, on_miss=on_miss)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), None if timeout is None else timeout + 0.05)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"no result within the timeout of {timeout * 1000:g} ms; the request was dropped") from None
+
+    def body(payload: dict[str, Any]) -> JSONResponse:
+        return JSONResponse({**payload, **state.envelope()})
+
+    def hits_json(result: SearchResult) -> list[list[dict[str, Any]]]:
+        return [
+            [{"id": h.id, "title": h.title, "score": h.score, **({} if h.is_match is None else {"is_match": h.is_match})} for h in row]
+            for row in result.hits
+        ]
+
+    @app.post("/v1/embed", response_model=EmbedResponse, summary="Embed texts")
+    async def embed(req: EmbedRequest) -> Response:
+        svc = ready()
+        count(len(req.texts), "texts")
+        result = await vectors_of(svc, req.texts, timeout_s(req.timeout_ms), on_miss=None)
+        vectors = [[None] * svc.dim if m else row for row, m in zip(result.vectors.tolist(), result.missing.tolist())]
+        return body({"embeddings": vectors, "missing": result.missing.tolist(), "dim": svc.dim})
+
+    @app.post("/v1/search", response_model=SearchResponse, summary="Search by text or vector")
+    async def search(req: SearchRequest) -> Response:
+        svc = ready()
+        if (req.query is None) == (req.vector is None):
+            raise _HTTPError(400, "give exactly one of 'query' (text or list of texts) and 'vector' (list of floats or list of lists)")
+        if req.query is not None:
+            texts = [req.query] if isinstance(req.query, str) else req.query
+            count(len(texts), "queries")
+            vectors = (await vectors_of(svc, texts, timeout_s(req.timeout_ms))).vectors
+        else:
+            raw = req.vector
+            rows = [raw] if raw and not isinstance(raw[0], list) else raw
+            count(len(rows), "query vectors")
+            try:
+                vectors = svc.query_vectors(np.asarray(rows, dtype=np.float32))
+            except ValueError as err:
+                if "inhomogeneous" in str(err):
+                    raise ValueError("query vectors have different lengths") from None
+                raise
+        result = svc.search_vectors(vectors, req.k)
+        return body({"results": hits_json(result)})
+
+    @app.post("/v1/match", response_model=MatchResponse, summary="Match listings to catalog items")
+    async def match(req: MatchRequest) -> Response:
+        svc = ready()
+        count(len(req.listings), "listings")
+        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
+        threshold = svc.match_threshold if req.threshold is None else req.threshold
+        result = svc.search_vectors(vectors, req.k)
+        for row in result.hits:
+            for hit in row:
+                hit.is_match = hit.score >= threshold
+        rows = hits_json(result)
+        return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]})
+
+    @app.post("/v1/items", response_model=WriteResponse, summary="Add items (durable once acknowledged)")
+    async def add_items(req: AddRequest) -> Response:
+        svc = ready()
+        count(len(req.items), "items")
+        with_vectors = [x.vector is not None for x in req.items]
+        if any(with_vectors) and not all(with_vectors):
+            raise _HTTPError(400, "give a vector for every item or for none")
+        vectors = np.asarray([x.vector for x in req.items], dtype=np.float32) if all(with_vectors) else None
+        result = await run_in_threadpool(svc.add, [x.id for x in req.items], [x.title for x in req.items], vectors)
+        return body({"added": result.count})
+
+    @app.delete("/v1/items", response_model=WriteResponse, summary="Remove items by id (durable once acknowledged)")
+    async def remove_items(req: RemoveRequest) -> Response:
+        svc = ready()
+        count(len(req.ids), "ids")
+        result = await run_in_threadpool(svc.remove, req.ids)
+        return body({"removed": result.count})
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> Response:
+        return body({"status": "ok"})
+
+    @app.get("/readyz", summary="Readiness: model and index loaded")
+    async def readyz() -> Response:
+        if state.service is None:
+            status = "failed" if state.error else "loading"
+            return JSONResponse({"status": status, "error": state.error, **state.envelope()}, status_code=503, headers={"Retry-After": "1"})
+        return body({"status": "ready", "items": len(state.service)})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- errors: one line each --------------------------------------------
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, **state.envelope()}, status_code=status, headers=headers)
+
+    @app.exception_handler(_HTTPError)
+    async def on_http_error(request: Request, err: _HTTPError) -> Response:
+        return error(err.status, str(err), err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, err: RequestValidationError) -> Response:
+        first = err.errors()[0] if err.errors() else {"msg": "invalid request", "loc": ()}
+        if first.get("type") == "json_invalid":
+            return error(400, f"invalid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}")
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        return error(422, f"{where}: {first.get('msg')}")
+
+    @app.exception_handler(QueueFull)
+    async def on_queue_full(request: Request, err: QueueFull) -> Response:
+        metrics.rejected.inc()
+        return error(429, str(err), {"Retry-After": str(err.retry_after)})
+
+    @app.exception_handler(DeadlineExceeded)
+    async def on_deadline(request: Request, err: DeadlineExceeded) -> Response:
+        return error(504, str(err))
+
+    @app.exception_handler(DuplicateIdError)
+    async def on_duplicate(request: Request, err: DuplicateIdError) -> Response:
+        return error(409, _one_line(err))
+
+    @app.exception_handler(KeyError)
+    async def on_unknown(request: Request, err: KeyError) -> Response:
+        return error(404, _one_line(err))
+
+    @app.exception_handler(ValueError)
+    async def on_value(request: Request, err: ValueError) -> Response:
+        return error(400, _one_line(err))
+
+    @app.exception_handler(TypeError)
+    async def on_type(request: Request, err: TypeError) -> Response:
+        return error(400, _one_line(err))
+
+    return _Front(app, state, metrics, token, limits.max_body_bytes)  # type: ignore[return-value]
+
+
+class _Front:
+    """Outermost ASGI layer: bearer token, body size limit, envelope headers, request metrics.
+
+    Pure ASGI rather than a Starlette middleware so that the 413 for a
+    streamed body is decided while the body arrives, before it is buffered.
+    """
+
+    def __init__(self, app: FastAPI, state: _State, metrics: _Metrics, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.state = state
+        self.metrics = metrics
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    def __getattr__(self, name: str) -> Any:  # app.state, app.openapi(), ... reach the FastAPI app
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in _ENDPOINTS else "other"
+        status = {"code": 500, "started": False}
+
+        async def send_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["started"] = True
+                env = self.state.envelope()
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"x-model", env["model"].encode()),
+                    (b"x-model-fingerprint", env["model_fingerprint"].encode()),
+                    (b"x-index-version", str(env["index_version"]).encode()),
+                ]
+            await send(message)
+
+        async def reply(code: int, message: str, headers: dict[str, str] | None = None) -> None:
+            await JSONResponse({"error": message, **self.state.envelope()}, status_code=code, headers=headers)(scope, receive, send_headers)
+
+        if path.startswith("/v1/"):
+            scope = _as_json(scope)
+        try:
+            if self.token is not None and path not in _OPEN_PATHS and not self._authorized(scope):
+                await reply(401, "missing or wrong bearer token (send 'Authorization: Bearer TOKEN')", {"WWW-Authenticate": "Bearer"})
+                return
+            length = _content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                await reply(413, f"request body of {length} bytes; the limit is {self.max_body_bytes}")
+                return
+            seen = 0
+
+            async def counted_receive() -> Any:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_body_bytes:
+                        raise _BodyTooLarge
+                return message
+
+            try:
+                await self.app(scope, counted_receive, send_headers)
+            except _BodyTooLarge:
+                if not status["started"]:
+                    await reply(413, f"request body over the limit of {self.max_body_bytes} bytes")
+        finally:
+            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token or b"")
+        return False
+
+
+def _as_json(scope: dict[str, Any]) -> dict[str, Any]:
+    """Read a /v1 body as JSON when the client sent no content type or curl's form default (``curl -d``)."""
+    headers = [(n, v) for n, v in scope.get("headers", []) if n != b"content-type"]
+    sent = [v for n, v in scope.get("headers", []) if n == b"content-type"]
+    if sent and not sent[0].startswith(b"application/x-www-form-urlencoded"):
+        return scope
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _version() -> str:
+    from simsearch import __version__
+
+    return __version__
+
+
+def serve(
+    index_dir: str,
+    *,
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    token: str | None = None,
+    limits: ServerLimits | None = None,
+    cache: str | None = None,
+    log_level: str = "warning",
+    **service_kwargs: Any,
+) -> None:
+    """Serve an index folder over HTTP until interrupted (what ``simsearch serve`` runs).
+
+    Parameters
+    ----------
+    index_dir : str
+        Folder written by ``simsearch index build``.
+    model : str or None, default=None
+        Model folder; default the one the index was built with.
+    host, port : str, int
+        Where to listen.
+    token : str or None, default=None
+        Bearer token; ``None`` reads ``$SIMSEARCH_TOKEN`` (no auth if unset or empty).
+    limits : ServerLimits or None
+        HTTP limits.
+    cache : str or None, default=None
+        Embedding cache: a SQLite file path, ``":memory:"``, or ``None`` for none.
+    log_level : str, default="warning"
+        uvicorn's log level.
+    **service_kwargs
+        Passed to :meth:`Service.open` (``max_batch_size``, ``max_wait_ms``,
+        ``max_queue``, ``on_miss``, ``snapshot_every``, ...).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If ``index_dir`` is not an index folder (checked before listening).
+    """
+    import json
+    from pathlib import Path
+
+    import uvicorn
+
+    from simsearch.serving import store
+
+    folder = Path(index_dir)
+    if not (folder / store.META_FILE).exists():
+        store.read_folder(index_dir)  # raises the right error for a missing or foreign folder
+    info = json.loads((folder / store.META_FILE).read_text())
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+
+    def load(on_batch: Callable[[BatchStats], None]) -> Service:
+        encoder = None
+        if model is not None:
+            from simsearch.encoders import TextEncoder
+
+            encoder = TextEncoder(model=model, precision=info.get("precision", "int8"))
+        emb_cache = None
+        if cache is not None:
+            from simsearch.cache import EmbeddingCache
+
+            emb_cache = EmbeddingCache(cache)
+        service = Service.open(index_dir, encoder, cache=emb_cache, on_batch=on_batch, **service_kwargs)
+        service.embed(["warm up"])  # the first model call allocates; keep it off the first request
+        return service
+
+    app = create_app(load, token=token, limits=limits, info=info)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)

@@ -1,0 +1,297 @@
+"""Adaptive batching: gather work from many threads into shared model calls.
+
+One worker thread serves a bounded queue. A batch closes when it holds
+``max_batch_size`` items or when its wait runs out, whichever comes first.
+The wait adapts to load: the batcher keeps an exponentially weighted mean of
+the gap between arrivals, and waits only when that gap says another request
+is likely to come within ``max_wait_ms``; otherwise (a lone request on an idle
+service) the batch closes at once. Under load the worker is busy while
+requests pile up, so batches fill without waiting at all; the wait matters
+between those extremes, where it trades a few milliseconds for a fuller batch
+(Clipper's adaptive batching, Crankshaw et al., NSDI 2017, bounds the batch by
+a latency budget in the same spirit).
+
+Every request may carry a deadline (``time.monotonic()`` seconds). A request
+whose deadline has passed when its batch is formed is dropped without being
+computed; one that finishes past its deadline is answered with
+:class:`DeadlineExceeded` instead of its result.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from simsearch._validation import check_positive_int
+
+# Weight of the newest observation in the running means (arrival gap, batch time).
+_EWMA = 0.2
+
+
+class QueueFull(Exception):
+    """The batcher's queue is full; retry after ``retry_after`` seconds.
+
+    Attributes
+    ----------
+    retry_after : int
+        Seconds after which the queue has likely drained (at least 1), what
+        an HTTP server sends as ``Retry-After``.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request's deadline passed before its result was ready; the work was dropped."""
+
+
+@dataclass
+class BatchStats:
+    """What one model call did (passed to ``on_batch``)."""
+
+    size: int
+    requests: int
+    waited_s: float
+    compute_s: float
+
+
+@dataclass
+class _Request:
+    items: Sequence[Any]
+    deadline: float | None
+    future: Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class AdaptiveBatcher:
+    """Batch items submitted from many threads into calls of ``fn``.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(items) -> results`` where ``results[i]`` answers ``items[i]``
+        (a list or an array whose rows are the answers). Called from the
+        worker thread only, one batch at a time.
+    max_batch_size : int, default=32
+        Most items per call. Whole requests are batched: a request larger than
+        this runs alone.
+    max_wait_ms : float, default=5.0
+        Longest time a batch waits for more requests. ``0`` never waits
+        (batches still form from requests that queued while the worker was busy).
+    max_queue : int, default=1024
+        Most items waiting. :meth:`submit` raises :class:`QueueFull` beyond it.
+    on_batch : callable or None, default=None
+        Called with a :class:`BatchStats` after each call of ``fn``, from the
+        worker thread (for metrics).
+    name : str, default="simsearch-batcher"
+        Name of the worker thread.
+
+    Examples
+    --------
+    >>> b = AdaptiveBatcher(lambda xs: [x * 2 for x in xs], max_batch_size=8)
+    >>> b.submit([1, 2, 3]).result()
+    [2, 4, 6]
+    >>> b.close()
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], Sequence[Any]],
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        name: str = "simsearch-batcher",
+    ) -> None:
+        self.max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
+        self.max_queue = check_positive_int(max_queue, "max_queue")
+        if not (isinstance(max_wait_ms, (int, float)) and math.isfinite(max_wait_ms) and max_wait_ms >= 0):
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self._fn = fn
+        self._on_batch = on_batch
+        self._cond = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._depth = 0  # items in _queue
+        self._closed = False
+        # Running means: gap between arrivals (starts "idle"), seconds per item.
+        self._gap_s = math.inf
+        self._last_arrival = -math.inf
+        self._item_s = 0.0
+        self.last_wait_s = 0.0
+        self.batches = 0
+        self.dropped = 0
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ callers
+    @property
+    def depth(self) -> int:
+        """Items waiting in the queue (not counting the batch being computed)."""
+        return self._depth
+
+    def submit(self, items: Sequence[Any], deadline: float | None = None) -> Future:
+        """Queue ``items``; returns a future of their results (same order, same length).
+
+        Parameters
+        ----------
+        items : sequence
+            Work items, e.g. texts.
+        deadline : float or None, default=None
+            ``time.monotonic()`` time after which the result is no longer
+            wanted; ``None`` waits as long as it takes.
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Resolves to ``fn``'s answers for ``items``, or raises
+            :class:`DeadlineExceeded`, or whatever ``fn`` raised.
+
+        Raises
+        ------
+        QueueFull
+            If the queue cannot take ``len(items)`` more items.
+        ValueError
+            If ``items`` holds more than ``max_queue`` items (it could never fit).
+        RuntimeError
+            If the batcher is closed.
+        """
+        n = len(items)
+        future: Future = Future()
+        if n == 0:
+            future.set_result(items[:0] if hasattr(items, "__getitem__") else [])
+            return future
+        if n > self.max_queue:
+            raise ValueError(f"a request of {n} items can never fit in a queue of {self.max_queue}; split it")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if self._depth + n > self.max_queue:
+                raise QueueFull(
+                    f"queue full: {self._depth} items waiting, room for {self.max_queue}; retry later",
+                    self._retry_after(),
+                )
+            now = time.monotonic()
+            gap = now - self._last_arrival
+            self._gap_s = gap if math.isinf(self._gap_s) else (1 - _EWMA) * self._gap_s + _EWMA * gap
+            self._last_arrival = now
+            self._queue.append(_Request(items, deadline, future, now))
+            self._depth += n
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop taking requests, finish the queued ones, and join the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join()
+
+    def wait_budget(self) -> float:
+        """Seconds the next batch will wait for more requests (0 when a lone request should go at once).
+
+        The expected time for the batch to fill is the mean arrival gap times
+        the free places. When the mean gap is at least ``max_wait_ms``, the
+        next request is not expected within the budget and waiting would only
+        add latency, so the budget is 0.
+        """
+        with self._cond:
+            return self._wait_budget_locked()
+
+    # ------------------------------------------------------------------ worker
+    def _wait_budget_locked(self) -> float:
+        free = self.max_batch_size - self._depth
+        if free <= 0 or self._gap_s >= self.max_wait_s:
+            return 0.0
+        return min(self.max_wait_s, self._gap_s * free)
+
+    def _retry_after(self) -> int:
+        # Time to drain the queue at the measured speed, rounded up to whole seconds.
+        return max(1, math.ceil(self._depth * self._item_s))
+
+    def _take_batch(self) -> tuple[list[_Request], float] | None:
+        """Block until a batch is ready; ``None`` once closed and drained."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            started = time.monotonic()
+            budget = self._wait_budget_locked()
+            earliest = min((r.deadline for r in self._queue if r.deadline is not None), default=math.inf)
+            close_at = min(started + budget, earliest)
+            while self._depth < self.max_batch_size and not self._closed:
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = [self._queue.popleft()]
+            size = len(batch[0].items)
+            while self._queue and size + len(self._queue[0].items) <= self.max_batch_size:
+                request = self._queue.popleft()
+                batch.append(request)
+                size += len(request.items)
+            self._depth -= size
+            waited = time.monotonic() - started
+            self.last_wait_s = waited
+            return batch, waited
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take_batch()
+            if taken is None:
+                return
+            batch, waited = taken
+            now = time.monotonic()
+            live: list[_Request] = []
+            for request in batch:
+                if not request.future.set_running_or_notify_cancel():
+                    continue  # the caller gave up and cancelled it
+                if request.deadline is not None and now > request.deadline:
+                    self.dropped += 1
+                    late_ms = (now - request.enqueued) * 1000
+                    request.future.set_exception(
+                        DeadlineExceeded(f"deadline passed after {late_ms:.1f} ms in the queue; the request was dropped unprocessed")
+                    )
+                    continue
+                live.append(request)
+            if not live:
+                continue
+            items = [item for request in live for item in request.items]
+            start = time.monotonic()
+            try:
+                results = self._fn(items)
+            except BaseException as err:  # handed to every caller of the batch
+                for request in live:
+                    request.future.set_exception(err)
+                continue
+            done = time.monotonic()
+            compute = done - start
+            per_item = compute / len(items)
+            self._item_s = per_item if self._item_s == 0.0 else (1 - _EWMA) * self._item_s + _EWMA * per_item
+            self.batches += 1
+            offset = 0
+            for request in live:
+                n = len(request.items)
+                if request.deadline is not None and done > request.deadline:
+                    self.dropped += 1
+                    request.future.set_exception(
+                        DeadlineExceeded(
+                            f"deadline passed while computing ({(done - request.enqueued) * 1000:.1f} ms after submission); "
+                            "the result was dropped"
+                        )
+                    )
+                else:
+                    request.future.set_result(results[offset : offset + n])
+                offset += n
+            if self._on_batch is not None:
+                self._on_batch(BatchStats(size=len(items), requests=len(live), waited_s=waited, compute_s=compute))

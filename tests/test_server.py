@@ -1,0 +1,318 @@
+"""The HTTP server, for real: ``simsearch serve`` in a subprocess on 127.0.0.1, httpx against it.
+
+The index is built from the bundled PriceRunner sample with the default
+encoder; the servers run the same encoder. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="the server tests need the 'test' extra (httpx)")
+pytest.importorskip("fastapi", reason="the server tests need the 'serve' extra")
+
+import simsearch  # noqa: E402
+from simsearch.cli import demo_sample_path, main  # noqa: E402
+
+TOKEN = "test-token-3f9a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m simsearch.cli serve`` on a free port, waited on until /readyz says 200."""
+
+    def __init__(self, index: Path, log: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.pop("SIMSEARCH_TOKEN", None)
+        # Run the same simsearch as this test process imports.
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(simsearch.__file__).parents[1]), env.get("PYTHONPATH", "")])
+        self.log = open(log, "wb")
+        command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(index), "--port", str(self.port), *args]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.log_path = log
+        end = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                self.log.close()
+                raise AssertionError(f"the server exited with {self.process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end:
+                self.stop()
+                raise AssertionError(f"the server was not ready within 120 s: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, nothing is saved."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("server") / "index"
+    assert main(["-q", "index", "build", str(demo_sample_path()), "--out", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def titles(built: Path) -> dict[int, str]:
+    table = pq.read_table(built / "items.parquet")
+    return dict(zip(table.column("id").to_pylist(), table.column("title").to_pylist()))
+
+
+def copy_of(built: Path, tmp: Path, name: str) -> Path:
+    folder = tmp / name
+    shutil.copytree(built, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(built: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("main-server")
+    # A small queue, so that a burst meets backpressure; one server start for
+    # all these tests (a start takes seconds on a loaded machine).
+    s = Server(
+        copy_of(built, tmp, "index"), tmp / "server.log", "--token", TOKEN, "--cache", ":memory:",
+        "--max-items", "64", "--max-body-bytes", "200000", "--max-queue", "8", "--max-wait-ms", "20",
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of a Prometheus series (all label sets) in the exposition text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def check_envelope(response: httpx.Response) -> None:
+    assert response.headers["x-model"] == "all-MiniLM-L6-v2"
+    assert len(response.headers["x-model-fingerprint"]) == 64
+    assert int(response.headers["x-index-version"]) >= 0
+
+
+# -- endpoints ----------------------------------------------------------------
+
+
+def test_search_by_text_finds_the_item(client, titles):
+    item_id, title = list(titles.items())[7]
+    r = client.post("/v1/search", json={"query": title, "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0][0]["id"] == item_id
+    assert body["results"][0][0]["title"] == title
+    assert len(body["results"][0]) == 3
+    assert body["model"] == "all-MiniLM-L6-v2" and len(body["model_fingerprint"]) == 64
+    assert isinstance(body["index_version"], int)
+    check_envelope(r)
+
+
+def test_search_by_vector_and_by_lists(client, titles):
+    picked = list(titles.items())[10:12]
+    r = client.post("/v1/embed", json={"texts": [t for _, t in picked]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dim"] == 384 and body["missing"] == [False, False]
+    vectors = body["embeddings"]
+    assert abs(sum(v * v for v in vectors[0]) - 1.0) < 1e-3
+    r = client.post("/v1/search", json={"vector": vectors[0], "k": 1})
+    assert r.json()["results"][0][0]["id"] == picked[0][0]
+    r = client.post("/v1/search", json={"vector": vectors, "k": 1})
+    assert [row[0]["id"] for row in r.json()["results"]] == [i for i, _ in picked]
+    r = client.post("/v1/search", json={"query": [t for _, t in picked], "k": 1})
+    assert [row[0]["id"] for row in r.json()["results"]] == [i for i, _ in picked]
+
+
+def test_match_flags_matches(client, titles):
+    item_id, title = list(titles.items())[20]
+    r = client.post("/v1/match", json={"listings": [{"id": "L1", "title": title}], "k": 2})
+    assert r.status_code == 200, r.text
+    result = r.json()["results"][0]
+    assert result["listing_id"] == "L1"
+    assert result["matches"][0]["id"] == item_id and result["matches"][0]["is_match"] is True
+    r = client.post("/v1/match", json={"listings": [{"title": title}], "k": 1, "threshold": 1.5})
+    assert r.json()["results"][0]["matches"][0]["is_match"] is False
+
+
+def test_add_then_remove_items(client):
+    r = client.post("/v1/items", json={"items": [{"id": 7000001, "title": "zz server test lamp"}]})
+    assert r.status_code == 200, r.text
+    version = r.json()["index_version"]
+    assert r.json()["added"] == 1
+    r = client.post("/v1/search", json={"query": "zz server test lamp", "k": 1})
+    assert r.json()["results"][0][0]["id"] == 7000001
+    r = client.post("/v1/items", json={"items": [{"id": 7000001, "title": "again"}]})
+    assert r.status_code == 409 and "already in the index" in r.json()["error"]
+    r = client.request("DELETE", "/v1/items", json={"ids": [7000001]})
+    assert r.status_code == 200 and r.json()["removed"] == 1
+    assert r.json()["index_version"] == version + 1
+    r = client.request("DELETE", "/v1/items", json={"ids": [7000001]})
+    assert r.status_code == 404 and r.json()["error"] == "unknown id 7000001"
+
+
+def test_health_ready_openapi(client, server):
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"  # no token needed
+    r = httpx.get(f"{server.url}/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "ready"
+    check_envelope(r)
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    assert {"post", "delete"} <= set(schema["paths"]["/v1/items"])
+
+
+def test_metrics_are_prometheus_text(client):
+    client.post("/v1/search", json={"query": "canon camera", "k": 1})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for name in (
+        "simsearch_requests_total",
+        "simsearch_request_duration_seconds_bucket",
+        "simsearch_batch_size_bucket",
+        "simsearch_queue_depth",
+        "simsearch_cache_hit_rate",
+    ):
+        assert name in text
+    assert metric(text, 'simsearch_requests_total{code="200",endpoint="/v1/search"}') >= 1
+    check_envelope(r)
+
+
+# -- bad input and auth -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, payload, code, words",
+    [
+        ("/v1/search", b'{"query": ', 400, "invalid JSON"),
+        ("/v1/search", {"vector": [0.1, 0.2, 0.3], "k": 1}, 400, "dimension 3"),
+        ("/v1/search", {"query": "   "}, 400, "empty"),
+        ("/v1/search", {"query": "tv", "k": 0}, 422, "k:"),
+        ("/v1/search", {"query": "tv", "k": 1001}, 422, "k:"),
+        ("/v1/search", {"query": "tv", "vector": [0.1]}, 400, "exactly one"),
+        ("/v1/search", {}, 400, "exactly one"),
+        ("/v1/search", {"query": ["tv"] * 65}, 413, "limit is 64"),
+        ("/v1/embed", {"texts": ["x" * 250_000]}, 413, "limit is 200000"),
+        ("/v1/embed", {"texts": [""]}, 400, "empty"),
+        ("/v1/embed", {"texts": "not a list"}, 422, "texts"),
+        ("/v1/items", {"items": [{"id": "s1", "title": "t"}]}, 400, "must be an int"),
+        ("/v1/items", {"items": [{"id": 1, "title": ""}]}, 400, "empty"),
+    ],
+)
+def test_bad_requests_get_one_line_reasons(client, path, payload, code, words):
+    if isinstance(payload, bytes):
+        r = client.post(path, content=payload, headers={"content-type": "application/json"})
+    else:
+        r = client.post(path, json=payload)
+    assert r.status_code == code, r.text
+    error = r.json()["error"]
+    assert words in error and "\n" not in error
+    check_envelope(r)
+
+
+def test_token_is_required(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = httpx.post(f"{server.url}/v1/search", json={"query": "tv"}, headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "bearer token" in r.json()["error"]
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+# -- batching, backpressure, durability ----------------------------------------
+
+
+async def burst(url: str, queries: list[str], headers: dict[str, str]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=len(queries))) as c:
+        return await asyncio.gather(*(c.post("/v1/search", json={"query": q, "k": 1}) for q in queries))
+
+
+def test_concurrent_requests_share_batches(client, server):
+    before = client.get("/metrics").text
+    queries = [f"batching probe {i} stainless kettle" for i in range(8)]  # as many as the queue holds
+    responses = asyncio.run(burst(server.url, queries, AUTH))
+    assert [r.status_code for r in responses] == [200] * 8
+    after = client.get("/metrics").text
+    batches = metric(after, "simsearch_batch_size_count") - metric(before, "simsearch_batch_size_count")
+    texts = metric(after, "simsearch_batch_size_sum") - metric(before, "simsearch_batch_size_sum")
+    singles = metric(after, 'simsearch_batch_size_bucket{le="1.0"}') - metric(before, 'simsearch_batch_size_bucket{le="1.0"}')
+    assert texts == 8  # each distinct query encoded once
+    assert batches < 8 and singles < batches  # fewer encoder calls than requests: some were shared
+
+
+def test_burst_over_a_small_queue_gets_429_with_retry_after(client, server):
+    rejected = metric(client.get("/metrics").text, "simsearch_rejected_total")
+    queries = [f"backpressure probe {i} garden hose" for i in range(64)]
+    responses = asyncio.run(burst(server.url, queries, AUTH))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}, codes  # refused, never failed
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused and 200 in codes
+    for r in refused:
+        assert int(r.headers["retry-after"]) >= 1
+        assert "queue full" in r.json()["error"]
+    assert metric(client.get("/metrics").text, "simsearch_rejected_total") - rejected == len(refused)
+
+
+def test_acknowledged_writes_survive_kill_9(built, tmp_path):
+    folder = copy_of(built, tmp_path, "index")
+    s = Server(folder, tmp_path / "first.log")
+    added = {8000001 + i: f"zz durable item {i} copper saucepan" for i in range(5)}
+    with httpx.Client(base_url=s.url, timeout=30) as c:
+        for item_id, title in added.items():  # one acknowledged request each
+            assert c.post("/v1/items", json={"items": [{"id": item_id, "title": title}]}).status_code == 200
+        assert c.request("DELETE", "/v1/items", json={"ids": [8000005]}).status_code == 200
+        version = c.get("/readyz").json()["index_version"]
+    s.kill()
+    s = Server(folder, tmp_path / "second.log")
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            assert c.get("/readyz").json()["index_version"] == version == 6
+            for item_id, title in list(added.items())[:4]:
+                assert c.post("/v1/search", json={"query": title, "k": 1}).json()["results"][0][0]["id"] == item_id
+            assert c.request("DELETE", "/v1/items", json={"ids": [8000005]}).status_code == 404
+            assert c.post("/v1/items", json={"items": [{"id": 8000001, "title": "dup"}]}).status_code == 409
+    finally:
+        s.stop()

@@ -1,0 +1,392 @@
+"""simsearch.Service in-process: batching, deadlines, backpressure, the cache, durable writes.
+
+The batcher's timing logic is tested with a function that blocks on an event
+(so "the worker is busy" is a fact, not a race); everything else runs the
+real default encoder over an index folder built from the bundled sample.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from simsearch.cache import EmbeddingCache
+from simsearch.cli import demo_sample_path, main
+from simsearch.serving import (
+    AdaptiveBatcher,
+    DeadlineExceeded,
+    DuplicateIdError,
+    QueueFull,
+    Service,
+)
+from simsearch.serving import store
+
+
+class Gate:
+    """A batch function that records its calls and blocks until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.calls.append(list(items))
+        self.entered.set()
+        self.release.wait(30)
+        return [s.upper() for s in items]
+
+
+def abandon(service: Service) -> None:
+    """Drop a service as a crash would: no snapshot, the log left as it is."""
+    service.batcher.close()
+    service._wal.close()
+
+
+def wait_for(condition, what: str, seconds: float = 30.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.002)
+
+
+# -- the batcher -------------------------------------------------------------
+
+
+def test_concurrent_requests_share_batches():
+    gate = Gate()
+    batcher = AdaptiveBatcher(gate, max_batch_size=32, max_wait_ms=0)
+    first = batcher.submit(["a"])
+    gate.entered.wait(30)  # the worker is now busy with ["a"]
+    futures: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        futures[i] = batcher.submit([f"t{i}"])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: batcher.depth == 16, "16 queued texts")
+    gate.release.set()
+    assert first.result(30) == ["A"]
+    assert {i: f.result(30) for i, f in futures.items()} == {i: [f"T{i}"] for i in range(16)}
+    batcher.close()
+    # The 16 requests that queued while the worker was busy went in one call.
+    assert len(gate.calls) == 2
+    assert sorted(gate.calls[1]) == sorted(f"t{i}" for i in range(16))
+
+
+def test_batches_respect_max_batch_size_and_keep_requests_whole():
+    gate = Gate()
+    batcher = AdaptiveBatcher(gate, max_batch_size=4, max_wait_ms=0)
+    blocker = batcher.submit(["x"])
+    gate.entered.wait(30)
+    small = [batcher.submit([f"s{i}", f"s{i}b"]) for i in range(3)]
+    large = batcher.submit([f"l{i}" for i in range(7)])
+    gate.release.set()
+    assert blocker.result(30) == ["X"]
+    assert [f.result(30) for f in small] == [[f"S{i}", f"S{i}B"] for i in range(3)]
+    assert large.result(30) == [f"L{i}" for i in range(7)]
+    batcher.close()
+    sizes = [len(c) for c in gate.calls]
+    assert sizes == [1, 4, 2, 7]  # two 2-text requests, then one, then the 7-text request alone
+
+
+def test_lone_request_is_not_held_but_a_busy_queue_waits():
+    gate = Gate()
+    gate.release.set()
+    batcher = AdaptiveBatcher(gate, max_batch_size=32, max_wait_ms=50)
+    # Idle: nothing suggests a second request is coming, so no wait.
+    assert batcher.wait_budget() == 0.0
+    assert batcher.submit(["one"]).result(30) == ["ONE"]
+    gate.release.clear()
+    gate.entered.clear()
+    batcher.submit(["busy"])
+    gate.entered.wait(30)
+    for i in range(10):  # arrivals microseconds apart
+        batcher.submit([f"q{i}"])
+    assert 0.0 < batcher.wait_budget() <= 0.05
+    gate.release.set()
+    batcher.close()
+
+
+def test_request_past_its_deadline_is_dropped_unprocessed():
+    gate = Gate()
+    batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
+    blocker = batcher.submit(["first"])
+    gate.entered.wait(30)
+    deadline = time.monotonic() + 0.01
+    late = batcher.submit(["late"], deadline=deadline)
+    on_time = batcher.submit(["patient"])
+    wait_for(lambda: time.monotonic() > deadline, "the deadline to pass")
+    gate.release.set()
+    with pytest.raises(DeadlineExceeded, match="dropped unprocessed"):
+        late.result(30)
+    assert blocker.result(30) == ["FIRST"]
+    assert on_time.result(30) == ["PATIENT"]
+    batcher.close()
+    assert all("late" not in call for call in gate.calls)
+    assert batcher.dropped == 1
+
+
+def test_result_finished_past_the_deadline_is_dropped():
+    gate = Gate()
+    batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
+    deadline = time.monotonic() + 0.01
+    future = batcher.submit(["slow"], deadline=deadline)
+    gate.entered.wait(30)
+    wait_for(lambda: time.monotonic() > deadline, "the deadline to pass")
+    gate.release.set()
+    with pytest.raises(DeadlineExceeded, match="while computing"):
+        future.result(30)
+    batcher.close()
+
+
+def test_full_queue_refuses_with_retry_after():
+    gate = Gate()
+    batcher = AdaptiveBatcher(gate, max_batch_size=1, max_wait_ms=0, max_queue=3)
+    running = batcher.submit(["running"])
+    gate.entered.wait(30)
+    queued = [batcher.submit([f"q{i}"]) for i in range(3)]
+    with pytest.raises(QueueFull, match="queue full") as info:
+        batcher.submit(["one too many"])
+    assert info.value.retry_after >= 1
+    with pytest.raises(ValueError, match="can never fit"):
+        batcher.submit(["a", "b", "c", "d"])
+    gate.release.set()
+    assert [f.result(30) for f in queued] == [["Q0"], ["Q1"], ["Q2"]]
+    assert running.result(30) == ["RUNNING"]
+    batcher.close()
+
+
+def test_batch_function_error_reaches_every_caller():
+    def boom(items: list[str]) -> list[str]:
+        raise RuntimeError("model crashed")
+
+    batcher = AdaptiveBatcher(boom)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        batcher.submit(["a"]).result(30)
+    batcher.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"max_batch_size": 0}, "max_batch_size"), ({"max_queue": 0}, "max_queue"), ({"max_wait_ms": -1}, "max_wait_ms")],
+)
+def test_batcher_parameters_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptiveBatcher(lambda xs: xs, **kwargs)
+
+
+# -- the service, real encoder ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("service") / "index"
+    assert main(["-q", "index", "build", str(demo_sample_path()), "--out", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from simsearch import TextEncoder
+
+    return TextEncoder()
+
+
+@pytest.fixture()
+def folder(built: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "index"
+    shutil.copytree(built, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def sample_titles(built: Path) -> dict[int, str]:
+    table = pq.read_table(built / store.ITEMS_FILE)
+    return dict(zip(table.column("id").to_pylist(), table.column("title").to_pylist()))
+
+
+def test_service_is_exported_lazily():
+    import simsearch
+
+    assert simsearch.Service is Service
+
+
+def test_search_finds_the_item_by_its_title(folder, encoder, sample_titles):
+    item_id, title = next(iter(sample_titles.items()))
+    with Service.open(folder, encoder) as service:
+        result = service.search([title, "apple iphone"], k=3)
+        assert len(result.hits) == 2 and len(result.hits[0]) == 3
+        assert result.hits[0][0].id == item_id and result.hits[0][0].title == title
+        assert result.index_version == 0
+        by_vector = service.search(encoder.encode([title]), k=1)
+        assert by_vector.hits[0][0].id == item_id
+        matched = service.match([title], k=2)
+        assert matched.hits[0][0].is_match is True
+        assert matched.hits[0][1].is_match == (matched.hits[0][1].score >= service.match_threshold)
+
+
+def test_concurrent_searches_share_encoder_batches(folder, encoder):
+    sizes = []
+    with Service.open(folder, encoder, max_batch_size=64, max_wait_ms=5, on_batch=lambda s: sizes.append(s.size)) as service:
+        barrier = threading.Barrier(24)
+        errors = []
+
+        def call(i: int) -> None:
+            barrier.wait()
+            try:
+                service.search([f"wireless headphones model {i}"], k=1)
+            except Exception as err:  # reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert sum(sizes) == 24
+    assert len(sizes) < 24 and max(sizes) > 1
+
+
+def test_bad_input_is_refused_with_its_reason(folder, encoder):
+    with Service.open(folder, encoder) as service:
+        with pytest.raises(ValueError, match="empty"):
+            service.search(["  "])
+        with pytest.raises(ValueError, match="k must be between 1 and 1000"):
+            service.search(["tv"], k=0)
+        with pytest.raises(ValueError, match="dimension 3"):
+            service.search(np.ones((1, 3), dtype=np.float32))
+        with pytest.raises(ValueError, match="zero vector"):
+            service.search(np.zeros((1, 384), dtype=np.float32))
+        with pytest.raises(TypeError, match="single str"):
+            service.search("tv")
+        with pytest.raises(TypeError, match="must be an int"):
+            service.add(["x"], ["a title"])
+        with pytest.raises(DuplicateIdError, match="already in the index"):
+            service.add([next(iter(service._key_of))], ["a title"])
+        with pytest.raises(KeyError, match="unknown id 123456789"):
+            service.remove([123456789])
+
+
+class SlowEncoder:
+    """Stands in for the encoder in the deadline test: a model call that takes 50 ms."""
+
+    def __init__(self, real) -> None:
+        self.real, self.dim, self.name, self.fingerprint = real, real.dim, real.name, real.fingerprint
+
+    def encode(self, texts, progress=None):
+        time.sleep(0.05)
+        return self.real.encode(texts, progress=False)
+
+
+def test_call_past_its_timeout_raises_and_is_counted(folder, encoder):
+    with Service.open(folder, SlowEncoder(encoder), max_batch_size=1) as service:
+        with pytest.raises(DeadlineExceeded):
+            service.embed(["a", "b"], timeout=0.001)
+        assert service.stats()["deadline_exceeded"] == 1
+        assert service.embed(["still serving"]).vectors.shape == (1, 384)
+
+
+def test_full_queue_raises_queue_full(folder, encoder):
+    with Service.open(folder, SlowEncoder(encoder), max_batch_size=1, max_queue=2) as service:
+        service.submit_embed(["one"])  # taken by the worker
+        wait_for(lambda: service.batcher.depth == 0, "the worker to take the first request")
+        service.submit_embed(["two", "three"])
+        with pytest.raises(QueueFull):
+            service.embed(["four"])
+        assert service.stats()["queue_full"] == 1
+
+
+def test_cache_answers_repeats_without_encoding(folder, encoder):
+    cache = EmbeddingCache(":memory:")
+    sizes = []
+    with Service.open(folder, encoder, cache=cache, on_batch=lambda s: sizes.append(s.size)) as service:
+        first = service.embed(["sony bravia 55 inch", "canon eos 80d"])
+        again = service.embed(["canon eos 80d", "sony bravia 55 inch"])
+    assert sizes == [2]
+    np.testing.assert_array_equal(again.vectors, first.vectors[::-1])
+    assert cache.hits == 2 and cache.misses == 2
+
+
+def test_cache_on_miss_async_answers_at_once_and_fills_later(folder, encoder):
+    cache = EmbeddingCache(":memory:")
+    with Service.open(folder, encoder, cache=cache, on_miss="async") as service:
+        texts = ["lg oled65c8 65 inch", "samsung galaxy s9 64gb"]
+        first = service.embed(texts)
+        assert first.missing.tolist() == [True, True]
+        assert np.isnan(first.vectors).all()
+        wait_for(lambda: service.stats()["async_pending"] == 0, "the background encode")
+        second = service.embed(texts)
+        assert second.missing.tolist() == [False, False]
+        np.testing.assert_allclose(second.vectors, encoder.encode(texts), atol=0.05)
+        # A search never gets NaN vectors: it waits for its misses.
+        assert service.search(["apple ipad air 2 wifi"], k=1).hits[0]
+
+
+def test_async_on_miss_needs_a_cache(folder, encoder):
+    with pytest.raises(ValueError, match="needs a cache"):
+        Service.open(folder, encoder, on_miss="async")
+
+
+def test_acknowledged_writes_survive_a_crash(folder, encoder):
+    service = Service.open(folder, encoder)
+    assert service.add([900001, 900002], ["zz durable widget alpha", "zz durable gadget beta"]).index_version == 1
+    assert service.remove([900002]).index_version == 2
+    # No close(): the process "dies" with the writes only in the log.
+    assert (folder / store.WAL_FILE).stat().st_size > 16
+    reopened = Service.open(folder, encoder)
+    assert reopened.index_version == 2
+    assert reopened.search(["zz durable widget alpha"], k=1).hits[0][0].id == 900001
+    with pytest.raises(KeyError):
+        reopened.remove([900002])
+    reopened.close()  # folds the log into the folder
+    assert (folder / store.WAL_FILE).stat().st_size == 16
+    # The folder stays readable by the CLI: items.parquet row i is index key i.
+    table = pq.read_table(folder / store.ITEMS_FILE)
+    assert table.column("id").to_pylist()[-2:] == [900001, 900002]
+    again = Service.open(folder, encoder)
+    assert again.index_version == 2 and len(again) == 302
+    again.close()
+    abandon(service)
+
+
+def test_torn_log_tail_is_dropped(folder, encoder):
+    service = Service.open(folder, encoder)
+    service.add([910001], ["zz torn tail survivor"])
+    abandon(service)
+    with open(folder / store.WAL_FILE, "ab") as f:
+        f.write(b"SWR1\x10\x00\x00")  # a record cut short by the crash
+    reopened = Service.open(folder, encoder)
+    assert reopened.index_version == 1
+    assert 910001 in reopened._key_of
+    reopened.add([910002], ["zz written after the torn tail"])
+    abandon(reopened)
+    third = Service.open(folder, encoder)
+    assert third.index_version == 2
+    third.close()
+
+
+def test_log_of_another_kind_is_refused(folder, encoder):
+    (folder / store.WAL_FILE).write_bytes(b"not a log at all")
+    with pytest.raises(ValueError, match="not a simsearch write-ahead log"):
+        Service.open(folder, encoder)
+
+
+def test_folder_of_another_model_is_refused(folder, encoder):
+    class Other:
+        dim, name, fingerprint = 384, "other-model", "0" * 64
+
+    with pytest.raises(ValueError, match="built with model"):
+        Service.open(folder, Other())
