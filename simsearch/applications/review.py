@@ -155,10 +155,16 @@ def sample_review_pairs(
 def _allocate(sizes: np.ndarray, merit: np.ndarray, n: int) -> np.ndarray:
     """Split ``n`` labels over strata: at least two each (or all), then by merit."""
     want = np.minimum(sizes, 2)
-    if want.sum() >= n:  # too few labels for two per stratum: spread them evenly
+    if want.sum() == n:
+        return want
+    if want.sum() > n:  # too few labels for two per stratum: one each where merit is highest
         want = np.zeros_like(sizes)
-        for h in np.argsort(-merit, kind="stable")[:n]:
-            want[h] = 1
+        filled = np.flatnonzero(sizes > 0)
+        want[filled[np.argsort(-merit[filled], kind="stable")[:n]]] = 1
+        left = n - int(want.sum())
+        if left > 0:  # more labels than non-empty strata: a second one, best merit first
+            room = np.flatnonzero(sizes > 1)
+            want[room[np.argsort(-merit[room], kind="stable")[:left]]] += 1
         return want
     left = n - int(want.sum())
     while left > 0:
@@ -263,7 +269,7 @@ def calibrate(
         (the most recall at that precision) instead of maximum F1.
     confidence : float, default 0.95
     n_boot : int, default 2000
-        Bootstrap resamples.
+        Bootstrap resamples (fewer, at least 200, for very many labels).
     seed : int, default 0
 
     Returns
@@ -339,16 +345,24 @@ def _bootstrap(
     """Percentile intervals of weighted precision and recall, resampling within strata."""
     rng = np.random.default_rng(seed)
     above = scores >= threshold
+    # Thousands of resamples of a few hundred labels are cheap; for a very large
+    # labelled set fewer resamples already pin the interval down.
+    n_boot = int(min(n_boot, max(200, 20_000_000 // max(len(scores), 1))))
     tp = np.zeros(n_boot)
     predicted = np.zeros(n_boot)
     positive = np.zeros(n_boot)
     for h in np.unique(strata):
         rows = np.flatnonzero(strata == h)
-        counts = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=n_boot)
+        m = len(rows)
         w, y, a = weights[rows], labels[rows], above[rows]
-        tp += counts @ (w * y * a)
-        predicted += counts @ (w * a)
-        positive += counts @ (w * y)
+        step = max(1, 4_000_000 // m)  # resamples per chunk: bounded memory
+        for start in range(0, n_boot, step):
+            b = min(step, n_boot - start)
+            draws = rng.integers(0, m, size=(b, m)) + (np.arange(b) * m)[:, None]
+            counts = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
+            tp[start : start + b] += counts @ (w * y * a)
+            predicted[start : start + b] += counts @ (w * a)
+            positive[start : start + b] += counts @ (w * y)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 1.0)
         recall = np.where(positive > 0, tp / positive, 1.0)
