@@ -293,10 +293,11 @@ class Index:
             candidates costs fewer distance computations than a filtered
             graph walk would (``filter_walk_cost``, 64: the distance
             computations each node a walk visits is worth), the allowed
-            items are scanned exactly over the codes; otherwise the graph is walked through every node, keeping
-            only allowed ones, with ef raised as the share falls. Rows get k
-            results whenever k items pass; a filter nothing passes gives
-            padded rows. Native backend only.
+            items are scanned exactly over the codes; otherwise the graph
+            is walked through every node, keeping only allowed ones, with
+            ef raised as the share falls. Rows get k results whenever k
+            items pass; a filter nothing passes gives padded rows. Native
+            backend only.
 
         Returns
         -------
