@@ -496,7 +496,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(
         args.index, model=args.model, host=args.host, port=args.port, token=args.token, limits=limits, cache=args.cache,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        on_miss=args.on_miss, snapshot_every=args.snapshot_every,
+        on_miss=args.on_miss, snapshot_every=args.snapshot_every, threads=args.threads,
     )
 
 
@@ -634,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="embedding cache: SQLite file or ':memory:' (default: none)")
     p.add_argument("--on-miss", default="wait", choices=["wait", "async"], help="/v1/embed cache misses: compute (wait) or flag and compute later (async)")
     p.add_argument("--snapshot-every", type=int, default=1000, help="logged writes between snapshots of the folder (default 1000)")
+    p.add_argument("--threads", type=int, default=None, help="threads of one encoder call (default: one per physical core)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="deduplicate and match the bundled PriceRunner sample")

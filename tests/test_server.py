@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +38,10 @@ class Server:
     """``python -m simsearch.cli serve`` on a free port, waited on until /readyz says 200."""
 
     def __init__(self, index: Path, log: Path, *args: str) -> None:
+        self.index, self.args = index, args
+        self.start(log)
+
+    def start(self, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -46,9 +49,8 @@ class Server:
         # Run the same simsearch as this test process imports.
         env["PYTHONPATH"] = os.pathsep.join([str(Path(simsearch.__file__).parents[1]), env.get("PYTHONPATH", "")])
         self.log = open(log, "wb")
-        command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(index), "--port", str(self.port), *args]
+        command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(self.index), "--port", str(self.port), *self.args]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.log_path = log
         end = time.monotonic() + 120
         while True:
             if self.process.poll() is not None:
@@ -94,19 +96,13 @@ def titles(built: Path) -> dict[int, str]:
     return dict(zip(table.column("id").to_pylist(), table.column("title").to_pylist()))
 
 
-def copy_of(built: Path, tmp: Path, name: str) -> Path:
-    folder = tmp / name
-    shutil.copytree(built, folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def server(built: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("main-server")
     # A small queue, so that a burst meets backpressure; one server start for
     # all these tests (a start takes seconds on a loaded machine).
     s = Server(
-        copy_of(built, tmp, "index"), tmp / "server.log", "--token", TOKEN, "--cache", ":memory:",
+        built, tmp / "server.log", "--token", TOKEN, "--cache", ":memory:",
         "--max-items", "64", "--max-body-bytes", "200000", "--max-queue", "8", "--max-wait-ms", "20",
     )
     yield s
@@ -296,23 +292,20 @@ def test_burst_over_a_small_queue_gets_429_with_retry_after(client, server):
     assert metric(client.get("/metrics").text, "simsearch_rejected_total") - rejected == len(refused)
 
 
-def test_acknowledged_writes_survive_kill_9(built, tmp_path):
-    folder = copy_of(built, tmp_path, "index")
-    s = Server(folder, tmp_path / "first.log")
+# Last in the file: it kills the module's server and leaves a restarted one.
+def test_acknowledged_writes_survive_kill_9(server, tmp_path):
     added = {8000001 + i: f"zz durable item {i} copper saucepan" for i in range(5)}
-    with httpx.Client(base_url=s.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
         for item_id, title in added.items():  # one acknowledged request each
             assert c.post("/v1/items", json={"items": [{"id": item_id, "title": title}]}).status_code == 200
-        assert c.request("DELETE", "/v1/items", json={"ids": [8000005]}).status_code == 200
-        version = c.get("/readyz").json()["index_version"]
-    s.kill()
-    s = Server(folder, tmp_path / "second.log")
-    try:
-        with httpx.Client(base_url=s.url, timeout=30) as c:
-            assert c.get("/readyz").json()["index_version"] == version == 6
-            for item_id, title in list(added.items())[:4]:
-                assert c.post("/v1/search", json={"query": title, "k": 1}).json()["results"][0][0]["id"] == item_id
-            assert c.request("DELETE", "/v1/items", json={"ids": [8000005]}).status_code == 404
-            assert c.post("/v1/items", json={"items": [{"id": 8000001, "title": "dup"}]}).status_code == 409
-    finally:
-        s.stop()
+        r = c.request("DELETE", "/v1/items", json={"ids": [8000005]})
+        assert r.status_code == 200
+        version = r.json()["index_version"]
+    server.kill()
+    server.start(tmp_path / "restarted.log")
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        assert c.get("/readyz").json()["index_version"] == version
+        for item_id, title in list(added.items())[:4]:
+            assert c.post("/v1/search", json={"query": title, "k": 1}).json()["results"][0][0]["id"] == item_id
+        assert c.request("DELETE", "/v1/items", json={"ids": [8000005]}).status_code == 404
+        assert c.post("/v1/items", json={"items": [{"id": 8000001, "title": "dup"}]}).status_code == 409

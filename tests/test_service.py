@@ -362,6 +362,22 @@ def test_acknowledged_writes_survive_a_crash(folder, encoder):
     abandon(service)
 
 
+def test_crash_after_snapshot_before_log_truncation_replays_idempotently(folder, encoder):
+    service = Service.open(folder, encoder)
+    service.add([920001, 920002], ["zz snapshot crash one", "zz snapshot crash two"])
+    service.remove([920001])
+    # The snapshot is written, then the process dies before the log is emptied.
+    ids = [service._ids.get(k) for k in range(service._next_key)]
+    titles = [service._titles.get(k) for k in range(service._next_key)]
+    meta = {**service._meta, "count": len(service), "version": service.index_version}
+    store.write_snapshot(folder, service.index, ids, titles, meta)
+    abandon(service)
+    reopened = Service.open(folder, encoder)
+    assert reopened.index_version == 2 and len(reopened) == 302
+    assert 920002 in reopened._key_of and 920001 not in reopened._key_of
+    reopened.close()
+
+
 def test_torn_log_tail_is_dropped(folder, encoder):
     service = Service.open(folder, encoder)
     service.add([910001], ["zz torn tail survivor"])

@@ -16,7 +16,6 @@ the wrong shape, 429 queue full (with ``Retry-After``), 503 still loading,
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import os
 import threading
@@ -311,12 +310,7 @@ def create_app(
         return None if ms is None else ms / 1000.0
 
     async def vectors_of(svc: Service, texts: list[str], timeout: float | None, on_miss: str | None = "wait") -> Any:
-        future = svc.submit_embed(texts, timeout, on_miss=on_miss)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), None if timeout is None else timeout + 0.05)
-        except asyncio.TimeoutError:
-            future.cancel()
-            raise DeadlineExceeded(f"no result within the timeout of {timeout * 1000:g} ms; the request was dropped") from None
+        return await svc.wait_async(svc.submit_embed(texts, timeout, on_miss=on_miss), timeout)
 
     def body(payload: dict[str, Any]) -> JSONResponse:
         return JSONResponse({**payload, **state.envelope()})
@@ -362,12 +356,7 @@ def create_app(
         svc = ready()
         count(len(req.listings), "listings")
         vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
-        threshold = svc.match_threshold if req.threshold is None else req.threshold
-        result = svc.search_vectors(vectors, req.k)
-        for row in result.hits:
-            for hit in row:
-                hit.is_match = hit.score >= threshold
-        rows = hits_json(result)
+        rows = hits_json(svc.match_vectors(vectors, req.k, req.threshold))
         return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]})
 
     @app.post("/v1/items", response_model=WriteResponse, summary="Add items (durable once acknowledged)")
@@ -560,6 +549,7 @@ def serve(
     token: str | None = None,
     limits: ServerLimits | None = None,
     cache: str | None = None,
+    threads: int | None = None,
     log_level: str = "warning",
     **service_kwargs: Any,
 ) -> None:
@@ -579,6 +569,8 @@ def serve(
         HTTP limits.
     cache : str or None, default=None
         Embedding cache: a SQLite file path, ``":memory:"``, or ``None`` for none.
+    threads : int or None, default=None
+        Threads of one encoder call; ``None``: one per physical core.
     log_level : str, default="warning"
         uvicorn's log level.
     **service_kwargs
@@ -604,11 +596,13 @@ def serve(
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
 
     def load(on_batch: Callable[[BatchStats], None]) -> Service:
-        encoder = None
-        if model is not None:
-            from simsearch.encoders import TextEncoder
+        from simsearch.encoders import TextEncoder
 
-            encoder = TextEncoder(model=model, precision=info.get("precision", "int8"))
+        encoder = TextEncoder(
+            model=model if model is not None else info.get("model_path"),
+            precision=info.get("precision", "int8"),
+            num_threads=threads,
+        )
         emb_cache = None
         if cache is not None:
             from simsearch.cache import EmbeddingCache

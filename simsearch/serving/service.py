@@ -462,6 +462,26 @@ class Service:
             self._count("deadline_exceeded")
             raise
 
+    async def wait_async(self, future: Future, timeout: float | None = None) -> Any:
+        """Await a future of :meth:`submit_embed` in an asyncio event loop.
+
+        The same deadline handling as the blocking calls: past ``timeout``
+        (default: the service's) the work is dropped and
+        :class:`~simsearch.serving.DeadlineExceeded` is raised.
+        """
+        import asyncio
+
+        seconds = self.timeout if timeout is None else _check_timeout(timeout)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), None if seconds is None else seconds + 0.05)
+        except asyncio.TimeoutError:
+            future.cancel()
+            self._count("deadline_exceeded")
+            raise DeadlineExceeded(f"no result within the timeout of {seconds * 1000:g} ms; the request was dropped") from None
+        except DeadlineExceeded:
+            self._count("deadline_exceeded")
+            raise
+
     def _deadline(self, timeout: float | None) -> float | None:
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
         return None if seconds is None else time.monotonic() + seconds
@@ -555,10 +575,16 @@ class Service:
         TypeError, ValueError, QueueFull, DeadlineExceeded
             As :meth:`search`.
         """
+        texts = _text_list(listings, "listings")
+        vectors = self._wait(self.submit_embed(texts, timeout, on_miss="wait"), timeout).vectors if texts else np.empty((0, self.dim), np.float32)
+        return self.match_vectors(vectors, k, threshold)
+
+    def match_vectors(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> SearchResult:
+        """:meth:`match` for listing vectors of shape (n, dim), float32, unit length."""
         threshold = self.match_threshold if threshold is None else float(threshold)
         if not math.isfinite(threshold):
             raise ValueError(f"threshold must be finite, got {threshold}")
-        result = self.search(_text_list(listings, "listings"), k, timeout=timeout)
+        result = self.search_vectors(vectors, k)
         for row in result.hits:
             for hit in row:
                 hit.is_match = hit.score >= threshold
@@ -612,7 +638,7 @@ class Service:
             if present:
                 raise DuplicateIdError(f"id {present[0]!r} is already in the index")
             keys = list(range(self._next_key, self._next_key + len(ids)))
-            record = {"op": "add", "keys": keys, "ids": ids, "titles": titles}
+            record = {"op": "add", "keys": keys, "ids": ids, "titles": titles, "version": self.index_version + 1}
             self._log(record, vecs)
             self._apply(record, vecs)
             return WriteResult(len(ids), self.index_version)
@@ -634,7 +660,7 @@ class Service:
             if unknown:
                 raise KeyError(f"unknown id {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
             keys = sorted({self._key_of[i] for i in ids})
-            record = {"op": "remove", "keys": keys}
+            record = {"op": "remove", "keys": keys, "version": self.index_version + 1}
             self._log(record, None)
             self._apply(record, None)
             return WriteResult(len(keys), self.index_version)
@@ -667,7 +693,9 @@ class Service:
                 self._key_of.pop(self._ids.get(key), None)
         else:
             raise ValueError(f"unknown write-ahead log record {record['op']!r}")
-        self.index_version += 1
+        # The record names the version it makes; max() keeps a replay over a
+        # snapshot that already counted it from counting it twice.
+        self.index_version = max(self.index_version, int(record.get("version", self.index_version + 1)))
         if self._wal is not None and self._wal.records >= self.snapshot_every and not self._replaying:
             self._save_locked()
 

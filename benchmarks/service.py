@@ -1,0 +1,300 @@
+"""Load test of ``simsearch serve``: /v1/search with adaptive batching vs batching off.
+
+Two real servers run on 127.0.0.1 over the same index folder, side by side:
+
+- **adaptive**: the defaults (``--max-batch-size 32 --max-wait-ms 5``);
+- **anchor**: batching off (``--max-batch-size 1``): one encoder call per request.
+
+Both keep an in-memory embedding cache (``--cache :memory:``), so the cold
+cells pay for the misses as a real cache-fronted service does. This process is
+the load generator: closed-loop asyncio clients on raw keep-alive HTTP/1.1
+connections (no client library in the way), each cell bounded in time and in
+requests. Every text query is a real product title from ``../shared/data``,
+drawn without repeats for the cold cells; the warm cell repeats titles the
+server has already seen.
+
+The index holds ``--items`` vectors (default 100,000): the 42,041 title
+embeddings of ``benchmarks/_data.py`` (all-MiniLM-L6-v2) and, past those,
+vectors of the synthetic mixture, so a search walks a 100k-item graph. It is
+built once and kept under ``benchmarks/.cache/``.
+
+Prints a table (throughput, p50/p99 latency, status counts per cell), the
+adaptive/anchor throughput ratio at each concurrency, the CPU and its flags,
+and one JSON object on its last line.
+
+Usage::
+
+    python benchmarks/service.py                      # about 2-3 minutes
+    python benchmarks/service.py --seconds 10 --concurrency 1 8 32 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# This checkout's simsearch (the servers get it through PYTHONPATH too), and the benchmark helpers.
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+from _data import CACHE_DIR, REPO_ROOT, cached_synthetic_mixture, load_titles, title_embeddings  # noqa: E402
+from ann import cpu_flags, cpu_model  # noqa: E402
+
+
+def build_folder(n_items: int) -> tuple[Path, int]:
+    """The served index folder (built once, then reused); returns it and the number of real titles in it."""
+    titles = load_titles()
+    vectors = title_embeddings()
+    n_real = min(n_items, len(titles))
+    folder = CACHE_DIR / f"service-index-{n_items}"
+    if (folder / "meta.json").exists():
+        return folder, n_real
+    from simsearch.encoders import TextEncoder
+    from simsearch.index import Index
+    from simsearch.serving import store
+
+    encoder = TextEncoder()
+    base = vectors[:n_real]
+    if n_items > n_real:
+        extra, _ = cached_synthetic_mixture(100_000 if n_items - n_real <= 100_000 else n_items - n_real, 1000)
+        base = np.vstack([base, np.asarray(extra[: n_items - n_real], dtype=np.float32)])
+    names = titles[:n_real] + [f"synthetic item {i}" for i in range(n_items - n_real)]
+    print(f"building a {n_items}-item index ({n_real} titles + {n_items - n_real} synthetic) ...", file=sys.stderr)
+    start = time.perf_counter()
+    index = Index(base.shape[1], metric="ip")
+    index.add(base, ids=np.arange(n_items, dtype=np.uint64))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {
+        "format": store.INDEX_DIR_FORMAT, "model": encoder.name, "model_path": None, "precision": encoder.precision,
+        "fingerprint": encoder.fingerprint, "dim": int(base.shape[1]), "count": n_items, "metric": "ip",
+    }  # fmt: skip
+    store.write_snapshot(tmp, index, list(range(n_items)), names, meta)
+    os.replace(tmp, folder)
+    print(f"built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return folder, n_real
+
+
+class Server:
+    """``simsearch serve`` in a subprocess."""
+
+    def __init__(self, folder: Path, port: int, *args: str) -> None:
+        self.port = port
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env.pop("SIMSEARCH_TOKEN", None)
+        command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(folder), "--port", str(port), *args]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    async def ready(self) -> None:
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server on port {self.port} exited with {self.process.returncode}")
+            try:
+                status, _ = await request_once(self.port, "GET", "/readyz", b"")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"server on port {self.port} not ready in 180 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        assert self.reader is not None
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def request_once(port: int, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    c = Connection(port)
+    try:
+        return await c.request(method, path, body)
+    finally:
+        c.close()
+
+
+async def run_cell(port: int, concurrency: int, queries: list[str], seconds: float, max_requests: int, k: int = 10) -> dict:
+    """Closed loop: ``concurrency`` clients, each sending its next query when the last one is answered."""
+    bodies = [json.dumps({"query": q, "k": k}).encode() for q in queries]
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    next_query = 0
+    end = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal next_query
+        conn = Connection(port)
+        try:
+            while time.monotonic() < end and next_query < min(len(bodies), max_requests):
+                body = bodies[next_query]
+                next_query += 1
+                t0 = time.perf_counter()
+                try:
+                    status, _ = await conn.request("POST", "/v1/search", body)
+                except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                    status = -1
+                    conn.close()
+                    conn = Connection(port)
+                latency = time.perf_counter() - t0
+                codes[status] = codes.get(status, 0) + 1
+                if status == 200:
+                    latencies.append(latency)
+        finally:
+            conn.close()
+
+    start = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.monotonic() - start
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "concurrency": concurrency,
+        "requests": sum(codes.values()),
+        "ok": len(latencies),
+        "seconds": round(wall, 2),
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "codes": {str(c): n for c, n in sorted(codes.items())},
+    }
+
+
+async def metrics_of(port: int) -> dict[str, float]:
+    _, text = await request_once(port, "GET", "/metrics", b"")
+    out: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        for name in ("simsearch_batch_size_sum", "simsearch_batch_size_count", "simsearch_cache_hit_rate"):
+            if line.startswith(name + " "):
+                out[name] = float(line.split()[1])
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    folder, n_real = build_folder(args.items)
+    titles = [t for t in load_titles()[:n_real] if t.strip()]
+    random.Random(0).shuffle(titles)
+    configs = {
+        "adaptive": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
+        "anchor": ["--max-batch-size", "1"],
+    }
+    common = ["--cache", ":memory:", "--max-queue", "1024", "--timeout-ms", "5000"]
+    servers = {name: Server(folder, args.port + i, *common, *extra) for i, (name, extra) in enumerate(configs.items())}
+    results: dict[str, list[dict]] = {name: [] for name in configs}
+    batches: dict[str, float] = {}
+    try:
+        await asyncio.gather(*(s.ready() for s in servers.values()))
+        cursor = 0
+        for c in args.concurrency:
+            for name, server in servers.items():  # side by side: each cell right after the other
+                pool = titles[cursor : cursor + args.max_requests]
+                cursor += args.max_requests
+                before = await metrics_of(server.port)
+                cell = await run_cell(server.port, c, pool, args.seconds, args.max_requests)
+                after = await metrics_of(server.port)
+                n = after.get("simsearch_batch_size_count", 0) - before.get("simsearch_batch_size_count", 0)
+                cell["mean_batch"] = round((after.get("simsearch_batch_size_sum", 0) - before.get("simsearch_batch_size_sum", 0)) / n, 2) if n else None
+                cell["cache"] = "cold"
+                cell["load_average"] = round(os.getloadavg()[0], 2)
+                results[name].append(cell)
+                print(f"{name:8s} c={c:<4d} {cell['throughput_rps']:8.1f} req/s  p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
+                      f"mean batch {cell['mean_batch']}  codes {cell['codes']}", flush=True)
+        # Warm cache: a pass (not measured) puts these titles in each server's
+        # cache; the measured cell then repeats them.
+        warm = titles[cursor : cursor + 200]
+        for name, server in servers.items():
+            await run_cell(server.port, 8, warm, 120.0, len(warm))
+            cell = await run_cell(server.port, args.warm_concurrency, warm * 100, args.seconds, args.max_requests)
+            cell["cache"] = "warm"
+            cell["cache_hit_rate"] = (await metrics_of(server.port)).get("simsearch_cache_hit_rate")
+            results[name].append(cell)
+            print(f"{name:8s} c={args.warm_concurrency:<4d} warm {cell['throughput_rps']:8.1f} req/s  p50 {cell['p50_ms']:7.2f} ms  "
+                  f"p99 {cell['p99_ms']:7.2f} ms  codes {cell['codes']}", flush=True)
+        batches = {name: (await metrics_of(s.port)).get("simsearch_batch_size_count", 0) for name, s in servers.items()}
+    finally:
+        for s in servers.values():
+            s.stop()
+    return {"folder": str(folder), "n_titles": n_real, "results": results, "batches": batches}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=100_000, help="index size (default 100000)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each cell (default 8)")
+    parser.add_argument("--max-requests", type=int, default=4000, help="most requests per cell (default 4000)")
+    parser.add_argument("--warm-concurrency", type=int, default=32)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--port", type=int, default=18700, help="first of two ports (default 18700)")
+    args = parser.parse_args()
+
+    flags = cpu_flags()
+    print(f"CPU: {cpu_model()}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+    print(f"cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}")
+    out = asyncio.run(main_async(args))
+    ratios = {}
+    print("\nconcurrency  cache  adaptive req/s  anchor req/s  ratio  adaptive p50/p99 ms  anchor p50/p99 ms")
+    for a, b in zip(out["results"]["adaptive"], out["results"]["anchor"]):
+        ratio = a["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else float("nan")
+        ratios[f"c{a['concurrency']}-{a['cache']}"] = round(ratio, 2)
+        print(f"{a['concurrency']:>11d}  {a['cache']:5s}  {a['throughput_rps']:>14.1f}  {b['throughput_rps']:>12.1f}  {ratio:5.2f}  "
+              f"{a['p50_ms']:>8.2f} / {a['p99_ms']:<8.2f}  {b['p50_ms']:>7.2f} / {b['p99_ms']:<7.2f}")
+    five_xx = sum(n for side in out["results"].values() for cell in side for code, n in cell["codes"].items() if code.startswith("5"))
+    print(f"5xx responses: {five_xx}; load average at end: {os.getloadavg()[0]:.2f}")
+    summary = {
+        "benchmark": "service", "items": args.items, "titles_in_index": out["n_titles"], "cpu": flags, "cores": os.cpu_count(),
+        "seconds_per_cell": args.seconds, "adaptive": out["results"]["adaptive"], "anchor": out["results"]["anchor"],
+        "throughput_ratio": ratios, "five_xx": five_xx,
+    }  # fmt: skip
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
