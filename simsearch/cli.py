@@ -27,6 +27,7 @@ INDEX_DIR_FORMAT = 1
 _INDEX_FILE = "index.ssi"
 _ITEMS_FILE = "items.parquet"
 _META_FILE = "meta.json"
+_SHARDED_DIR = "sharded"
 
 
 class CommandError(Exception):
@@ -84,12 +85,24 @@ def _add_columns(p: argparse.ArgumentParser, image: bool = False) -> None:
         p.add_argument("--image-col", default=None, help="image column: vectors, or paths with an image encoder")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", default="local", choices=["local", "ray"],
+        help="local: this process; ray: encode with Ray Data workers, index shards as Ray actors (pip install 'simsearch[ray]')",
+    )  # fmt: skip
+    p.add_argument("--shards", type=int, default=4, help="--engine ray: index shards (default 4)")
+    p.add_argument("--workers", type=int, default=None, help="--engine ray: encoding workers (default: the Ray cluster's CPUs)")
+
+
 # -- index build / search -----------------------------------------------------
 
 
 def cmd_index_build(args: argparse.Namespace) -> None:
     from simsearch.applications._items import build_index, encode_texts
 
+    if args.engine == "ray":
+        _index_build_on_ray(args)
+        return
     table = _tables.read_table(args.items, [args.id_col, args.text_col], name=args.items)
     _tables.require_rows(table, name=args.items)
     ids = _tables.id_column(table, args.id_col, name=args.items)
@@ -116,6 +129,39 @@ def cmd_index_build(args: argparse.Namespace) -> None:
     print(f"indexed {len(vectors)} items ({vectors.shape[1]}-d) into {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
+def _index_build_on_ray(args: argparse.Namespace) -> None:
+    """``index build --engine ray``: the folder holds a ShardedIndex directory instead of one index file."""
+    from simsearch.applications.ray_jobs import build_sharded_index, encode_table
+
+    start = time.perf_counter()
+    ids, texts, vectors, encoder = encode_table(
+        args.items, id_col=args.id_col, text_col=args.text_col, model=args.model, precision=args.precision,
+        workers=args.workers, progress=_progress(args),
+    )  # fmt: skip
+    index = build_sharded_index(vectors, args.shards, {"M": args.M, "ef_construction": args.ef_construction}, _progress(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        index.save(out / _SHARDED_DIR)
+    finally:
+        index.close()
+    _tables.write_table(pa.table({"id": ids, "title": pa.array(texts)}), out / _ITEMS_FILE)
+    meta = {
+        "format": INDEX_DIR_FORMAT,
+        "model": encoder["model"],
+        "model_path": args.model,
+        "precision": args.precision,
+        "fingerprint": encoder["fingerprint"],
+        "dim": int(vectors.shape[1]),
+        "count": int(len(vectors)),
+        "metric": "ip",
+        "index": _SHARDED_DIR,
+        "shards": args.shards,
+    }
+    (out / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"indexed {len(vectors)} items ({vectors.shape[1]}-d) into {args.shards} shards in {out} on Ray in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
 def _open_index_dir(path: str) -> tuple[Any, pa.Table, dict[str, Any]]:
     from simsearch.index import Index
 
@@ -128,7 +174,12 @@ def _open_index_dir(path: str) -> tuple[Any, pa.Table, dict[str, Any]]:
     meta = json.loads(meta_file.read_text())
     if meta.get("format", 0) > INDEX_DIR_FORMAT:
         raise CommandError(f"{path!r} was written by a newer simsearch (format {meta['format']}); upgrade simsearch")
-    index = Index.load(folder / _INDEX_FILE)
+    if meta.get("index") == _SHARDED_DIR:  # built with --engine ray; searched here, in this process
+        from simsearch.sharding import ShardedIndex
+
+        index = ShardedIndex.load(folder / _SHARDED_DIR)
+    else:
+        index = Index.load(folder / _INDEX_FILE)
     items = _tables.read_table(folder / _ITEMS_FILE)
     return index, items, meta
 
@@ -206,6 +257,8 @@ def cmd_match(args: argparse.Namespace) -> None:
 def cmd_dedup(args: argparse.Namespace) -> None:
     from simsearch.applications import choose_threshold, find_duplicates
 
+    if args.state and args.engine == "ray":
+        raise CommandError("--engine ray does not apply to --state (the incremental dedup runs in this process)")
     if args.state:
         cmd_dedup_state(args)
         return
@@ -224,10 +277,19 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         threshold = choice.threshold
-    pairs, groups = find_duplicates(
-        args.items, threshold=threshold, k=args.k, id_col=args.id_col, text_col=args.text_col,
-        encoder=_encoder(args), lexical=lexical, max_group_size=args.max_group_size, progress=_progress(args),
-    )
+    if args.engine == "ray":
+        from simsearch.applications.ray_jobs import find_duplicates_on_ray
+
+        pairs, groups = find_duplicates_on_ray(
+            args.items, threshold=threshold, k=args.k, id_col=args.id_col, text_col=args.text_col, model=args.model,
+            precision=args.precision, lexical=lexical, max_group_size=args.max_group_size, n_shards=args.shards,
+            workers=args.workers, progress=_progress(args),
+        )  # fmt: skip
+    else:
+        pairs, groups = find_duplicates(
+            args.items, threshold=threshold, k=args.k, id_col=args.id_col, text_col=args.text_col,
+            encoder=_encoder(args), lexical=lexical, max_group_size=args.max_group_size, progress=_progress(args),
+        )
     n_groups = len(set(groups.column("group_id").to_pylist()))
     print(f"{pairs.num_rows} duplicate pairs, {n_groups} groups holding {groups.num_rows} items", file=sys.stderr)
     if args.groups:
@@ -518,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_args(p)
     p.add_argument("--M", type=int, default=16, help="HNSW graph degree (default 16)")
     p.add_argument("--ef-construction", type=int, default=200, help="HNSW build candidate list (default 200)")
+    _add_engine_args(p)
     p.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("search", help="search an index folder with query texts")
@@ -557,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="incremental dedup state folder: created from ITEMS, or updated with ITEMS as new items")
     p.add_argument("--removed", help="with --state: table of ids (column --id-col) to remove")
     _add_encoder_args(p)
+    _add_engine_args(p)
     p.set_defaults(func=cmd_dedup)
 
     p_review = sub.add_parser("review", help="label pairs near the dedup threshold and recalibrate it")

@@ -633,6 +633,12 @@ class ShardedIndex:
             out[shard == s] = vecs
         return out
 
+    def shard_ids(self, shard: int) -> np.ndarray:
+        """Live ids held by one shard, shape (shard_sizes[shard],), uint64 (native backend)."""
+        if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or not 0 <= shard < self.n_shards:
+            raise ValueError(f"shard must be an integer in [0, {self.n_shards}), got {shard!r}")
+        return self._engine.run([(int(shard), "ids", ())])[0]
+
     def ids(self) -> np.ndarray:
         """All live ids, shape (len(self),), uint64, shard by shard (native backend)."""
         parts = self._all("ids")

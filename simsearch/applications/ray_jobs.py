@@ -1,0 +1,322 @@
+"""Offline jobs on Ray: ``simsearch index build`` and ``simsearch dedup`` with ``--engine ray``.
+
+The steps of the one-machine commands, each moved to where it scales:
+
+1. **Read and encode.** Ray Data reads the Parquet (or CSV) file in blocks and
+   encodes the titles in parallel workers, each holding one
+   :class:`~simsearch.TextEncoder` (the model is loaded once per worker, not
+   per batch). Row order is kept, so row ``i`` of the output is row ``i`` of
+   the input and gets id ``i`` in the index.
+2. **Build the shards.** The vectors go to a :class:`~simsearch.ray.RayIndex`
+   (hash partition, one Ray actor per shard), in large batches: each shard
+   saves itself after every batch it acknowledges.
+3. **Self-join shard by shard** (dedup). The items of one shard at a time are
+   searched against every shard; candidate pairs are scored exactly on the
+   caller, with the same scores and grouping as :func:`find_duplicates`.
+
+The caller connects to Ray (``ray.init()`` starts a local one, or joins the
+cluster named by ``RAY_ADDRESS``) unless it already is. The encoder must be
+loadable on every worker: the bundled model, or a ``model`` folder every node
+can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from simsearch import _tables
+from simsearch.applications._items import Items, encode_texts, progress_bar, progress_enabled
+from simsearch.applications.dedup import (
+    Duplicates,
+    _Candidates,
+    _check_threshold,
+    _result,
+)
+from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
+
+#: Rows per ``add`` call while building: every call makes each shard save itself.
+ADD_BATCH = 100_000
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data needs its own extras (pandas)
+    except ImportError as err:
+        raise ImportError(
+            f"--engine ray needs Ray with Ray Data ({err}); install it with: pip install 'simsearch[ray]'"
+        ) from err
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+class _EncodeBatch:
+    """Ray Data worker: one encoder, loaded once, applied to every batch it gets."""
+
+    def __init__(self, model: str | None, precision: str, text_col: str) -> None:
+        from simsearch.encoders import TextEncoder
+
+        self.encoder = TextEncoder(model=model, precision=precision)
+        self.text_col = text_col
+        self.identity = json.dumps({"model": self.encoder.name, "fingerprint": self.encoder.fingerprint})
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        titles = _tables.text_column(batch, self.text_col)
+        vectors = encode_texts(titles, self.encoder, progress=False)
+        flat = pa.array(vectors.reshape(-1), type=pa.float32())
+        n = batch.num_rows
+        return batch.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])).append_column(
+            # one small dictionary per batch tells the caller which encoder ran
+            "encoder", pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([self.identity]))
+        )
+
+
+def encode_table(
+    path: str | os.PathLike[str],
+    *,
+    id_col: str = "id",
+    text_col: str = "title",
+    model: str | None = None,
+    precision: str = "int8",
+    workers: int | None = None,
+    batch_size: int = 256,
+    progress: bool | None = None,
+) -> tuple[pa.Array, list[str], np.ndarray, dict[str, str]]:
+    """Read a Parquet or CSV file with Ray Data and encode its titles in parallel workers.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.parquet`` (or a folder of Parquet files) or ``.csv``.
+    id_col, text_col : str
+        Columns holding the ids and the titles.
+    model, precision
+        As for :class:`~simsearch.TextEncoder`.
+    workers : int, optional
+        Encoding workers (each takes one CPU). Default: the CPUs of the Ray cluster.
+    batch_size : int, default 256
+        Titles per batch handed to a worker.
+    progress : bool or None
+        Ray Data's progress bars; ``None`` shows them when stderr is a terminal.
+
+    Returns
+    -------
+    ids : pyarrow.Array, shape (n,)
+    titles : list of str, length n
+    vectors : np.ndarray of float32, shape (n, dim)
+        Unit rows, in input order.
+    encoder : dict
+        ``{"model": name, "fingerprint": ...}`` of the encoder the workers ran.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        A missing column (:class:`~simsearch._tables.MissingColumnError`),
+        null or repeated ids, or no rows.
+    """
+    ray = _ray()
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # row i out is row i in: ids are row numbers
+    context.enable_progress_bars = progress_enabled(progress)
+    suffix = source.suffix.lower()
+    if suffix == ".csv":
+        ds = ray.data.read_csv(str(source.absolute()))
+    elif suffix in (".parquet", ".pq") or source.is_dir():
+        ds = ray.data.read_parquet(str(source.absolute()))
+    else:
+        raise ValueError(f"{str(path)!r}: expected a .parquet or .csv file (or a folder of Parquet files)")
+    _tables.require_columns(ds.schema().base_schema, [id_col, text_col], name=str(path))
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    encoded = ds.select_columns([id_col, text_col]).map_batches(
+        _EncodeBatch,
+        fn_constructor_kwargs={"model": model, "precision": precision, "text_col": text_col},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+    )
+    parts = [b for b in encoded.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    if not parts:
+        raise ValueError(f"{str(path)!r} is empty: it has no rows")
+    table = pa.concat_tables(parts)
+    vec = table.column("vector").combine_chunks()
+    dim = vec.type.list_size
+    vectors = np.ascontiguousarray(vec.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+    identity = json.loads(table.column("encoder").chunk(0).dictionary[0].as_py())
+    ids = _tables.id_column(table, id_col, name=str(path)).combine_chunks()
+    return ids, _tables.text_column(table, text_col, name=str(path)), vectors, identity
+
+
+def build_sharded_index(
+    vectors: np.ndarray,
+    n_shards: int,
+    index_params: dict[str, Any] | None = None,
+    progress: bool | None = None,
+) -> Any:
+    """A :class:`~simsearch.ray.RayIndex` (inner product, hash partition) with row ``i`` under id ``i``.
+
+    Parameters
+    ----------
+    vectors : np.ndarray of float32, shape (n, dim)
+        Unit rows.
+    n_shards : int
+    index_params : dict, optional
+        ``Index`` keyword arguments for the shards (``M``, ``ef_construction``...).
+    progress : bool or None
+
+    Returns
+    -------
+    RayIndex
+        Close it when done (:meth:`~simsearch.ShardedIndex.close`).
+    """
+    _ray()
+    from simsearch.ray import RayIndex
+
+    index = RayIndex(vectors.shape[1], n_shards, **{"metric": "ip", **(index_params or {})})
+    try:
+        bar = progress_bar(len(vectors), "indexing", progress)
+        for start in range(0, len(vectors), ADD_BATCH):
+            stop = min(start + ADD_BATCH, len(vectors))
+            index.add(vectors[start:stop], ids=np.arange(start, stop, dtype=np.uint64))
+            bar.update(stop - start)
+        bar.close()
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+class _RayCandidates(_Candidates):
+    """The dedup's candidate pairs, encoded by Ray Data and joined on a sharded Ray index."""
+
+    def __init__(self, path: str, *, n_shards: int, workers: int | None, model: str | None, precision: str, **kwargs: Any) -> None:
+        self.n_shards, self.workers, self.model, self.precision = n_shards, workers, model, precision
+        super().__init__(path, ids=None, encoder=None, **kwargs)
+
+    def _load(
+        self, data: Any, ids: Any, id_col: str, text_col: str, encoder: Any, lexical: bool, progress: bool | None
+    ) -> tuple[Items, pa.Array, bool]:
+        id_array, titles, vectors, _ = encode_table(
+            data, id_col=id_col, text_col=text_col, model=self.model, precision=self.precision,
+            workers=self.workers, progress=progress,
+        )  # fmt: skip
+        self.texts: list[str] | None = titles
+        self.lexical_model: LexicalModel | None = None
+        if not lexical:
+            return Items.from_vectors(vectors), id_array, True
+        # the lexical model needs every title (its vocabulary and IDF are global): fitted here, once
+        model = self.lexical_model = LexicalModel(self.scoring).fit(titles)
+        features = model.transform(titles)
+        return Items(vectors, features, hybrid_vectors(vectors, features.projection, self.scoring.vector_weight)), id_array, True
+
+    def _join(
+        self, k: int, index_params: dict[str, Any] | None, batch_size: int, progress: bool | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        items = self.items
+        n = len(items)
+        empty = np.zeros(0, dtype=np.int64)
+        if n < 2:
+            return empty, empty, np.zeros(0, dtype=np.float32)
+        params = {"ef_construction": 100, **(index_params or {})}
+        index = build_sharded_index(items.search, self.n_shards, params, progress)
+        kk = min(k + 1, n)  # the item itself comes back too
+        ef = max(2 * kk, 64)
+        keep_a, keep_b, keep_s = [empty], [empty], [np.zeros(0, dtype=np.float32)]
+        bar = progress_bar(n, "self-join", progress)
+        try:
+            for shard in range(self.n_shards):
+                rows = np.sort(index.shard_ids(shard).astype(np.int64))
+                for start in range(0, len(rows), batch_size):
+                    batch = rows[start : start + batch_size]
+                    found, _ = index.search(items.search[batch], k=kk, ef=ef)
+                    src = np.repeat(batch, kk)
+                    nbrs = found.reshape(-1)
+                    valid = (nbrs != np.uint64(2**64 - 1)) & (nbrs != src.astype(np.uint64))
+                    a, b = src[valid], nbrs[valid].astype(np.int64)
+                    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))  # each pair once
+                    a, b = key // n, key % n
+                    s = items.pair_scores(items, a, b, self.scoring, floor=self.floor)
+                    hit = s >= self.floor
+                    keep_a.append(a[hit])
+                    keep_b.append(b[hit])
+                    keep_s.append(s[hit])
+                    bar.update(len(batch))
+        finally:
+            bar.close()
+            index.close()
+        a, b, s = np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s)
+        # a pair found from both ends, in two shards' passes: kept once
+        key, first = np.unique(a * n + b, return_index=True)
+        return key // n, key % n, s[first]
+
+
+def find_duplicates_on_ray(
+    path: str | os.PathLike[str],
+    threshold: float | None = None,
+    k: int = 10,
+    *,
+    id_col: str = "id",
+    text_col: str = "title",
+    model: str | None = None,
+    precision: str = "int8",
+    lexical: bool = True,
+    scoring: PairScoring | None = None,
+    refine: bool = True,
+    max_group_size: int | None = 100,
+    include_singletons: bool = False,
+    n_shards: int = 4,
+    workers: int | None = None,
+    index_params: dict[str, Any] | None = None,
+    batch_size: int = 10_000,
+    progress: bool | None = None,
+) -> Duplicates:
+    """:func:`~simsearch.find_duplicates` of a Parquet/CSV file, run on Ray.
+
+    Encoding runs in Ray Data workers, the index in ``n_shards`` Ray actors,
+    and the self-join shard by shard; scores, groups and the returned tables
+    are those of :func:`~simsearch.find_duplicates` (whose parameters these
+    are), up to the approximate search finding slightly different candidates.
+
+    Parameters
+    ----------
+    path : path-like
+        Parquet (file or folder) or CSV with ``id_col`` and ``text_col``.
+    model, precision
+        The encoder each worker loads (see :class:`~simsearch.TextEncoder`).
+    n_shards : int, default 4
+    workers : int, optional
+        Encoding workers; default the CPUs of the Ray cluster.
+
+    Returns
+    -------
+    Duplicates
+        ``(pairs, groups)`` as :func:`~simsearch.find_duplicates`.
+    """
+    if threshold is not None:
+        threshold = _check_threshold(threshold)
+    if max_group_size is not None and (not isinstance(max_group_size, (int, np.integer)) or max_group_size < 2):
+        raise ValueError(f"max_group_size must be an integer >= 2 or None, got {max_group_size!r}")
+    cands = _RayCandidates(
+        os.fspath(path), n_shards=n_shards, workers=workers, model=model, precision=precision,
+        k=k, floor=threshold,
+        id_col=id_col, text_col=text_col, lexical=lexical, scoring=scoring, index_params=index_params,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    labels, hit = cands.group(cands.floor, refine, max_group_size)
+    return _result(cands, labels, hit, include_singletons)
+
+
+__all__ = ["encode_table", "build_sharded_index", "find_duplicates_on_ray"]
