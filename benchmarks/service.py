@@ -225,6 +225,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "anchor": ["--max-batch-size", "1"],
     }
     common = ["--cache", ":memory:", "--max-queue", "1024", "--timeout-ms", "5000"]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
     servers = {name: Server(folder, args.port + i, *common, *extra) for i, (name, extra) in enumerate(configs.items())}
     results: dict[str, list[dict]] = {name: [] for name in configs}
     batches: dict[str, float] = {}
@@ -273,11 +275,15 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--port", type=int, default=18700, help="first of two ports (default 18700)")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="threads of one encoder call in both servers (default 0: the encoder's default, one per physical core)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     flags = cpu_flags()
     print(f"CPU: {cpu_model()}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
-    print(f"cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}; encoder threads: {args.threads or 'default'}")
     out = asyncio.run(main_async(args))
     ratios = {}
     print("\nconcurrency  cache  adaptive req/s  anchor req/s  ratio  adaptive p50/p99 ms  anchor p50/p99 ms")
@@ -290,7 +296,7 @@ def main() -> None:
     print(f"5xx responses: {five_xx}; load average at end: {os.getloadavg()[0]:.2f}")
     summary = {
         "benchmark": "service", "items": args.items, "titles_in_index": out["n_titles"], "cpu": flags, "cores": os.cpu_count(),
-        "seconds_per_cell": args.seconds, "adaptive": out["results"]["adaptive"], "anchor": out["results"]["anchor"],
+        "seconds_per_cell": args.seconds, "encoder_threads": args.threads or None, "adaptive": out["results"]["adaptive"], "anchor": out["results"]["anchor"],
         "throughput_ratio": ratios, "five_xx": five_xx,
     }  # fmt: skip
     print(json.dumps(summary))

@@ -257,6 +257,18 @@ def test_token_is_required(server):
     assert httpx.get(f"{server.url}/metrics").status_code == 401
 
 
+def test_token_comes_from_the_flag_or_the_environment(monkeypatch):
+    from simsearch.serving.app import TOKEN_ENV, resolve_token
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert resolve_token(None) is None
+    assert resolve_token("flag") == "flag"
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert resolve_token(None) == "from-env"
+    assert resolve_token("flag") == "flag"
+    assert resolve_token("") is None
+
+
 # -- batching, backpressure, durability ----------------------------------------
 
 
@@ -292,6 +304,49 @@ def test_burst_over_a_small_queue_gets_429_with_retry_after(client, server):
     assert metric(client.get("/metrics").text, "simsearch_rejected_total") - rejected == len(refused)
 
 
+def test_readyz_is_503_until_loaded_and_reports_a_failed_load():
+    """The app answers /healthz while the model loads; /readyz and the API say 503 until then."""
+    import threading
+
+    import uvicorn
+
+    from simsearch.serving.app import create_app
+
+    release = threading.Event()
+
+    def load(on_batch):
+        release.wait(60)
+        raise FileNotFoundError("no such model folder: '/nowhere'")
+
+    app = create_app(load, info={"model": "m", "fingerprint": "f" * 64, "version": 3})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < end, "uvicorn did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.config.port}"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        r = httpx.get(f"{url}/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and r.headers["retry-after"] == "1"
+        assert r.headers["x-index-version"] == "3" and r.json()["model"] == "m"
+        r = httpx.post(f"{url}/v1/search", json={"query": "tv"})
+        assert r.status_code == 503 and "still loading" in r.json()["error"]
+        release.set()
+        while httpx.get(f"{url}/readyz").json()["status"] == "loading":
+            assert time.monotonic() < end, "the load never finished"
+            time.sleep(0.05)
+        r = httpx.get(f"{url}/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert r.json()["error"] == "FileNotFoundError: no such model folder: '/nowhere'"
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(30)
+
+
 # Last in the file: it kills the module's server and leaves a restarted one.
 def test_acknowledged_writes_survive_kill_9(server, tmp_path):
     added = {8000001 + i: f"zz durable item {i} copper saucepan" for i in range(5)}
@@ -309,3 +364,4 @@ def test_acknowledged_writes_survive_kill_9(server, tmp_path):
             assert c.post("/v1/search", json={"query": title, "k": 1}).json()["results"][0][0]["id"] == item_id
         assert c.request("DELETE", "/v1/items", json={"ids": [8000005]}).status_code == 404
         assert c.post("/v1/items", json={"items": [{"id": 8000001, "title": "dup"}]}).status_code == 409
+

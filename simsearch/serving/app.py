@@ -243,7 +243,7 @@ def create_app(
     token: str | None = None,
     limits: ServerLimits | None = None,
     info: dict[str, Any] | None = None,
-) -> FastAPI:
+) -> Any:
     """The ASGI app serving ``service``.
 
     Parameters
@@ -262,7 +262,10 @@ def create_app(
 
     Returns
     -------
-    fastapi.FastAPI
+    ASGI application
+        The FastAPI app behind a thin outer layer (token, body limit,
+        envelope headers, request metrics); attributes such as ``openapi()``
+        and ``state`` reach the FastAPI app.
     """
     limits = limits or ServerLimits()
     state = _State(info or {})
@@ -433,7 +436,7 @@ def create_app(
     async def on_type(request: Request, err: TypeError) -> Response:
         return error(400, _one_line(err))
 
-    return _Front(app, state, metrics, token, limits.max_body_bytes)  # type: ignore[return-value]
+    return _Front(app, state, metrics, token, limits.max_body_bytes)
 
 
 class _Front:
@@ -534,6 +537,13 @@ def _content_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
+def resolve_token(token: str | None) -> str | None:
+    """The bearer token to require: ``token``, else ``$SIMSEARCH_TOKEN``; ``None`` (no auth) if neither is set or both are empty."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV)
+    return token or None
+
+
 def _version() -> str:
     from simsearch import __version__
 
@@ -593,7 +603,7 @@ def serve(
     if not (folder / store.META_FILE).exists():
         store.read_folder(index_dir)  # raises the right error for a missing or foreign folder
     info = json.loads((folder / store.META_FILE).read_text())
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    token = resolve_token(token)
 
     def load(on_batch: Callable[[BatchStats], None]) -> Service:
         from simsearch.encoders import TextEncoder

@@ -133,6 +133,8 @@ class Service:
         Logged writes after which :meth:`save` runs by itself.
     on_batch : callable or None, default=None
         Called with each encoder batch's :class:`~simsearch.serving.batcher.BatchStats` (for metrics).
+    index_version : int, default=0
+        Version to start counting writes from (an index folder's ``meta.json`` keeps it).
 
     Attributes
     ----------
@@ -280,7 +282,8 @@ class Service:
             self._save_locked()
 
     def _save_locked(self) -> None:
-        assert self.path is not None and self._wal is not None  # callers check
+        if self.path is None or self._wal is None:
+            raise ValueError("this service has no index folder to save to; use Service.open(path)")
         n = self._next_key
         ids = [self._ids.get(k) for k in range(n)]
         titles = [self._titles.get(k) for k in range(n)]
