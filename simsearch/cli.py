@@ -557,7 +557,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(f"simsearch: serving {args.index} on http://{args.host}:{args.port} (ready when GET /readyz says 200)", file=sys.stderr)
     serve(
         args.index, model=args.model, host=args.host, port=args.port, token=args.token, limits=limits, cache=args.cache,
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size, model_batch_size=args.model_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         on_miss=args.on_miss, snapshot_every=args.snapshot_every, threads=args.threads,
     )
 
@@ -690,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--token", default=None, help="bearer token required on every request (default: $SIMSEARCH_TOKEN; none if unset)")
     p.add_argument("--max-batch-size", type=int, default=32, help="most texts per encoder call (default 32; 1 turns batching off)")
+    p.add_argument("--model-batch-size", type=int, default=8, help="texts per model run, sorted by length to limit padding (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a batch waits for company (default 5; adaptive)")
     p.add_argument("--max-queue", type=int, default=512, help="texts waiting before 429 (default 512)")
     p.add_argument("--timeout-ms", type=float, default=2000.0, help="deadline of a request that sets none (default 2000; 0: none)")

@@ -286,7 +286,7 @@ class SlowEncoder:
     def __init__(self, real) -> None:
         self.real, self.dim, self.name, self.fingerprint = real, real.dim, real.name, real.fingerprint
 
-    def encode(self, texts, progress=None):
+    def encode(self, texts, batch_size=None, progress=None):
         time.sleep(0.05)
         return self.real.encode(texts, progress=False)
 
