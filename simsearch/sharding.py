@@ -256,7 +256,8 @@ class ShardedIndex:
     kmeans_train_size : int, default 100000
         At most this many vectors (a seeded sample) train the centroids.
     engine_options : dict, optional
-        Ray engine options (``workdir``, ``max_restarts``, ``actor_options``).
+        Ray engine options (``workdir``, ``max_restarts``, ``shards_per_actor``,
+        ``actor_options``; see :class:`simsearch.ray.RayIndex`).
     **index_params
         Passed to every shard's :class:`~simsearch.Index` (``metric``,
         ``dtype``, ``M``, ``ef_construction``, ``rescore``, ``backend``,

@@ -200,6 +200,11 @@ def test_ids_lists_every_shard(data: tuple[np.ndarray, np.ndarray]) -> None:
     sharded = ShardedIndex(DIM, 3, num_threads=1)
     ids = sharded.add(x[:500], ids=np.arange(500) * 7)
     np.testing.assert_array_equal(np.sort(sharded.ids()), np.sort(ids))
+    owner = hash_shard(ids, 3)
+    for s in range(3):
+        np.testing.assert_array_equal(np.sort(sharded.shard_ids(s)), np.sort(ids[owner == s]))
+    with pytest.raises(ValueError, match=r"shard must be an integer in \[0, 3\), got 3"):
+        sharded.shard_ids(3)
 
 
 def test_filter_and_attributes_pass_through(data: tuple[np.ndarray, np.ndarray]) -> None:

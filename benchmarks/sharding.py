@@ -1,0 +1,204 @@
+"""ShardedIndex against one Index, in-process and on Ray, in one run.
+
+On the synthetic mixture of ``_data.py`` (unit 384-d vectors, 1,000 queries,
+exact neighbours by brute force), with the same graph parameters everywhere:
+
+1. the anchor: one ``simsearch.Index`` built with one thread, searched with
+   ``--threads`` threads (and, for context, built with ``--threads`` threads);
+2. ``ShardedIndex`` with the hash partition and 2, 4 and 8 shards, built and
+   searched with ``--threads`` threads: build time, recall@10, QPS;
+3. ``ShardedIndex`` with the kmeans partition (4 and 8 shards) searched with
+   ``n_probe = n_shards / 4`` and ``n_shards / 2``;
+4. the 4-shard hash index reopened on a local Ray (one actor per shard):
+   per-query latency at batch 1 against the same shards in-process, and
+   throughput at batch 1,000.
+
+Goals (issue 4): hash recall@10 within 0.01 of one index at the same ef; build
+with 2 threads >= 1.6x faster than one index on one thread; kmeans at
+n_probe = n_shards/4 >= 2x the QPS of hash at recall >= 0.95; Ray overhead at
+batch 1 < 2 ms and batch-1,000 throughput >= 0.7x in-process.
+
+Usage::
+
+    python benchmarks/sharding.py                 # 20,000 vectors, about 3 minutes on 2 busy cores
+    python benchmarks/sharding.py --n 1000000     # the issue's size (hours on 2 cores)
+    python benchmarks/sharding.py --no-ray
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _data  # noqa: E402
+from ann import cpu_flags, cpu_model  # noqa: E402
+
+import simsearch  # noqa: E402
+from simsearch.sharding import ShardedIndex  # noqa: E402
+
+
+def qps(search: Any, queries: np.ndarray, repeats: int = 2) -> tuple[float, np.ndarray]:
+    """Best-of-``repeats`` queries per second of one batch call, and its ids."""
+    best, ids = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ids = search(queries)
+        best = min(best, time.perf_counter() - start)
+    return len(queries) / best, ids
+
+
+def recall(found: np.ndarray, base: np.ndarray, queries: np.ndarray, true_scores: np.ndarray) -> float:
+    ids = found.astype(np.int64)
+    ids[found == np.uint64(2**64 - 1)] = -1
+    return _data.recall_at_k(ids, base, queries, true_scores, metric="ip")
+
+
+def latency_ms(search: Any, queries: np.ndarray) -> float:
+    """Median milliseconds of single-query calls."""
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        search(q[None, :])
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="indexed vectors (default 20,000)")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--ef", type=int, default=64, help="search ef, the same for every index (default 64)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--M", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument("--shards", type=int, nargs="+", default=[2, 4, 8], help="hash shard counts")
+    parser.add_argument("--kmeans-shards", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
+    args = parser.parse_args()
+
+    flags = cpu_flags()
+    print(f"CPU: {cpu_model()}; flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+    base, queries = _data.cached_synthetic_mixture(args.n, args.queries)
+    base = np.ascontiguousarray(base)
+    true_ids, true_scores = _data.exact_knn(base, queries, args.k, metric="ip")
+    params = {"metric": "ip", "M": args.M, "ef_construction": args.ef_construction, "ef": args.ef}
+    k, t = args.k, args.threads
+    out: dict[str, Any] = {
+        "n": args.n, "dim": int(base.shape[1]), "queries": len(queries), "k": k, "ef": args.ef, "threads": t,
+        "cpu": flags, "cpu_model": cpu_model(),
+    }  # fmt: skip
+
+    # 1. the anchor
+    start = time.perf_counter()
+    one = simsearch.Index(base.shape[1], num_threads=1, **params)
+    one.add(base)
+    build_1t = time.perf_counter() - start
+    one.num_threads = t
+    q_one, found = qps(lambda q: one.search(q, k=k, ef=args.ef)[0], queries)
+    r_one = recall(found, base, queries, true_scores)
+    start = time.perf_counter()
+    one_t = simsearch.Index(base.shape[1], num_threads=t, **params)
+    one_t.add(base)
+    build_tt = time.perf_counter() - start
+    del one_t
+    out["one_index"] = {"build_s_1_thread": build_1t, f"build_s_{t}_threads": build_tt, "recall": r_one, "qps": q_one, "isa": one.isa}
+    print(f"one Index: build {build_1t:.1f} s (1 thread), {build_tt:.1f} s ({t} threads); recall@{k} {r_one:.4f}; {q_one:.0f} QPS ({t} threads), kernel {one.isa}")
+
+    # 2. hash partition
+    tmp = Path(tempfile.mkdtemp(prefix="simsearch-bench-"))
+    out["hash"] = {}
+    hash_qps: dict[int, float] = {}
+    try:
+        for n_shards in args.shards:
+            start = time.perf_counter()
+            sharded = ShardedIndex(base.shape[1], n_shards, num_threads=t, **params)
+            sharded.add(base)
+            build = time.perf_counter() - start
+            q, found = qps(lambda x: sharded.search(x, k=k).ids, queries)
+            r = recall(found, base, queries, true_scores)
+            hash_qps[n_shards] = q
+            out["hash"][n_shards] = {
+                "build_s": build, "build_speedup_vs_one_thread": build_1t / build, "recall": r,
+                "recall_minus_one_index": r - r_one, "qps": q, "qps_vs_one_index": q / q_one,
+            }  # fmt: skip
+            print(
+                f"hash, {n_shards} shards: build {build:.1f} s ({build_1t / build:.2f}x one index on 1 thread); "
+                f"recall@{k} {r:.4f} ({r - r_one:+.4f}); {q:.0f} QPS ({q / q_one:.2f}x one index)"
+            )
+            if n_shards == 4 or (4 not in args.shards and n_shards == args.shards[0]):
+                sharded.save(tmp / "hash")
+            sharded.close()
+
+        # 3. kmeans partition
+        out["kmeans"] = {}
+        for n_shards in args.kmeans_shards:
+            start = time.perf_counter()
+            sharded = ShardedIndex(base.shape[1], n_shards, partition="kmeans", num_threads=t, **params)
+            sharded.add(base)
+            build = time.perf_counter() - start
+            out["kmeans"][n_shards] = {"build_s": build, "sizes": sharded.shard_sizes.tolist(), "probes": {}}
+            for n_probe in sorted({max(1, n_shards // 4), max(1, n_shards // 2), n_shards}):
+                q, found = qps(lambda x: sharded.search(x, k=k, n_probe=n_probe).ids, queries)
+                r = recall(found, base, queries, true_scores)
+                ref = hash_qps.get(n_shards)
+                out["kmeans"][n_shards]["probes"][n_probe] = {"recall": r, "qps": q, "qps_vs_hash": None if ref is None else q / ref}
+                vs = "" if ref is None else f", {q / ref:.2f}x hash with {n_shards} shards"
+                print(f"kmeans, {n_shards} shards, n_probe {n_probe}: recall@{k} {r:.4f}; {q:.0f} QPS{vs} (build {build:.1f} s)")
+            sharded.close()
+
+        # 4. the same shards on Ray
+        if not args.no_ray:
+            out["ray"] = ray_figures(tmp / "hash", queries, k, t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out, default=float))
+
+
+def ray_figures(path: Path, queries: np.ndarray, k: int, threads: int) -> dict[str, Any]:
+    import ray
+
+    from simsearch.ray import RayIndex
+
+    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}})
+    local = ShardedIndex.load(path, num_threads=threads)
+    remote = RayIndex.load(path, num_threads=threads)
+    try:
+        single = queries[:200]
+        for index in (local, remote):  # warm both up
+            latency_ms(lambda q: index.search(q, k=k), single[:20])
+        lat_local = latency_ms(lambda q: local.search(q, k=k), single)
+        lat_ray = latency_ms(lambda q: remote.search(q, k=k), single)
+        q_local, ids_local = qps(lambda x: local.search(x, k=k).ids, queries)
+        q_ray, ids_ray = qps(lambda x: remote.search(x, k=k).ids, queries)
+        same = bool(np.array_equal(ids_local, ids_ray))
+        figures = {
+            "shards": local.n_shards, "latency_ms_batch1_local": lat_local, "latency_ms_batch1_ray": lat_ray,
+            "overhead_ms_batch1": lat_ray - lat_local, "qps_batch1000_local": q_local, "qps_batch1000_ray": q_ray,
+            "throughput_ratio": q_ray / q_local, "same_results": same,
+        }  # fmt: skip
+        print(
+            f"Ray, {local.n_shards} shards: batch 1 median {lat_ray:.2f} ms vs {lat_local:.2f} ms in-process "
+            f"(overhead {lat_ray - lat_local:.2f} ms); batch {len(queries)}: {q_ray:.0f} vs {q_local:.0f} QPS "
+            f"({q_ray / q_local:.2f}x); same results: {same}"
+        )
+        return figures
+    finally:
+        remote.close()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
