@@ -103,7 +103,7 @@ def server(built: Path, tmp_path_factory: pytest.TempPathFactory):
     # all these tests (a start takes seconds on a loaded machine).
     s = Server(
         built, tmp / "server.log", "--token", TOKEN, "--cache", ":memory:",
-        "--max-items", "64", "--max-body-bytes", "200000", "--max-queue", "8", "--max-wait-ms", "20",
+        "--max-items", "64", "--max-body-bytes", "200000", "--max-queue", "8", "--max-wait-ms", "20", "--timeout-ms", "60000",
     )
     yield s
     s.stop()

@@ -168,6 +168,27 @@ def test_full_queue_refuses_with_retry_after():
     batcher.close()
 
 
+def test_work_the_queue_would_hold_past_its_deadline_is_refused_at_once():
+    gate = Gate()
+    gate.release.set()
+    batcher = AdaptiveBatcher(gate, max_batch_size=1, max_wait_ms=0, max_queue=100)
+    batcher.submit(["measure"]).result(30)  # one batch: seconds per item are known
+    gate.release.clear()
+    gate.entered.clear()
+    running = batcher.submit(["running"])
+    gate.entered.wait(30)
+    queued = [batcher.submit([f"q{i}"]) for i in range(3)]
+    with pytest.raises(QueueFull, match="for this deadline") as info:
+        batcher.submit(["hurried"], deadline=time.monotonic())
+    assert info.value.retry_after >= 1
+    patient = batcher.submit(["patient"], deadline=time.monotonic() + 600)
+    gate.release.set()
+    assert patient.result(30) == ["PATIENT"]
+    assert [f.result(30) for f in [running, *queued]] == [["RUNNING"], ["Q0"], ["Q1"], ["Q2"]]
+    batcher.close()
+    assert all("hurried" not in call for call in gate.calls)
+
+
 def test_batch_function_error_reaches_every_caller():
     def boom(items: list[str]) -> list[str]:
         raise RuntimeError("model crashed")

@@ -292,7 +292,7 @@ def create_app(
         version=_version(),
         summary="Embedding and similarity search over a product catalog.",
         lifespan=lifespan,
-        responses={code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503, 504)},
+        responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503, 504)},
     )
     app.state.simsearch = state
     app.state.metrics = metrics
@@ -315,8 +315,11 @@ def create_app(
     async def vectors_of(svc: Service, texts: list[str], timeout: float | None, on_miss: str | None = "wait") -> Any:
         return await svc.wait_async(svc.submit_embed(texts, timeout, on_miss=on_miss), timeout)
 
-    def body(payload: dict[str, Any]) -> JSONResponse:
-        return JSONResponse({**payload, **state.envelope()})
+    def body(payload: dict[str, Any], version: int | None = None) -> JSONResponse:
+        envelope = state.envelope()
+        if version is not None:  # the version that answered, should a write have landed since
+            envelope["index_version"] = version
+        return JSONResponse({**payload, **envelope})
 
     def hits_json(result: SearchResult) -> list[list[dict[str, Any]]]:
         return [
@@ -352,15 +355,16 @@ def create_app(
                     raise ValueError("query vectors have different lengths") from None
                 raise
         result = svc.search_vectors(vectors, req.k)
-        return body({"results": hits_json(result)})
+        return body({"results": hits_json(result)}, result.index_version)
 
     @app.post("/v1/match", response_model=MatchResponse, summary="Match listings to catalog items")
     async def match(req: MatchRequest) -> Response:
         svc = ready()
         count(len(req.listings), "listings")
         vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
-        rows = hits_json(svc.match_vectors(vectors, req.k, req.threshold))
-        return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]})
+        result = svc.match_vectors(vectors, req.k, req.threshold)
+        rows = hits_json(result)
+        return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]}, result.index_version)
 
     @app.post("/v1/items", response_model=WriteResponse, summary="Add items (durable once acknowledged)")
     async def add_items(req: AddRequest) -> Response:
@@ -371,14 +375,14 @@ def create_app(
             raise _HTTPError(400, "give a vector for every item or for none")
         vectors = np.asarray([x.vector for x in req.items], dtype=np.float32) if all(with_vectors) else None
         result = await run_in_threadpool(svc.add, [x.id for x in req.items], [x.title for x in req.items], vectors)
-        return body({"added": result.count})
+        return body({"added": result.count}, result.index_version)
 
     @app.delete("/v1/items", response_model=WriteResponse, summary="Remove items by id (durable once acknowledged)")
     async def remove_items(req: RemoveRequest) -> Response:
         svc = ready()
         count(len(req.ids), "ids")
         result = await run_in_threadpool(svc.remove, req.ids)
-        return body({"removed": result.count})
+        return body({"removed": result.count}, result.index_version)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> Response:

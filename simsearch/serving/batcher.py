@@ -12,7 +12,9 @@ between those extremes, where it trades a few milliseconds for a fuller batch
 a latency budget in the same spirit).
 
 Every request may carry a deadline (``time.monotonic()`` seconds). A request
-whose deadline has passed when its batch is formed is dropped without being
+that the queue ahead of it would hold past its deadline (at the measured
+seconds per item) is refused at once with :class:`QueueFull`; one whose
+deadline has passed when its batch is formed is dropped without being
 computed; one that finishes past its deadline is answered with
 :class:`DeadlineExceeded` instead of its result.
 """
@@ -159,7 +161,9 @@ class AdaptiveBatcher:
         Raises
         ------
         QueueFull
-            If the queue cannot take ``len(items)`` more items.
+            If the queue cannot take ``len(items)`` more items, or if, at the
+            measured speed, the items already waiting would keep these past
+            ``deadline``.
         ValueError
             If ``items`` holds more than ``max_queue`` items (it could never fit).
         RuntimeError
@@ -181,6 +185,15 @@ class AdaptiveBatcher:
                     self._retry_after(),
                 )
             now = time.monotonic()
+            # Admission control: work that the queue ahead of it would hold
+            # past its deadline is refused now (429) rather than dropped later (504).
+            drain = (self._depth + n) * self._item_s
+            if deadline is not None and self._depth and now + drain > deadline:
+                raise QueueFull(
+                    f"queue full for this deadline: {self._depth} items waiting take about {drain * 1000:.0f} ms, "
+                    f"the request has {max(0.0, deadline - now) * 1000:.0f} ms; retry later",
+                    self._retry_after(),
+                )
             gap = now - self._last_arrival
             self._gap_s = gap if math.isinf(self._gap_s) else (1 - _EWMA) * self._gap_s + _EWMA * gap
             self._last_arrival = now
