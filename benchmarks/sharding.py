@@ -9,9 +9,9 @@ exact neighbours by brute force), with the same graph parameters everywhere:
    searched with ``--threads`` threads: build time, recall@10, QPS;
 3. ``ShardedIndex`` with the kmeans partition (4 and 8 shards) searched with
    ``n_probe = n_shards / 4`` and ``n_shards / 2``;
-4. the 4-shard hash index reopened on a local Ray (one actor per shard):
-   per-query latency at batch 1 against the same shards in-process, and
-   throughput at batch 1,000.
+4. the 4-shard hash index reopened on a local Ray (one actor per shard, then
+   all four shards in one actor): per-query latency at batch 1 against the
+   same shards in-process, and throughput at batch 1,000.
 
 Goals (issue 4): hash recall@10 within 0.01 of one index at the same ef; build
 with 2 threads >= 1.6x faster than one index on one thread; kmeans at
@@ -168,35 +168,42 @@ def main() -> None:
 
 
 def ray_figures(path: Path, queries: np.ndarray, k: int, threads: int) -> dict[str, Any]:
+    """The saved hash index on a local Ray, one actor per shard and all shards in one actor, against in-process."""
     import ray
 
     from simsearch.ray import RayIndex
 
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}})
+    repo = str(Path(__file__).resolve().parent.parent)
+    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": repo}})
     local = ShardedIndex.load(path, num_threads=threads)
-    remote = RayIndex.load(path, num_threads=threads)
+    single = queries[:200]
+    figures: dict[str, Any] = {"shards": local.n_shards}
     try:
-        single = queries[:200]
-        for index in (local, remote):  # warm both up
-            latency_ms(lambda q: index.search(q, k=k), single[:20])
+        latency_ms(lambda q: local.search(q, k=k), single[:20])  # warm up
         lat_local = latency_ms(lambda q: local.search(q, k=k), single)
-        lat_ray = latency_ms(lambda q: remote.search(q, k=k), single)
         q_local, ids_local = qps(lambda x: local.search(x, k=k).ids, queries)
-        q_ray, ids_ray = qps(lambda x: remote.search(x, k=k).ids, queries)
-        same = bool(np.array_equal(ids_local, ids_ray))
-        figures = {
-            "shards": local.n_shards, "latency_ms_batch1_local": lat_local, "latency_ms_batch1_ray": lat_ray,
-            "overhead_ms_batch1": lat_ray - lat_local, "qps_batch1000_local": q_local, "qps_batch1000_ray": q_ray,
-            "throughput_ratio": q_ray / q_local, "same_results": same,
-        }  # fmt: skip
-        print(
-            f"Ray, {local.n_shards} shards: batch 1 median {lat_ray:.2f} ms vs {lat_local:.2f} ms in-process "
-            f"(overhead {lat_ray - lat_local:.2f} ms); batch {len(queries)}: {q_ray:.0f} vs {q_local:.0f} QPS "
-            f"({q_ray / q_local:.2f}x); same results: {same}"
-        )
+        figures.update({"latency_ms_batch1_local": lat_local, "qps_batch1000_local": q_local})
+        for per_actor in (1, local.n_shards):
+            remote = RayIndex.load(path, num_threads=threads, shards_per_actor=per_actor)
+            try:
+                latency_ms(lambda q: remote.search(q, k=k), single[:20])
+                lat_ray = latency_ms(lambda q: remote.search(q, k=k), single)
+                q_ray, ids_ray = qps(lambda x: remote.search(x, k=k).ids, queries)
+            finally:
+                remote.close()
+            same = bool(np.array_equal(ids_local, ids_ray))
+            figures[f"{per_actor}_shards_per_actor"] = {
+                "actors": -(-local.n_shards // per_actor), "latency_ms_batch1": lat_ray, "overhead_ms_batch1": lat_ray - lat_local,
+                "qps_batch1000": q_ray, "throughput_ratio": q_ray / q_local, "same_results": same,
+            }  # fmt: skip
+            print(
+                f"Ray, {local.n_shards} shards, {per_actor} per actor: batch 1 median {lat_ray:.2f} ms vs {lat_local:.2f} ms "
+                f"in-process (overhead {lat_ray - lat_local:.2f} ms); batch {len(queries)}: {q_ray:.0f} vs {q_local:.0f} QPS "
+                f"({q_ray / q_local:.2f}x); same results: {same}"
+            )
         return figures
     finally:
-        remote.close()
+        local.close()
         ray.shutdown()
 
 

@@ -4,8 +4,9 @@
 starts one Ray actor per shard (or per ``shards_per_actor`` shards); each
 shard is one :class:`simsearch.Index` inside its actor. Routing, validation
 and the exact top-k merge stay on the caller, as in the local engine: a search
-sends the queries to the shards' actors (one object ref shared by all when the
-batch is large), waits for their answers and merges them. Ray does the
+makes one Ray call per actor (its shards then search side by side in threads;
+a large batch goes into the object store once for all actors), waits for the
+answers and merges them. Ray does the
 scheduling, the transport and the restarts; simsearch runs no server of its own.
 
 Durability and failures
@@ -44,6 +45,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Sequence
 
 try:
@@ -134,14 +136,34 @@ class _ShardHost:
             s: _DurableShard(os.path.join(workdir, f"shard-{s:04d}.simsearch"), dim, params, src, mmap, num_threads)
             for s, src in zip(shards, sources)
         }
+        # the shards of one call run side by side: the native index releases the GIL
+        self._pool = ThreadPoolExecutor(max_workers=len(self.shards)) if len(self.shards) > 1 else None
 
     @ray.method(max_task_retries=-1)
-    def read(self, shard: int, method: str, *args: Any) -> Any:
-        return getattr(self.shards[shard], method)(*args)
+    def read(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
+        """Run ``(shard, method, args)`` calls; one result per call (see :meth:`_run`)."""
+        return self._run(calls)
 
     @ray.method(max_task_retries=0)
-    def write(self, shard: int, method: str, *args: Any) -> Any:
-        return getattr(self.shards[shard], method)(*args)
+    def write(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
+        """As :meth:`read`, for the calls that change a shard."""
+        return self._run(calls)
+
+    def _run(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
+        """Results in call order; a call that raised gives ``_Raised(error)``, for the caller to raise."""
+
+        def one(call: tuple[int, str, tuple[Any, ...]]) -> Any:
+            shard, method, args = call
+            try:
+                # an argument shared by several actors arrives as an object ref (Ray resolves top-level ones only)
+                values = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+                return getattr(self.shards[shard], method)(*values)
+            except Exception as err:  # noqa: BLE001 - the caller's mistake, re-raised there with its own type
+                return _Raised(err)
+
+        if self._pool is None or len(calls) == 1:
+            return [one(c) for c in calls]
+        return list(self._pool.map(one, calls))
 
     def was_restarted(self) -> bool:
         """Whether Ray restarted this actor (its shards reloaded from their files)."""
@@ -152,6 +174,13 @@ class _ShardHost:
 
 
 _WRITES = frozenset({"add", "remove"})
+
+
+class _Raised:
+    """A shard call's exception, carried back as a result so the actor's other calls still answer."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class RayEngine:
@@ -230,54 +259,48 @@ class RayEngine:
     def run(
         self, calls: Sequence[tuple[int, str, tuple[Any, ...]]], allow_partial: bool = False, timeout: float | None = None
     ) -> list[Any]:
+        # one Ray call per actor (and kind), carrying all its shards' calls: the fan-out costs one
+        # round trip per actor, not per shard
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, (s, method, _) in enumerate(calls):
+            groups.setdefault((s // self.shards_per_actor, method in _WRITES), []).append(i)
         shared: dict[int, Any] = {}
 
         def arg(a: Any) -> Any:
-            # a large array sent to several shards goes into the object store once
-            if isinstance(a, np.ndarray) and a.nbytes > _PUT_BYTES and len(calls) > 1:
+            # a large array sent to several actors goes into the object store once
+            if isinstance(a, np.ndarray) and a.nbytes > _PUT_BYTES and len(groups) > 1:
                 if id(a) not in shared:
                     shared[id(a)] = ray.put(a)
                 return shared[id(a)]
             return a
 
         refs = []
-        for s, method, args in calls:
-            actor = self.actor_of(s)
-            kind = actor.write if method in _WRITES else actor.read
-            refs.append(kind.remote(s, method, *map(arg, args)))
+        for (a, write), rows in groups.items():
+            kind = self.actors[a].write if write else self.actors[a].read
+            refs.append(kind.remote([(calls[i][0], calls[i][1], tuple(map(arg, calls[i][2]))) for i in rows]))
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return list(ray.get(refs, timeout=timeout))  # the usual case: every shard answers
-        except Exception:  # noqa: BLE001 - sorted out below, shard by shard
-            pass
-        out: list[Any] = []
+            answers: list[Any] | None = ray.get(refs, timeout=timeout)  # the usual case: every actor answers
+        except Exception:  # noqa: BLE001 - sorted out below, actor by actor
+            answers = None
+        out: list[Any] = [_FAILED] * len(calls)
         first_error: BaseException | None = None
         # every answer is awaited before raising, so no shard is still writing when the caller sees the error
-        for (s, method, _), ref in zip(calls, refs):
+        for g, (((_, write), rows), ref) in enumerate(zip(groups.items(), refs)):
             try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                out.append(ray.get(ref, timeout=left))
+                if answers is not None:
+                    results = answers[g]
+                else:
+                    results = ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             except _UNREACHABLE as err:
                 if not allow_partial and first_error is None:
-                    why = (
-                        f"did not answer within {timeout} s"
-                        if isinstance(err, GetTimeoutError)
-                        else f"is unreachable: its Ray actor died or is restarting ({type(err).__name__})"
-                    )
-                    first_error = ShardUnavailableError(
-                        f"shard {s} {why} during {method}()."
-                        + (
-                            " Writes are not retried: check which ids arrived with contains() and add the rest again"
-                            if method in _WRITES
-                            else " Retry, or search with allow_partial=True to answer from the other shards"
-                        )
-                    )
-                    first_error.__cause__ = err
-                out.append(_FAILED)
-            except Exception as err:  # the shard's own error (ValueError, KeyError, ...): the caller's
-                if first_error is None:
-                    first_error = err
-                out.append(_FAILED)
+                    first_error = _unavailable([calls[i][0] for i in rows], calls[rows[0]][1], write, timeout, err)
+                continue
+            for i, result in zip(rows, results):
+                if isinstance(result, _Raised):
+                    first_error = first_error or result.error
+                else:
+                    out[i] = result
         if first_error is not None:
             raise first_error
         return out
@@ -285,6 +308,23 @@ class RayEngine:
     def close(self) -> None:
         self._finalizer()
         self.actors = []
+
+
+def _unavailable(shards: list[int], method: str, write: bool, timeout: float | None, err: BaseException) -> ShardUnavailableError:
+    names = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(map(str, shards))
+    why = (
+        f"did not answer within {timeout} s"
+        if isinstance(err, GetTimeoutError)
+        else f"{'is' if len(shards) == 1 else 'are'} unreachable: the Ray actor died or is restarting ({type(err).__name__})"
+    )
+    advice = (
+        " Writes are not retried: check which ids arrived with contains() and add the rest again"
+        if write
+        else " Retry, or search with allow_partial=True to answer from the other shards"
+    )
+    error = ShardUnavailableError(f"{names} {why} during {method}().{advice}")
+    error.__cause__ = err
+    return error
 
 
 def _release(actors: list[Any], workdir: str) -> None:
