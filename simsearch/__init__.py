@@ -19,6 +19,7 @@ _LAZY: dict[str, str] = {
     "TextEncoder": "simsearch.encoders",
     "ImageEncoder": "simsearch.encoders",
     "distill": "simsearch.encoders",
+    "finetune": "simsearch.encoders",
     "EmbeddingCache": "simsearch.cache",
     "RedisEmbeddingCache": "simsearch.cache",
     "KNNClassifier": "simsearch.applications",

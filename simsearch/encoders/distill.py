@@ -20,12 +20,13 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from simsearch._validation import check_positive_int
 from simsearch.encoders._files import fsync_dir
-from simsearch.encoders.export import quiet_third_party, resolve_text_model
+from simsearch.encoders.export import TextModelSource, quiet_third_party, resolve_text_model
 from simsearch.encoders.text import TextEncoder, _check_texts
 
 _LOSSES = ("cosine", "mse")
@@ -40,6 +41,52 @@ def kept_layers(n_teacher: int, n_student: int) -> list[int]:
     if n_student == 1:
         return [n_teacher - 1]
     return sorted({int(round(x)) for x in np.linspace(0, n_teacher - 1, n_student)})
+
+
+def embed_batch(module: Any, encodings: Sequence[Any]) -> Any:
+    """Pad tokenized texts into one batch and run ``module``; float tensor (batch, dim), unnormalised."""
+    import torch
+
+    width = max(len(e.ids) for e in encodings)
+    ids = torch.zeros((len(encodings), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, e in enumerate(encodings):
+        k = len(e.ids)
+        ids[j, :k] = torch.tensor(e.ids)
+        mask[j, :k] = 1
+    return module(ids, mask, torch.zeros_like(ids))
+
+
+def save_model_dir(module: Any, source: TextModelSource, out: Path, info_name: str, info: dict[str, Any]) -> None:
+    """Write a trained ``module`` as a Hugging Face directory that :class:`TextEncoder` loads.
+
+    The weights (safetensors), the source model's tokenizer and pooling files
+    and ``info_name`` (JSON of ``info``) go to a temporary directory beside
+    ``out``, are fsynced, and the directory is renamed to ``out``: a reader
+    sees no directory or a complete one, and an ``out`` that appeared
+    meanwhile is never clobbered.
+    """
+    module.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        with quiet_third_party():
+            module.model.save_pretrained(tmp, safe_serialization=True)
+        for name in _COPIED:
+            src = source.path / name
+            if src.is_file():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp / name)
+        (tmp / info_name).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def distill(
@@ -148,14 +195,7 @@ def distill(
             order = rng.permutation(len(items))
             for start in range(0, len(items), batch_size):
                 rows = order[start : start + batch_size]
-                width = max(len(encodings[i].ids) for i in rows)
-                ids = torch.zeros((len(rows), width), dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for j, i in enumerate(rows):
-                    k = len(encodings[i].ids)
-                    ids[j, :k] = torch.tensor(encodings[i].ids)
-                    mask[j, :k] = 1
-                pred = torch.nn.functional.normalize(module(ids, mask, torch.zeros_like(ids)), dim=-1)
+                pred = torch.nn.functional.normalize(embed_batch(module, [encodings[i] for i in rows]), dim=-1)
                 want = target_t[rows]
                 if loss == "cosine":
                     value = (1.0 - (pred * want).sum(dim=-1)).mean()
@@ -169,36 +209,16 @@ def distill(
                 bar.update(1)
                 bar.set_postfix(loss=f"{last:.4f}")
 
-    module.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        with quiet_third_party():
-            module.model.save_pretrained(tmp, safe_serialization=True)
-        for name in _COPIED:
-            src = source.path / name
-            if src.is_file():
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, tmp / name)
-        info = {
-            "teacher": source.name,
-            "teacher_content_hash": source.content_hash(),
-            "teacher_layers_kept": keep,
-            "texts": len(items),
-            "epochs": epochs,
-            "loss": loss,
-            "final_batch_loss": last,
-        }
-        (tmp / "simsearch_distill.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        os.rename(tmp, out)  # fails if out appeared meanwhile: never clobbers
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = {
+        "teacher": source.name,
+        "teacher_content_hash": source.content_hash(),
+        "teacher_layers_kept": keep,
+        "texts": len(items),
+        "epochs": epochs,
+        "loss": loss,
+        "final_batch_loss": last,
+    }
+    save_model_dir(module, source, out, "simsearch_distill.json", info)
     return out
 
 

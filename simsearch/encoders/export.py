@@ -246,15 +246,23 @@ def quiet_third_party() -> Any:
     """
     import logging
 
+    from transformers.utils import logging as hf_logging
+
     tlog = logging.getLogger("transformers")
     level = tlog.level
     tlog.setLevel(logging.ERROR)
+    # transformers' own "Loading weights" / "Writing model shards" bars would
+    # ignore the caller's progress=False.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         tlog.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _export_fp32(source: TextModelSource, directory: Path) -> None:
