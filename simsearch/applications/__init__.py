@@ -13,13 +13,16 @@ from simsearch.applications.incremental import Deduplicator
 from simsearch.applications.lexical import Calibration, PairScoring, best_f1_threshold, extract_facts
 from simsearch.applications.matcher import CatalogMatcher
 from simsearch.applications.review import ReviewCalibration
+from simsearch.applications.pair_scorer import FeatureConfig, PairScorer
 
 __all__ = [
     "Calibration",
     "CatalogMatcher",
     "Deduplicator",
     "Duplicates",
+    "FeatureConfig",
     "KNNClassifier",
+    "PairScorer",
     "PairScoring",
     "ReviewCalibration",
     "ThresholdChoice",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,23 @@ import pyarrow as pa
 from simsearch import _tables
 from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar, unit_rows
 from simsearch.applications.dedup import DEFAULT_TEXT_THRESHOLD, DEFAULT_VECTOR_THRESHOLD
-from simsearch.applications.lexical import Calibration, LexicalModel, PairScoring, best_f1_threshold
+from simsearch.applications.lexical import Calibration, LexicalModel, PairScoring, best_f1_threshold, hybrid_vectors
+from simsearch.applications.pair_scorer import (
+    FeatureConfig,
+    PairScorer,
+    PairSide,
+    best_candidate_scores,
+    pair_features,
+)
+
+#: Directory format of :meth:`CatalogMatcher.save`.
+MATCHER_FORMAT = "simsearch-catalog-matcher"
+MATCHER_FORMAT_VERSION = 1
+MANIFEST = "matcher.json"
+# Files of a text model directory that a saved matcher keeps.
+_ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "vocab.txt", "1_Pooling", "modules.json", "simsearch_finetune.json")
+
 
 class CatalogMatcher:
     """Match product listings (titles, optionally images) to a catalog.
@@ -21,6 +38,14 @@ class CatalogMatcher:
     TF-IDF cosine, model codes and measures: see
     :class:`~simsearch.applications.PairScoring`), fuses an image cosine when
     both sides have images, and returns the best ``k``.
+
+    ``fit_pairs`` learns from labelled (listing, product) pairs instead: it
+    fine-tunes the encoder (:func:`~simsearch.finetune`), indexes the catalog
+    with it, and fits a calibrated pair scorer
+    (:class:`~simsearch.applications.pair_scorer.PairScorer`); ``match`` then
+    scores candidates with it, so ``score`` is a match probability, and adds a
+    ``top_features`` column. ``save`` and ``load`` keep a fitted matcher in a
+    directory.
 
     Parameters
     ----------
@@ -64,7 +89,12 @@ class CatalogMatcher:
     threshold_ : float
         Threshold in use (after ``fit`` or ``calibrate``).
     calibration_ : Calibration or None
-        Result of the last :meth:`calibrate`.
+        Result of the last :meth:`calibrate` (or of :meth:`fit_pairs` on its
+        validation pairs).
+    pair_scorer_ : PairScorer or None
+        The learned second stage, after :meth:`fit_pairs`.
+    feature_config_ : FeatureConfig or None
+        Price and extra columns the pair scorer reads.
 
     Examples
     --------
@@ -118,6 +148,8 @@ class CatalogMatcher:
         self.batch_size = batch_size
         self.progress = progress
         self.calibration_: Calibration | None = None
+        self.pair_scorer_: PairScorer | None = None
+        self.feature_config_: FeatureConfig | None = None
 
     # -- fitting ---------------------------------------------------------
 
@@ -141,14 +173,31 @@ class CatalogMatcher:
             A missing column (a ``ValueError``).
         ValueError
             An empty catalog, or null or repeated ids.
+
+        Notes
+        -----
+        After :meth:`fit_pairs`, ``fit`` swaps in a new catalog and keeps what
+        was learned: the fine-tuned encoder and the pair scorer (the catalog
+        then needs the price and extra columns too).
         """
+        if self.pair_scorer_ is not None:
+            return self._fit_catalog(catalog, self.encoder_)
+        return self._fit_catalog(catalog, default_encoder() if self.encoder is None else self.encoder)
+
+    def _feature_columns(self) -> list[str]:
+        return self.feature_config_.columns if self.feature_config_ is not None else []
+
+    def _fit_catalog(self, catalog: Any, encoder: Any) -> CatalogMatcher:
         columns = [self.id_col, self.text_col] + ([self.image_col] if self.image_col else [])
-        table = _tables.read_table(catalog, columns, name="catalog")
+        table = _tables.read_table(catalog, columns + self._feature_columns(), name="catalog")
         _tables.require_rows(table, name="catalog")
         self.product_ids_ = _tables.id_column(table, self.id_col, name="catalog").combine_chunks()
         texts = _tables.text_column(table, self.text_col, name="catalog")
-        self.encoder_ = default_encoder() if self.encoder is None else self.encoder
+        self.encoder_ = encoder
         self.lexical_ = LexicalModel(self.scoring).fit(texts) if self.lexical else None
+        self.catalog_texts_ = texts
+        self._catalog_side_cache: PairSide | None = None
+        self.catalog_columns_ = {c: table.column(c).to_pylist() for c in self._feature_columns()}
         self.catalog_ = Items.from_texts(texts, self.encoder_, self.lexical_, self.scoring, self.progress)
         self.images_ = self._images(table, "catalog") if self.image_col else None
         self.index_ = build_index(self.catalog_.search, self.index_params, self.progress)
@@ -162,6 +211,8 @@ class CatalogMatcher:
             return self.calibration_.threshold
         if self.threshold is not None:
             return float(self.threshold)
+        if self.pair_scorer_ is not None:
+            return 0.5  # a calibrated probability
         return DEFAULT_TEXT_THRESHOLD if self.lexical else DEFAULT_VECTOR_THRESHOLD
 
     def _check_fitted(self) -> None:
@@ -201,7 +252,10 @@ class CatalogMatcher:
             ``listing_id``, ``product_id`` (types as in the inputs), ``score``
             (float32, higher is better), ``rank`` (int32, 1 = best) and
             ``is_match`` (``score >= threshold_``); ``min(k, n_products_)`` rows
-            per listing, listings in input order.
+            per listing, listings in input order. After :meth:`fit_pairs`,
+            ``score`` is the pair scorer's match probability and a
+            ``top_features`` column (list of str, ``"name=+0.41"``) gives the
+            features that moved it most.
 
         Raises
         ------
@@ -213,7 +267,7 @@ class CatalogMatcher:
         self._check_fitted()
         id_col = id_col or self.id_col
         text_col = text_col or self.text_col
-        columns = [id_col, text_col] + ([self.image_col] if self.image_col else [])
+        columns = [id_col, text_col] + ([self.image_col] if self.image_col else []) + self._feature_columns()
         parts = []
         n_rows = _tables.count_rows(listings)
         bar = progress_bar(n_rows or 0, "matching", self.progress)
@@ -227,28 +281,29 @@ class CatalogMatcher:
         return pa.concat_tables(parts)
 
     def _empty_result(self, listing_type: pa.DataType) -> pa.Table:
-        return pa.table(
-            {
-                "listing_id": pa.array([], type=listing_type),
-                "product_id": pa.array([], type=self.product_ids_.type),
-                "score": pa.array([], type=pa.float32()),
-                "rank": pa.array([], type=pa.int32()),
-                "is_match": pa.array([], type=pa.bool_()),
-            }
-        )
+        columns = {
+            "listing_id": pa.array([], type=listing_type),
+            "product_id": pa.array([], type=self.product_ids_.type),
+            "score": pa.array([], type=pa.float32()),
+            "rank": pa.array([], type=pa.int32()),
+            "is_match": pa.array([], type=pa.bool_()),
+        }
+        if self.pair_scorer_ is not None:
+            columns["top_features"] = pa.array([], type=pa.list_(pa.string()))
+        return pa.table(columns)
 
     def _match_table(self, table: pa.Table, id_col: str, text_col: str) -> pa.Table:
         listing_ids = table.column(id_col).combine_chunks()
         if table.num_rows == 0:
             return self._empty_result(listing_ids.type)
         items = self._listing_items(table, text_col)
-        n_cand = min(self.n_candidates or max(4 * self.k, 20), self.n_products_)
-        found, _ = self.index_.search(items.search, k=n_cand, ef=max(2 * n_cand, 64))
-        rows = np.repeat(np.arange(len(items), dtype=np.int64), n_cand)
-        prods = found.reshape(-1)
-        valid = prods != np.uint64(2**64 - 1)
-        rows, prods = rows[valid], prods[valid].astype(np.int64)
-        scores = self._scores(items, rows, prods, self._images(table, "listings") if self.image_col else None)
+        rows, prods = self._candidates(items)
+        if self.pair_scorer_ is not None:
+            side = self._listing_side(table, text_col, items)
+            features = self._pair_features(side, rows, prods, rows, prods)
+            scores = self.pair_scorer_.predict_proba(features).astype(np.float32)
+        else:
+            scores = self._scores(items, rows, prods, self._images(table, "listings") if self.image_col else None)
         # Best k per listing: sort by (listing, -score), then keep the first k of each run.
         order = np.lexsort((prods, -scores, rows))
         rows, prods, scores = rows[order], prods[order], scores[order]
@@ -256,15 +311,18 @@ class CatalogMatcher:
         rank = np.arange(len(rows)) - starts + 1
         keep = rank <= self.k
         rows, prods, scores, rank = rows[keep], prods[keep], scores[keep], rank[keep]
-        return pa.table(
-            {
-                "listing_id": listing_ids.take(pa.array(rows)),
-                "product_id": self.product_ids_.take(pa.array(prods)),
-                "score": pa.array(scores, type=pa.float32()),
-                "rank": pa.array(rank.astype(np.int32), type=pa.int32()),
-                "is_match": pa.array(scores >= self.threshold_),
-            }
-        )
+        result = {
+            "listing_id": listing_ids.take(pa.array(rows)),
+            "product_id": self.product_ids_.take(pa.array(prods)),
+            "score": pa.array(scores, type=pa.float32()),
+            "rank": pa.array(rank.astype(np.int32), type=pa.int32()),
+            "is_match": pa.array(scores >= self.threshold_),
+        }
+        if self.pair_scorer_ is not None:
+            # Explaining costs one prediction per feature: only for the rows returned.
+            kept = features[order][keep]
+            result["top_features"] = pa.array(self.pair_scorer_.contributions(kept), type=pa.list_(pa.string()))
+        return pa.table(result)
 
     def _listing_items(self, table: pa.Table, text_col: str) -> Items:
         texts = _tables.text_column(table, text_col, name="listings")
@@ -310,6 +368,7 @@ class CatalogMatcher:
         Returns
         -------
         ndarray of shape (n_pairs,), float32
+            After :meth:`fit_pairs`, match probabilities.
 
         Raises
         ------
@@ -320,13 +379,29 @@ class CatalogMatcher:
         id_col = id_col or self.id_col
         text_col = text_col or self.text_col
         table = _tables.read_table(pairs, name="pairs")
+        lt, listing_rows, product_rows = self._resolve_pairs(table, listings, listing_col, product_col, id_col, text_col)
+        items = self._listing_items(lt, text_col)
+        if self.pair_scorer_ is not None:
+            side = self._listing_side(lt, text_col, items)
+            return self.pair_scorer_.predict_proba(self._pair_features(side, listing_rows, product_rows)).astype(np.float32)
+        images = self._images(lt, "listings") if (self.image_col and self.image_col in lt.column_names) else None
+        return self._scores(items, listing_rows, product_rows, images)
+
+    def _resolve_pairs(
+        self, table: pa.Table, listings: Any, listing_col: str, product_col: str, id_col: str, text_col: str
+    ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The listings table of ``pairs`` and each pair's (listing row, product row)."""
         _tables.require_columns(table, [listing_col, product_col], name="pairs")
+        extra = ([self.image_col] if self.image_col else []) + self._feature_columns()
         if listings is None:
-            _tables.require_columns(table, [text_col], name="pairs")
-            lt = pa.table({id_col: table.column(listing_col), text_col: table.column(text_col)})
+            _tables.require_columns(table, [text_col, *self._feature_columns()], name="pairs")
+            lt = pa.table(
+                {id_col: table.column(listing_col), text_col: table.column(text_col),
+                 **{c: table.column(c) for c in self._feature_columns()}}
+            )
             listing_rows = np.arange(table.num_rows)
         else:
-            lt = _tables.read_table(listings, [id_col, text_col] + ([self.image_col] if self.image_col else []), name="listings")
+            lt = _tables.read_table(listings, [id_col, text_col] + extra, name="listings")
             row_of = {v: i for i, v in enumerate(_tables.id_column(lt, id_col, name="listings").to_pylist())}
             wanted = table.column(listing_col).to_pylist()
             missing = [v for v in wanted if v not in row_of]
@@ -334,9 +409,7 @@ class CatalogMatcher:
                 raise ValueError(f"pairs name {len(missing)} listing ids not in listings, e.g. {missing[:3]}")
             listing_rows = np.array([row_of[v] for v in wanted], dtype=np.int64)
         product_rows = self._product_rows(table.column(product_col).to_pylist())
-        items = self._listing_items(lt, text_col)
-        images = self._images(lt, "listings") if (self.image_col and self.image_col in lt.column_names) else None
-        return self._scores(items, listing_rows, product_rows, images)
+        return lt, listing_rows, product_rows
 
     def _product_rows(self, product_ids: list[Any]) -> np.ndarray:
         if self._row_of is None:
@@ -387,3 +460,400 @@ class CatalogMatcher:
         )
         self.calibration_ = best_f1_threshold(scores, labels)
         return self.calibration_
+
+    # -- learned matching -------------------------------------------------
+
+    def _candidates(self, items: Items) -> tuple[np.ndarray, np.ndarray]:
+        """(listing row, catalog row) of each listing's retrieved candidates, listing-major."""
+        n_cand = min(self.n_candidates or max(4 * self.k, 20), self.n_products_)
+        found, _ = self.index_.search(items.search, k=n_cand, ef=max(2 * n_cand, 64))
+        rows = np.repeat(np.arange(len(items), dtype=np.int64), n_cand)
+        prods = found.reshape(-1)
+        valid = prods != np.uint64(2**64 - 1)
+        return rows[valid], prods[valid].astype(np.int64)
+
+    def _listing_side(self, table: pa.Table, text_col: str, items: Items) -> PairSide:
+        texts = _tables.text_column(table, text_col, name="listings")
+        columns = {c: table.column(c).to_pylist() for c in self._feature_columns()}
+        return PairSide(items.vectors, items.features, texts, columns)  # type: ignore[arg-type]
+
+    def _catalog_side(self) -> PairSide:
+        if getattr(self, "_catalog_side_cache", None) is None:
+            self._catalog_side_cache = PairSide(
+                self.catalog_.vectors, self.catalog_.features, self.catalog_texts_, self.catalog_columns_  # type: ignore[arg-type]
+            )
+        return self._catalog_side_cache
+
+    def _pair_features(
+        self,
+        side: PairSide,
+        rows: np.ndarray,
+        prods: np.ndarray,
+        cand_rows: np.ndarray | None = None,
+        cand_prods: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Feature rows of (listing ``rows[i]``, product ``prods[i]``); candidates retrieved when not given."""
+        if cand_rows is None or cand_prods is None:
+            search = hybrid_vectors(side.vectors, side.lexical.projection, self.scoring.vector_weight)
+            cand_rows, cand_prods = self._candidates(Items(side.vectors, side.lexical, search))
+        catalog = self._catalog_side()
+        best = best_candidate_scores(side, catalog, cand_rows, cand_prods, len(side.vectors))
+        return pair_features(self.feature_config_ or FeatureConfig(), side, catalog, rows, prods, best)
+
+    def fit_pairs(
+        self,
+        pairs: Any,
+        listings: Any,
+        catalog: Any,
+        *,
+        valid_pairs: Any = None,
+        listing_col: str = "listing_id",
+        product_col: str = "product_id",
+        label_col: str = "label",
+        listing_id_col: str | None = None,
+        listing_text_col: str | None = None,
+        finetune: bool = True,
+        finetune_dir: str | os.PathLike[str] | None = None,
+        finetune_params: dict[str, Any] | None = None,
+        price_col: str | None = None,
+        extra_cols: tuple[str, ...] | list[str] = (),
+        learner: str = "gradient_boosting",
+        calibration: str = "isotonic",
+    ) -> CatalogMatcher:
+        """Learn both stages from labelled (listing, product) pairs.
+
+        1. Fine-tune the encoder on the pairs' titles (:func:`~simsearch.finetune`,
+           early stopping on ``valid_pairs``), unless ``finetune=False``.
+        2. Encode and index ``catalog`` with it, as :meth:`fit` does.
+        3. Fit a calibrated :class:`~simsearch.applications.pair_scorer.PairScorer`
+           on the features of ``pairs``.
+        4. With ``valid_pairs``, choose the probability threshold of best F1 on
+           them (``calibration_``); without, 0.5.
+
+        Parameters
+        ----------
+        pairs : table
+            ``listing_col``, ``product_col`` and ``label_col`` (1 match, 0 not).
+        listings : table
+            Listing ids and titles (``listing_id_col``, ``listing_text_col``,
+            default the catalog's columns), plus ``price_col`` and ``extra_cols``.
+        catalog : table
+            Product ids and titles (``id_col``, ``text_col``), plus
+            ``price_col`` and ``extra_cols``.
+        valid_pairs : table, optional
+            Labelled pairs of the same kind, for early stopping and the threshold.
+        finetune : bool, default True
+            Fine-tune the encoder; ``False`` keeps it as given.
+        finetune_dir : path, optional
+            Where the fine-tuned model goes (must not exist); default a new
+            directory under the simsearch cache.
+        finetune_params : dict, optional
+            Further keyword arguments of :func:`~simsearch.finetune`
+            (``epochs``, ``learning_rate``, ``trainable_layers``...).
+        price_col : str, optional
+            Price column of both tables (``price_ratio`` feature).
+        extra_cols : sequence of str
+            Further columns of both tables, compared as numbers or words.
+        learner : {"gradient_boosting", "logistic"}
+        calibration : {"isotonic", "sigmoid"}
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            No pairs, labels other than 0/1, only matches or only
+            non-matches, ids absent from ``listings`` or ``catalog``, an empty
+            table, ``lexical=False`` or an image matcher.
+        MissingColumnError
+            A missing column (a ``ValueError``).
+        """
+        from simsearch.encoders import TextEncoder
+        from simsearch.encoders import finetune as finetune_encoder
+
+        if not self.lexical:
+            raise ValueError("fit_pairs needs the lexical features: make the matcher with lexical=True")
+        if self.image_col:
+            raise ValueError("fit_pairs learns from titles only: make the matcher without image_col")
+        lid, ltext = listing_id_col or self.id_col, listing_text_col or self.text_col
+        config = FeatureConfig(price_col, tuple(extra_cols))
+        listing_table = _tables.read_table(listings, [lid, ltext, *config.columns], name="listings")
+        catalog_table = _tables.read_table(catalog, [self.id_col, self.text_col, *config.columns], name="catalog")
+        _tables.require_rows(listing_table, name="listings")
+        _tables.require_rows(catalog_table, name="catalog")
+        listing_text = dict(zip(_tables.id_column(listing_table, lid, name="listings").to_pylist(),
+                                _tables.text_column(listing_table, ltext, name="listings")))
+        product_text = dict(zip(_tables.id_column(catalog_table, self.id_col, name="catalog").to_pylist(),
+                                _tables.text_column(catalog_table, self.text_col, name="catalog")))
+        cols = (listing_col, product_col, label_col)
+        train = _labelled_pairs(pairs, cols, listing_text, product_text, "pairs")
+        valid = _labelled_pairs(valid_pairs, cols, listing_text, product_text, "valid_pairs") if valid_pairs is not None else None
+
+        encoder = default_encoder() if self.encoder is None else self.encoder
+        self.finetune_dir_ = None
+        if finetune:
+            if not isinstance(encoder, TextEncoder):
+                raise ValueError(f"finetune=True needs a TextEncoder, got {type(encoder).__name__}")
+            out = _new_model_dir() if finetune_dir is None else finetune_dir
+            params = {"progress": self.progress, **(finetune_params or {})}
+            self.finetune_dir_ = finetune_encoder(
+                encoder, _text_pairs(train, listing_text, product_text),
+                _text_pairs(valid, listing_text, product_text) if valid is not None else None, out=out, **params,
+            )
+            encoder = TextEncoder(
+                model=self.finetune_dir_, precision=encoder.precision, max_length=encoder.max_length,
+                batch_size=encoder.batch_size, num_threads=encoder.num_threads,
+            )
+
+        self.feature_config_ = config
+        self.pair_scorer_ = None
+        self.calibration_ = None
+        self._fit_catalog(catalog_table, encoder)
+
+        def features(labelled: pa.Table) -> np.ndarray:
+            lt, rows, prods = self._resolve_pairs(labelled, listing_table, listing_col, product_col, lid, ltext)
+            items = self._listing_items(lt, ltext)
+            return self._pair_features(self._listing_side(lt, ltext, items), rows, prods)
+
+        X = features(train)
+        y = train.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        scorer = PairScorer(learner=learner, calibration=calibration).fit(X, y, config.names)
+        self.pair_scorer_ = scorer
+        if valid is not None:
+            labels = valid.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64)
+            self.calibration_ = best_f1_threshold(scorer.predict_proba(features(valid)), labels)
+        return self
+
+
+    # -- files -------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted matcher to a new directory.
+
+        The directory holds ``matcher.json`` (format name and version, the
+        matcher's parameters, threshold, calibration, feature config and the
+        SHA-256 of every other file), ``encoder/`` (the text model),
+        ``index.bin``, ``catalog.simspy`` (catalog vectors), ``catalog.parquet``
+        (ids, titles, feature columns) and, after :meth:`fit_pairs`,
+        ``pair_scorer.skops``. Nothing is pickled. It is written beside
+        ``path`` and renamed into place when complete.
+
+        Raises
+        ------
+        RuntimeError
+            If the matcher is not fitted.
+        ValueError
+            If it uses images or an encoder other than :class:`~simsearch.TextEncoder`.
+        FileExistsError
+            If ``path`` exists.
+        """
+        import hashlib
+        import json
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        from simsearch._fileio import write_container
+        from simsearch.encoders import TextEncoder
+        from simsearch.encoders._files import fsync_dir
+
+        self._check_fitted()
+        if self.image_col:
+            raise ValueError("saving a matcher with images is not supported")
+        if not isinstance(self.encoder_, TextEncoder):
+            raise ValueError(f"save needs a TextEncoder, this matcher has {type(self.encoder_).__name__}")
+        path = Path(path).expanduser()
+        if path.exists():
+            raise FileExistsError(f"{str(path)!r} exists; save to a new path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            source = self.encoder_.source.path
+            for f in sorted(source.rglob("*")):
+                rel = f.relative_to(source)
+                if f.is_file() and rel.parts[0] in _ENCODER_FILES:
+                    (tmp / "encoder" / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(f, tmp / "encoder" / rel)
+            self.index_.save(tmp / "index.bin")
+            write_container(tmp / "catalog.simspy", {"kind": "catalog-vectors"}, {"vectors": self.catalog_.vectors})
+            columns = {"id": self.product_ids_, "title": pa.array(self.catalog_texts_, type=pa.string())}
+            columns.update({f"feature:{c}": pa.array(v) for c, v in self.catalog_columns_.items()})
+            pq.write_table(pa.table(columns), tmp / "catalog.parquet")
+            if self.pair_scorer_ is not None:
+                self.pair_scorer_.save(tmp / "pair_scorer.skops")
+            files = {}
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                        files[f.relative_to(tmp).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+            manifest = {
+                "format": MATCHER_FORMAT,
+                "format_version": MATCHER_FORMAT_VERSION,
+                "params": {
+                    "k": self.k, "id_col": self.id_col, "text_col": self.text_col, "lexical": self.lexical,
+                    "threshold": self.threshold, "n_candidates": self.n_candidates,
+                    "index_params": self.index_params, "batch_size": self.batch_size,
+                    "scoring": {
+                        "vector_weight": self.scoring.vector_weight, "code_bonus": self.scoring.code_bonus,
+                        "code_conflict_penalty": self.scoring.code_conflict_penalty,
+                        "measure_conflict_penalty": self.scoring.measure_conflict_penalty,
+                        "ngram_range": list(self.scoring.ngram_range), "projection_dim": self.scoring.projection_dim,
+                    },
+                },
+                "encoder": {
+                    "precision": self.encoder_.precision, "max_length": self.encoder_.max_length,
+                    "batch_size": self.encoder_.batch_size,
+                },
+                "threshold": self.threshold_,
+                "calibration": None if self.calibration_ is None else vars(self.calibration_).copy(),
+                "feature_config": None if self.feature_config_ is None else self.feature_config_.to_json(),
+                "files": files,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            with open(tmp / MANIFEST, "rb") as fh:
+                os.fsync(fh.fileno())
+            fsync_dir(tmp)
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, progress: bool | None = None, num_threads: int | None = None) -> CatalogMatcher:
+        """Open a matcher written by :meth:`save`.
+
+        Every file's SHA-256 is checked against ``matcher.json``; the lexical
+        model is refit on the saved catalog titles (deterministic), so scores
+        equal those of the saved matcher.
+
+        Parameters
+        ----------
+        path : path-like
+        progress : bool or None
+            Progress bars of the loaded matcher.
+        num_threads : int, optional
+            Encoder threads.
+
+        Raises
+        ------
+        ValueError
+            Not a matcher directory (no or foreign ``matcher.json``), a newer
+            format version, or a file whose checksum does not match.
+        """
+        import hashlib
+        import json
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        from simsearch._fileio import read_container
+        from simsearch.encoders import TextEncoder
+        from simsearch.index import Index
+
+        path = Path(path).expanduser()
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise ValueError(f"{str(path)!r} is not a saved CatalogMatcher: it has no {MANIFEST}")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            fmt, version = manifest.get("format"), int(manifest.get("format_version", -1))
+        except (ValueError, AttributeError, TypeError) as err:
+            raise ValueError(f"{str(manifest_path)!r} is not a CatalogMatcher manifest: {err}") from err
+        if fmt != MATCHER_FORMAT:
+            raise ValueError(f"{str(path)!r} is not a saved CatalogMatcher: its format is {fmt!r}, expected {MATCHER_FORMAT!r}")
+        if version > MATCHER_FORMAT_VERSION or version < 1:
+            raise ValueError(
+                f"{str(path)!r} has matcher format version {version}; this simsearch reads versions 1 to "
+                f"{MATCHER_FORMAT_VERSION}: upgrade simsearch to load it"
+            )
+        for name, digest in manifest["files"].items():
+            f = path / name
+            if not f.is_file():
+                raise ValueError(f"{str(path)!r} is incomplete: {name} is missing")
+            if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+                raise ValueError(f"{str(path)!r} is corrupt: the checksum of {name} does not match")
+        params = dict(manifest["params"])
+        scoring = dict(params.pop("scoring"))
+        scoring["ngram_range"] = tuple(scoring["ngram_range"])
+        enc = manifest["encoder"]
+        encoder = TextEncoder(
+            model=path / "encoder", precision=enc["precision"], max_length=enc["max_length"],
+            batch_size=enc["batch_size"], num_threads=num_threads,
+        )
+        m = cls(encoder, scoring=PairScoring(**scoring), progress=progress, **params)
+        if manifest["feature_config"] is not None:
+            m.feature_config_ = FeatureConfig.from_json(manifest["feature_config"])
+        if manifest["calibration"] is not None:
+            m.calibration_ = Calibration(**manifest["calibration"])
+        if (path / "pair_scorer.skops").is_file():
+            m.pair_scorer_ = PairScorer.load(path / "pair_scorer.skops")
+        _, sections = read_container(path / "catalog.simspy")
+        vectors = np.ascontiguousarray(sections["vectors"], dtype=np.float32)
+        table = pq.read_table(path / "catalog.parquet")
+        texts = [t or "" for t in table.column("title").to_pylist()]
+        m.encoder_ = encoder
+        m.product_ids_ = table.column("id").combine_chunks()
+        m.catalog_texts_ = texts
+        m.catalog_columns_ = {c: table.column(f"feature:{c}").to_pylist() for c in m._feature_columns()}
+        m.lexical_ = LexicalModel(m.scoring).fit(texts) if m.lexical else None
+        if m.lexical_ is not None:
+            features = m.lexical_.transform(texts)
+            m.catalog_ = Items(vectors, features, hybrid_vectors(vectors, features.projection, m.scoring.vector_weight))
+        else:
+            m.catalog_ = Items.from_vectors(vectors)
+        m.images_ = None
+        m.index_ = Index.load(path / "index.bin")
+        m.n_products_ = table.num_rows
+        m._row_of = None
+        m._catalog_side_cache = None
+        return m
+
+
+def _labelled_pairs(
+    pairs: Any, cols: tuple[str, str, str], listing_text: dict[Any, str], product_text: dict[Any, str], name: str
+) -> pa.Table:
+    """Read labelled pairs and check their labels and ids against the two tables."""
+    listing_col, product_col, label_col = cols
+    table = _tables.read_table(pairs, list(cols), name=name)
+    _tables.require_rows(table, name=name)
+    labels = table.column(label_col).to_pylist()
+    if any(v not in (0, 1) for v in labels):
+        bad = next(v for v in labels if v not in (0, 1))
+        raise ValueError(f"{name} column {label_col!r} must hold 0 or 1, found {bad!r}")
+    if len(set(labels)) < 2:
+        only = "matches (1)" if labels[0] == 1 else "non-matches (0)"
+        raise ValueError(f"{name} holds only {only}: learning needs both matches and non-matches")
+    for col, known, what in ((listing_col, listing_text, "listings"), (product_col, product_text, "catalog")):
+        missing = [v for v in table.column(col).to_pylist() if v not in known]
+        if missing:
+            raise ValueError(f"{name} name {len(missing)} {col} values not in {what}, e.g. {missing[:3]}")
+    return table
+
+
+def _text_pairs(table: pa.Table | None, listing_text: dict[Any, str], product_text: dict[Any, str]) -> list[tuple[str, str, int]] | None:
+    """(listing title, product title, label) of labelled id pairs; empty titles get a placeholder."""
+    if table is None:
+        return None
+    names = table.column_names
+    return [
+        (listing_text[a] or "untitled", product_text[b] or "untitled", int(y))
+        for a, b, y in zip(*(table.column(c).to_pylist() for c in names))
+    ]
+
+
+def _new_model_dir() -> Any:
+    """A fresh path for a fine-tuned model under the simsearch cache."""
+    import tempfile
+    from pathlib import Path
+
+    from simsearch.encoders._files import cache_dir
+
+    root = cache_dir() / "finetuned"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root)) / "model"
