@@ -1,0 +1,207 @@
+"""Learned matching on a DeepMatcher-layout data set (Abt-Buy by default), anchor beside simsearch.
+
+    python benchmarks/matching.py [--data DIR] [--epochs 2] [--trainable-layers 3]
+
+``DIR`` holds ``tableA.csv``, ``tableB.csv`` and ``train.csv``, ``valid.csv``,
+``test.csv`` (``ltable_id, rtable_id, label``), as DeepMatcher publishes its
+benchmarks. Train on train, select on valid, report on test:
+
+- **anchor**: all-MiniLM-L6-v2 fp32 cosine of the titles, threshold of best F1
+  on train + valid (what a new user does first; the issue measured F1 0.47);
+- **fine-tuned cosine**: the encoder after :func:`simsearch.finetune` on the
+  train pairs (early stopping on valid), int8, threshold of best F1 on valid;
+- **two-stage**: ``CatalogMatcher.fit_pairs``: that encoder plus the calibrated
+  pair scorer, threshold of best F1 on valid.
+
+Also: retrieval recall@1 and @5 of each encoder over all of table B for the
+test pairs' matches; the pair scorer's throughput (pairs scored per second,
+``score_pairs`` on the test pairs, listing encoding included) and end-to-end
+``match`` of every table-A row against table B (listings per second); the
+training time. Columns are found from the tables: the title is the string
+column filled most often (shorter on ties), a numeric column named like
+"price" gives the price feature, other columns both tables share are extra
+features. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from ann import cpu_flags, cpu_model  # noqa: E402
+
+from simsearch import CatalogMatcher, TextEncoder  # noqa: E402
+from simsearch.applications import best_f1_threshold  # noqa: E402
+
+DEFAULT_DATA = Path(os.environ.get("SIMSEARCH_DATA", HERE.parent.parent / "shared" / "data")) / "abt_buy" / "deepmatcher"
+
+PUBLISHED = {
+    "DeepMatcher (Hybrid)": (0.628, "Mudgal et al., Deep Learning for Entity Matching, SIGMOD 2018, Table 4"),
+    "Ditto": (0.893, "Li et al., Deep Entity Matching with Pre-Trained Language Models, VLDB 2021, Table 5"),
+}
+
+
+def read_csv(path: Path) -> pa.Table:
+    return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+
+
+def find_columns(a: pa.Table, b: pa.Table) -> tuple[str, str | None, list[str]]:
+    """(title column, price column or None, extra columns) shared by both tables."""
+    shared = [c for c in a.column_names if c in b.column_names and c != "id"]
+    strings = [c for c in shared if pa.types.is_string(a.schema.field(c).type) and pa.types.is_string(b.schema.field(c).type)]
+    if not strings:
+        raise SystemExit(f"no text column shared by both tables (columns {shared})")
+
+    def fill_and_length(c: str) -> tuple[float, float]:
+        values = [v for t in (a, b) for v in t.column(c).to_pylist()]
+        filled = [v for v in values if v]
+        return (-len(filled) / len(values), float(np.mean([len(v) for v in filled])) if filled else 0.0)
+
+    title = min(strings, key=fill_and_length)
+    numeric = [c for c in shared if c not in strings]
+    price = next((c for c in numeric if "price" in c.lower()), None)
+    extra = [c for c in shared if c not in (title, price)]
+    return title, price, extra
+
+
+def pair_table(path: Path) -> pa.Table:
+    t = read_csv(path)
+    return pa.table({"listing_id": t.column("ltable_id"), "product_id": t.column("rtable_id"), "label": t.column("label")})
+
+
+def prf(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = scores >= threshold
+    tp = int((pred & (labels == 1)).sum())
+    precision = tp / max(int(pred.sum()), 1)
+    recall = tp / max(int((labels == 1).sum()), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": round(f1, 4), "precision": round(precision, 4), "recall": round(recall, 4), "threshold": round(float(threshold), 4)}
+
+
+def cosine_pairs(va: np.ndarray, vb: np.ndarray, pairs: pa.Table, row_a: dict, row_b: dict) -> np.ndarray:
+    ia = np.array([row_a[v] for v in pairs.column("listing_id").to_pylist()])
+    ib = np.array([row_b[v] for v in pairs.column("product_id").to_pylist()])
+    return np.einsum("ij,ij->i", va[ia], vb[ib])
+
+
+def retrieval(va: np.ndarray, vb: np.ndarray, pairs: pa.Table, row_a: dict, row_b: dict) -> dict[str, float]:
+    """Recall@1/@5 over all of table B for the matching pairs (brute-force cosine)."""
+    pos = pairs.filter(pa.compute.equal(pairs.column("label"), 1))
+    ia = np.array([row_a[v] for v in pos.column("listing_id").to_pylist()])
+    ib = np.array([row_b[v] for v in pos.column("product_id").to_pylist()])
+    sims = va[ia] @ vb.T
+    rank = (sims > sims[np.arange(len(ia)), ib][:, None]).sum(axis=1)
+    return {"recall_at_1": round(float((rank < 1).mean()), 4), "recall_at_5": round(float((rank < 5).mean()), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--trainable-layers", type=int, default=3)
+    ap.add_argument("--learning-rate", type=float, default=5e-5)
+    ap.add_argument("--work", type=Path, default=None, help="where the fine-tuned model goes (default: a temp dir)")
+    args = ap.parse_args()
+
+    a, b = read_csv(args.data / "tableA.csv"), read_csv(args.data / "tableB.csv")
+    train, valid, test = (pair_table(args.data / f"{s}.csv") for s in ("train", "valid", "test"))
+    title, price, extra = find_columns(a, b)
+    a = a.rename_columns(["title" if c == title else c for c in a.column_names])
+    b = b.rename_columns(["title" if c == title else c for c in b.column_names])
+    row_a = {v: i for i, v in enumerate(a.column("id").to_pylist())}
+    row_b = {v: i for i, v in enumerate(b.column("id").to_pylist())}
+    texts_a = [t or "untitled" for t in a.column("title").to_pylist()]
+    texts_b = [t or "untitled" for t in b.column("title").to_pylist()]
+    y_test = test.column("label").to_numpy()
+    flags = cpu_flags()
+    print(f"data {args.data}: A {a.num_rows} rows, B {b.num_rows} rows; pairs train {train.num_rows}, "
+          f"valid {valid.num_rows}, test {test.num_rows}; title column {title!r}, price {price!r}, extra {extra}")
+    print(f"cpu: {cpu_model()}; {', '.join(k for k, v in flags.items() if v) or 'no avx2'}; "
+          f"{os.cpu_count()} logical cores; python {platform.python_version()}")
+
+    # (a) anchor: zero-shot MiniLM fp32 cosine, threshold on train + valid.
+    t0 = time.perf_counter()
+    base = TextEncoder(precision="fp32")
+    va, vb = base.encode(texts_a, progress=False), base.encode(texts_b, progress=False)
+    dev = pa.concat_tables([train, valid])
+    cal = best_f1_threshold(cosine_pairs(va, vb, dev, row_a, row_b), dev.column("label").to_numpy())
+    anchor = prf(cosine_pairs(va, vb, test, row_a, row_b), y_test, cal.threshold)
+    anchor.update(retrieval(va, vb, test, row_a, row_b))
+    anchor["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"anchor all-MiniLM-L6-v2 fp32 cosine: {anchor}")
+
+    # (b, c) simsearch: fine-tune + pair scorer.
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="simsearch-matching-"))
+    matcher = CatalogMatcher(TextEncoder(precision="int8"), k=5, progress=True)
+    t0 = time.perf_counter()
+    matcher.fit_pairs(
+        train, a, b, valid_pairs=valid, price_col=price, extra_cols=extra, finetune_dir=work / "encoder",
+        finetune_params={"epochs": args.epochs, "trainable_layers": args.trainable_layers,
+                         "learning_rate": args.learning_rate},
+    )
+    train_s = time.perf_counter() - t0
+    info = json.loads((work / "encoder" / "simsearch_finetune.json").read_text())
+    print(f"training (fine-tune + index + pair scorer): {train_s:.0f} s; validation F1 by epoch {info['valid_f1_by_epoch']}")
+
+    enc = matcher.encoder_
+    fa, fb = enc.encode(texts_a, progress=False), enc.encode(texts_b, progress=False)
+    cal = best_f1_threshold(cosine_pairs(fa, fb, valid, row_a, row_b), valid.column("label").to_numpy())
+    tuned = prf(cosine_pairs(fa, fb, test, row_a, row_b), y_test, cal.threshold)
+    tuned.update(retrieval(fa, fb, test, row_a, row_b))
+    print(f"fine-tuned encoder int8 cosine: {tuned}")
+
+    t0 = time.perf_counter()
+    probs = matcher.score_pairs(test, a)
+    score_s = time.perf_counter() - t0
+    two_stage = prf(probs, y_test, matcher.threshold_)
+    two_stage["pairs_per_s"] = round(test.num_rows / score_s, 1)
+
+    t0 = time.perf_counter()
+    result = matcher.match(a)
+    match_s = time.perf_counter() - t0
+    top = result.filter(pa.compute.equal(result.column("rank"), 1))
+    best = dict(zip(top.column("listing_id").to_pylist(), top.column("product_id").to_pylist()))
+    pos = test.filter(pa.compute.equal(test.column("label"), 1))
+    hits = [best.get(x) == y for x, y in zip(pos.column("listing_id").to_pylist(), pos.column("product_id").to_pylist())]
+    two_stage["top1_accuracy"] = round(float(np.mean(hits)), 4)
+    two_stage["match_listings_per_s"] = round(a.num_rows / match_s, 1)
+    two_stage["match_seconds"] = round(match_s, 2)
+    two_stage["train_seconds"] = round(train_s, 1)
+    print(f"two-stage (fine-tuned retrieval + pair scorer): {two_stage}")
+    example = result.slice(0, 1).to_pylist()[0]
+    print(f"example row: {example}")
+
+    print("\nAbt-Buy test pairs, F1 / precision / recall:")
+    print(f"  anchor MiniLM cosine      {anchor['f1']:.3f} / {anchor['precision']:.3f} / {anchor['recall']:.3f}")
+    print(f"  fine-tuned cosine         {tuned['f1']:.3f} / {tuned['precision']:.3f} / {tuned['recall']:.3f}")
+    print(f"  two-stage                 {two_stage['f1']:.3f} / {two_stage['precision']:.3f} / {two_stage['recall']:.3f}")
+    for name, (f1, source) in PUBLISHED.items():
+        print(f"  published {name:<15} {f1:.3f} ({source})")
+    print(f"retrieval recall@1/@5: anchor {anchor['recall_at_1']}/{anchor['recall_at_5']}, "
+          f"fine-tuned {tuned['recall_at_1']}/{tuned['recall_at_5']}; two-stage top-1 accuracy {two_stage['top1_accuracy']}")
+    print(json.dumps({
+        "data": str(args.data), "cpu_flags": flags,
+        "f1": two_stage["f1"], "precision": two_stage["precision"], "recall": two_stage["recall"],
+        "anchor": anchor, "finetuned_cosine": tuned, "two_stage": two_stage,
+        "valid_f1_by_epoch": info["valid_f1_by_epoch"],
+        "published": {k: v[0] for k, v in PUBLISHED.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
