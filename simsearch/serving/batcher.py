@@ -34,6 +34,10 @@ from simsearch._validation import check_positive_int
 
 # Weight of the newest observation in the running means (arrival gap, batch time).
 _EWMA = 0.2
+# Admission control plans for the queue to drain this much slower than the
+# running mean: model-call times spread widely on a shared machine, and a
+# request refused now (429) costs the client less than one dropped later (504).
+_DRAIN_SLACK = 1.5
 
 
 class QueueFull(Exception):
@@ -187,7 +191,7 @@ class AdaptiveBatcher:
             now = time.monotonic()
             # Admission control: work that the queue ahead of it would hold
             # past its deadline is refused now (429) rather than dropped later (504).
-            drain = (self._depth + n) * self._item_s
+            drain = (self._depth + n) * self._item_s * _DRAIN_SLACK
             if deadline is not None and self._depth and now + drain > deadline:
                 raise QueueFull(
                     f"queue full for this deadline: {self._depth} items waiting take about {drain * 1000:.0f} ms, "
