@@ -248,6 +248,18 @@ def test_bad_requests_get_one_line_reasons(client, path, payload, code, words):
     check_envelope(r)
 
 
+def test_streamed_body_over_the_limit_gets_413(client):
+    def chunks():  # no Content-Length: httpx sends it chunked
+        yield b'{"texts": ["'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"]}'
+
+    r = client.post("/v1/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"] == "request body over the limit of 200000 bytes"
+
+
 def test_token_is_required(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         r = httpx.post(f"{server.url}/v1/search", json={"query": "tv"}, headers=headers)

@@ -224,10 +224,6 @@ class _HTTPError(Exception):
         self.headers = headers or {}
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def _one_line(err: BaseException) -> str:
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
@@ -446,8 +442,9 @@ def create_app(
 class _Front:
     """Outermost ASGI layer: bearer token, body size limit, envelope headers, request metrics.
 
-    Pure ASGI rather than a Starlette middleware so that the 413 for a
-    streamed body is decided while the body arrives, before it is buffered.
+    Pure ASGI rather than a Starlette middleware: it reads the body itself,
+    so that a body streamed without ``Content-Length`` gets its 413 while it
+    arrives, in the same one-line form as every other error.
     """
 
     def __init__(self, app: FastAPI, state: _State, metrics: _Metrics, token: str | None, max_body_bytes: int) -> None:
@@ -467,12 +464,11 @@ class _Front:
         start = time.perf_counter()
         path = scope["path"]
         endpoint = path if path in _ENDPOINTS else "other"
-        status = {"code": 500, "started": False}
+        status = {"code": 500}
 
         async def send_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                status["started"] = True
                 env = self.state.envelope()
                 message["headers"] = list(message.get("headers", [])) + [
                     (b"x-model", env["model"].encode()),
@@ -494,22 +490,35 @@ class _Front:
             if length is not None and length > self.max_body_bytes:
                 await reply(413, f"request body of {length} bytes; the limit is {self.max_body_bytes}")
                 return
-            seen = 0
-
-            async def counted_receive() -> Any:
-                nonlocal seen
+            # Read the body here, up to the limit, and hand it on whole: a body
+            # streamed without Content-Length gets its 413 as it arrives,
+            # before anything buffers more than the limit.
+            chunks: list[bytes] = []
+            size = 0
+            while True:
                 message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > self.max_body_bytes:
-                        raise _BodyTooLarge
-                return message
-
-            try:
-                await self.app(scope, counted_receive, send_headers)
-            except _BodyTooLarge:
-                if not status["started"]:
+                if message["type"] == "http.disconnect":
+                    status["code"] = 499  # the client left before its body arrived (nginx's code)
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
                     await reply(413, f"request body over the limit of {self.max_body_bytes} bytes")
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            handed = False
+
+            async def replay() -> Any:
+                nonlocal handed
+                if not handed:
+                    handed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_headers)
         finally:
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
