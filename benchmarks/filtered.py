@@ -71,7 +71,7 @@ sys.path.append(str(_data.REPO_ROOT))
 
 M, EF_CONSTRUCTION, K = 16, 200, 10
 TARGET = 0.95
-SIMSEARCH_EFS = (16, 32, 64, 128)
+SIMSEARCH_EFS = (10, 16, 24, 32, 64, 128)
 ANCHOR_EFS = (16, 32, 64, 128, 256)
 HNSWLIB_EFS = (16, 64, 256)
 LEVELS = (("100%", "c1", 1), ("10%", "c10", 10), ("1%", "c100", 100), ("0.1%", "c1000", 1000))

@@ -266,9 +266,10 @@ public:
     // from a sample of slots otherwise). It scans the candidates exactly over
     // the codes when the share is below brute_fraction or the scan costs
     // fewer distance computations than the walk would (walk_cost: distance
-    // computations per node a filtered walk visits); otherwise it walks
-    // the graph through every node but keeps only allowed ones, with ef
-    // raised as the share falls. A walk that finds fewer than k allowed
+    // computations per entry of the walk's candidate list); otherwise it
+    // walks the graph through every node, bounded by a candidate list
+    // widened as the share falls, and keeps only allowed ones. A walk that
+    // finds fewer than k allowed
     // items falls back to the scan, so every query gets k results whenever
     // k items pass.
     void search_filtered(const float* q, size_t n, size_t k, size_t ef, bool rescore, size_t num_threads,
@@ -329,17 +330,20 @@ public:
             for (size_t s = 0; s < n_slots_; s += stride, ++seen) pass += f(uint32_t(s));
             share = seen ? double(pass) / double(seen) : 0.0;
         }
-        // Raise ef as the share falls: the walk must collect ef allowed nodes
-        // among many that are not.
-        const size_t ef_f = size_t(double(ef) * std::min(4.0, 1.0 / std::sqrt(std::max(share, 1e-6))));
+        // A filtered walk explores like an unfiltered one with a wider
+        // candidate list, ef_walk ~ ef / share (the nearest ef_walk nodes of
+        // any kind hold about ef allowed ones), and keeps the allowed nodes it
+        // meets. Bounding the exploration by all nodes, not only allowed
+        // ones, stops it from wandering far when the allowed items are few
+        // (faiss bounds its selector search the same way, at ef).
+        const size_t ef_walk =
+            std::max(ef, size_t(double(ef) * std::min(16.0, 1.0 / std::max(share, 1e-6))));
         // Scan or walk, by cost in distance computations: a scan computes one
-        // per candidate; a filtered walk visits about ef_f / share nodes, each
-        // costing several distances' worth (all its neighbours are scored, and
-        // heap work and cache misses come on top: walk_cost, 64 by default,
-        // measured on 20k-200k x 384 synthetic data). Below brute_fraction
-        // always scan.
-        const bool brute =
-            share < brute_fraction || double(n_cand) <= walk_cost * double(ef_f) / std::max(share, 1e-6);
+        // per candidate; a walk about walk_cost per entry of its candidate
+        // list (every expanded node scores its unvisited neighbours; 16 by
+        // default, measured on 20k and 200k x 384 synthetic data). Below
+        // brute_fraction always scan.
+        const bool brute = share < brute_fraction || double(n_cand) <= walk_cost * double(ef_walk);
         std::vector<uint32_t> cands;
         const std::vector<uint32_t>* scan_list = nullptr;  // null: every slot
         if (best_cond >= 0) {
@@ -360,7 +364,7 @@ public:
                 uint64_t* oi = out_ids + i * k;
                 float* os = out_scores + i * k;
                 if (!brute) {
-                    search_one(qi, k, ef_f, rescore, oi, os, &f);
+                    search_one(qi, k, ef, rescore, oi, os, &f, ef_walk);
                     if (oi[k - 1] != kNoId) return;
                 }
                 scan_filtered(qi, k, ef, rescore, f, scan_list, oi, os);
@@ -896,22 +900,30 @@ private:
     // ---- query-time search -------------------------------------------------------
     // Allowed(x) decides which visited nodes may be results; every node is
     // walked through. The no-deletion predicate is a constant and compiles away.
+    // ef_walk == 0: the walk is bounded by the ef best allowed nodes (hnswlib's
+    // way, right when nearly all pass: deleted nodes). ef_walk > 0 (filters):
+    // it is bounded by the ef_walk best nodes of any kind, and the ef best
+    // allowed ones among them are kept.
     template <class Allowed>
     void search_base(const QueryCode& q, uint32_t ep, size_t ef, MaxHeap& top, VisitedList& vl,
-                     const Allowed& allowed) const {
+                     const Allowed& allowed, size_t ef_walk = 0) const {
         uint16_t* vis = vl.data();
         const uint16_t tag = vl.next_epoch();
-        MaxHeap cand;
+        MaxHeap cand, seen;
+        const bool by_all = ef_walk > 0;
+        const size_t width = by_all ? ef_walk : ef;
+        MaxHeap& bounding = by_all ? seen : top;
         const float d0 = dist(q, ep);
         vis[ep] = tag;
         if (allowed(ep)) top.emplace(d0, ep);
-        float bound = top.empty() ? INFINITY : d0;
+        if (by_all) seen.emplace(d0, ep);
+        float bound = bounding.empty() ? INFINITY : d0;
         cand.emplace(-d0, ep);
         thread_local std::vector<uint32_t> fresh;
         fresh.resize(M0_);
         while (!cand.empty()) {
             const DistId c = cand.top();
-            if (-c.first > bound && top.size() >= ef) break;
+            if (-c.first > bound && bounding.size() >= width) break;
             cand.pop();
             const uint32_t* ll = links0(c.second);
             const uint32_t cnt = ll[0];
@@ -931,12 +943,17 @@ private:
                 if (i + 1 < m) prefetch_node(fresh[i + 1]);
                 const uint32_t x = fresh[i];
                 const float d = dist(q, x);
-                if (top.size() < ef || d < bound) {
+                if (bounding.size() < width || d < bound) {
                     cand.emplace(-d, x);
-                    if (!allowed(x)) continue;
-                    top.emplace(d, x);
-                    if (top.size() > ef) top.pop();
-                    bound = top.top().first;
+                    if (by_all) {
+                        seen.emplace(d, x);
+                        if (seen.size() > width) seen.pop();
+                    }
+                    if (allowed(x) && (top.size() < ef || d < top.top().first)) {
+                        top.emplace(d, x);
+                        if (top.size() > ef) top.pop();
+                    }
+                    if (!bounding.empty()) bound = bounding.top().first;
                 }
             }
             if (!cand.empty()) __builtin_prefetch(links0(cand.top().second));
@@ -958,7 +975,7 @@ private:
     }
 
     void search_one(const float* qf, size_t k, size_t ef, bool rescore, uint64_t* ids, float* scores,
-                    const Filter* filter = nullptr) const {
+                    const Filter* filter = nullptr, size_t ef_walk = 0) const {
         MaxHeap top;
         if (entry_ != kNone && n_live_ > 0) {
             thread_local QueryCode q;
@@ -980,7 +997,7 @@ private:
                 }
             }
             auto vl = visited_.get(capacity_);
-            if (filter) search_base(q, cur, ef, top, *vl, *filter);
+            if (filter) search_base(q, cur, ef, top, *vl, *filter, ef_walk);
             else if (n_live_ == n_slots_) search_base(q, cur, ef, top, *vl, [](uint32_t) { return true; });
             else search_base(q, cur, ef, top, *vl, [this](uint32_t x) { return !(flags_[x] & kDeleted); });
             visited_.put(std::move(vl));

@@ -77,7 +77,7 @@ def test_filtered_recall_against_exact(catalog, flt: dict, mode: str, monkeypatc
     assert _recall(got, _exact(x, q, allowed, k)) >= 0.95
 
 
-@pytest.mark.parametrize("walk_cost", [0.0, 64.0])
+@pytest.mark.parametrize("walk_cost", [0.0, 16.0])
 def test_filter_by_id_list(catalog, walk_cost: float, monkeypatch: pytest.MonkeyPatch) -> None:
     index, x, q, _ = catalog
     monkeypatch.setattr(index, "filter_walk_cost", walk_cost)

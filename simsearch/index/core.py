@@ -136,7 +136,7 @@ class Index:
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
         self.ef = check_positive_int(ef, "ef")
         self.filter_brute_fraction = 0.02
-        self.filter_walk_cost = 64.0
+        self.filter_walk_cost = 16.0
         if backend == "native":
             self._impl = _core().NativeIndex(
                 self.dim, _METRICS[metric], self.M, self.ef_construction, self.rescore, isa or "", 0x5EED5EED,
@@ -291,11 +291,12 @@ class Index:
             Evaluated in C++ over per-value posting lists. When few items
             pass (below ``filter_brute_fraction``), or scanning the
             candidates costs fewer distance computations than a filtered
-            graph walk would (``filter_walk_cost``, 64: the distance
-            computations each node a walk visits is worth), the allowed
-            items are scanned exactly over the codes; otherwise the graph
-            is walked through every node, keeping only allowed ones, with
-            ef raised as the share falls. Rows get k results whenever k
+            graph walk would (``filter_walk_cost``, 16: the distance
+            computations each entry of the walk's candidate list costs),
+            the allowed items are scanned exactly over the codes; otherwise
+            the graph is walked through every node with a candidate list
+            widened to about ``ef / share`` (at most 16 ef), keeping only
+            allowed ones. Rows get k results whenever k
             items pass; a filter nothing passes gives padded rows. Native
             backend only.
 
@@ -458,7 +459,7 @@ class Index:
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
         self.ef = 64
         self.filter_brute_fraction = 0.02
-        self.filter_walk_cost = 64.0
+        self.filter_walk_cost = 16.0
         self._next_id = 0
         return self
 
