@@ -283,6 +283,9 @@ def test_concurrent_searches_share_encoder_batches(folder, encoder):
 
 def test_bad_input_is_refused_with_its_reason(folder, encoder):
     with Service.open(folder, encoder) as service:
+        empty = service.embed([])
+        assert empty.vectors.shape == (0, 384) and empty.missing.shape == (0,)
+        assert service.search(np.empty((0, 384), dtype=np.float32)).hits == []
         with pytest.raises(ValueError, match="empty"):
             service.search(["  "])
         with pytest.raises(ValueError, match="k must be between 1 and 1000"):

@@ -367,8 +367,12 @@ class Service:
 
         items = _check_texts(texts)
         on_miss = self.on_miss if on_miss is None else on_miss
+        if on_miss not in _ON_MISS:
+            raise ValueError(f"on_miss must be 'wait' or 'async', got {on_miss!r}")
         deadline = self._deadline(timeout)
         n = len(items)
+        if n == 0:
+            return _done(EmbedResult(np.empty((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool)))
         if self.cache is None:
             return _chain(self._submit(items, deadline), lambda v: EmbedResult(v, np.zeros(n, dtype=bool)))
         keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in items]
