@@ -603,11 +603,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_items=args.max_items, timeout_ms=args.timeout_ms or None)
     print(f"simsearch: serving {args.index} on http://{args.host}:{args.port} (ready when GET /readyz says 200)", file=sys.stderr)
-    serve(
-        args.index, model=args.model, host=args.host, port=args.port, token=args.token, limits=limits, cache=args.cache,
-        max_batch_size=args.max_batch_size, model_batch_size=args.model_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        on_miss=args.on_miss, snapshot_every=args.snapshot_every, threads=args.threads,
-    )
+    try:
+        serve(
+            args.index, model=args.model, host=args.host, port=args.port, token=args.token, limits=limits, cache=args.cache,
+            max_batch_size=args.max_batch_size, model_batch_size=args.model_batch_size, max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue, on_miss=args.on_miss, snapshot_every=args.snapshot_every, threads=args.threads,
+        )
+    except RuntimeError as err:  # the model or index failed to load: exit 2 like any user mistake
+        raise CommandError(str(err)) from err
 
 
 # -- parser -------------------------------------------------------------------

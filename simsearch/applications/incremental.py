@@ -538,7 +538,11 @@ class Deduplicator:
             if region.size:
                 local = np.full(n, -1, dtype=np.int64)
                 local[region] = np.arange(region.size)
-                inside = (local[a] >= 0) & (local[b] >= 0)
+                # Only pairs of a new item: pairs between old groups were weighed
+                # when those groups formed, and re-weighing them every update
+                # would cost as much as the new work (a merge of two old groups
+                # goes through the new item that bridges them).
+                inside = touching & (local[a] >= 0) & (local[b] >= 0)
                 labels = group_pairs(
                     region.size,
                     local[a[inside]],
