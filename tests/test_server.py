@@ -359,6 +359,27 @@ def test_readyz_is_503_until_loaded_and_reports_a_failed_load():
         thread.join(30)
 
 
+def test_serve_exits_2_when_the_index_cannot_be_loaded(built, tmp_path):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(built, folder)
+    data = (folder / "index.ssi").read_bytes()
+    (folder / "index.ssi").write_bytes(data[: len(data) // 2])  # a torn copy
+    env = dict(os.environ, PYTHONPATH=str(Path(simsearch.__file__).parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(folder), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 2
+    assert "simsearch: error: could not load" in done.stderr and "index.ssi" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(tmp_path / "absent")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 2 and "no such index folder" in done.stderr
+
+
 # Last in the file: it kills the module's server and leaves a restarted one.
 def test_acknowledged_writes_survive_kill_9(server, tmp_path):
     added = {8000001 + i: f"zz durable item {i} copper saucepan" for i in range(5)}

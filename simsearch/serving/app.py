@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -239,6 +240,7 @@ def create_app(
     token: str | None = None,
     limits: ServerLimits | None = None,
     info: dict[str, Any] | None = None,
+    on_load_error: Callable[[str], None] | None = None,
 ) -> Any:
     """The ASGI app serving ``service``.
 
@@ -255,6 +257,10 @@ def create_app(
         Body, batch and deadline limits.
     info : dict or None, default=None
         ``model``, ``fingerprint`` and ``version`` to report while loading.
+    on_load_error : callable or None, default=None
+        Called with the one-line error if ``load`` fails (``simsearch serve``
+        prints it and stops); the app keeps answering ``/readyz`` with 503
+        ``"failed"`` either way.
 
     Returns
     -------
@@ -270,8 +276,10 @@ def create_app(
     def load() -> None:
         try:
             state.service = service(metrics.on_batch)  # type: ignore[operator]
-        except Exception as err:  # reported by /readyz; the process stays up for the probe to see it
+        except Exception as err:  # reported by /readyz, and to on_load_error
             state.error = f"{type(err).__name__}: {_one_line(err)}"
+            if on_load_error is not None:
+                on_load_error(state.error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -449,8 +457,8 @@ class _Front:
 
     def __init__(self, app: FastAPI, state: _State, metrics: _Metrics, token: str | None, max_body_bytes: int) -> None:
         self.app = app
-        self.state = state
-        self.metrics = metrics
+        self._state = state
+        self._metrics = metrics
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
 
@@ -469,7 +477,7 @@ class _Front:
         async def send_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                env = self.state.envelope()
+                env = self._state.envelope()
                 message["headers"] = list(message.get("headers", [])) + [
                     (b"x-model", env["model"].encode()),
                     (b"x-model-fingerprint", env["model_fingerprint"].encode()),
@@ -478,7 +486,7 @@ class _Front:
             await send(message)
 
         async def reply(code: int, message: str, headers: dict[str, str] | None = None) -> None:
-            await JSONResponse({"error": message, **self.state.envelope()}, status_code=code, headers=headers)(scope, receive, send_headers)
+            await JSONResponse({"error": message, **self._state.envelope()}, status_code=code, headers=headers)(scope, receive, send_headers)
 
         if path.startswith("/v1/"):
             scope = _as_json(scope)
@@ -520,8 +528,8 @@ class _Front:
 
             await self.app(scope, replay, send_headers)
         finally:
-            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            self._metrics.requests.labels(endpoint, str(status["code"])).inc()
+            self._metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         for name, value in scope.get("headers", []):
@@ -604,19 +612,21 @@ def serve(
     ------
     FileNotFoundError, ValueError
         If ``index_dir`` is not an index folder (checked before listening).
+    RuntimeError
+        If loading the model or the index failed (after the server stopped).
     """
-    import json
-    from pathlib import Path
-
     import uvicorn
 
     from simsearch.serving import store
 
-    folder = Path(index_dir)
-    if not (folder / store.META_FILE).exists():
-        store.read_folder(index_dir)  # raises the right error for a missing or foreign folder
-    info = json.loads((folder / store.META_FILE).read_text())
+    info = store.read_meta(index_dir)
     token = resolve_token(token)
+
+    server: Any = None
+
+    def stop(error: str) -> None:
+        print(f"simsearch: could not load {index_dir!r}: {error}", file=sys.stderr)
+        server.should_exit = True  # a graceful shutdown, then the RuntimeError below
 
     def load(on_batch: Callable[[BatchStats], None]) -> Service:
         from simsearch.encoders import TextEncoder
@@ -635,5 +645,10 @@ def serve(
         service.embed(["warm up"])  # the first model call allocates; keep it off the first request
         return service
 
-    app = create_app(load, token=token, limits=limits, info=info)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    app = create_app(load, token=token, limits=limits, info=info, on_load_error=stop)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.run()
+    error = app.state.simsearch.error
+    if error is not None:
+        raise RuntimeError(f"could not load {index_dir!r}: {error}")

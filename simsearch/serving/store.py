@@ -80,6 +80,33 @@ def write_atomic(path: Path, write: Any) -> None:
     fsync_dir(path.parent)
 
 
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check that ``path`` is a one-file index folder this simsearch can read; returns its ``meta.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    ValueError
+        If it has no ``meta.json``, is of a newer format, or holds a sharded index.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such index folder: {os.fspath(path)!r} (make one with: simsearch index build ITEMS --out DIR)")
+    meta_file = folder / META_FILE
+    if not meta_file.exists():
+        raise ValueError(f"{os.fspath(path)!r} is not a simsearch index folder: it has no {META_FILE}")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format", 0) > INDEX_DIR_FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} was written by a newer simsearch (format {meta['format']}); upgrade simsearch")
+    if meta.get("index", INDEX_FILE) != INDEX_FILE:
+        raise ValueError(
+            f"{os.fspath(path)!r} holds a sharded index ({meta['index']!r}); the service serves one-file index folders "
+            "(build one without --engine ray)"
+        )
+    return meta
+
+
 def read_folder(path: str | os.PathLike[str]) -> tuple[Any, list[Any], list[str | None], dict[str, Any]]:
     """Open an index folder's snapshot (without the log).
 
@@ -96,25 +123,12 @@ def read_folder(path: str | os.PathLike[str]) -> tuple[Any, list[Any], list[str 
     FileNotFoundError
         If the folder or one of its files is missing.
     ValueError
-        If the folder is not a simsearch index folder, is of a newer format,
-        or its items table does not cover the index's keys.
+        As :func:`read_meta`, or if the items table does not cover the index's keys.
     """
     from simsearch.index import Index
 
+    meta = read_meta(path)
     folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such index folder: {os.fspath(path)!r} (make one with: simsearch index build ITEMS --out DIR)")
-    meta_file = folder / META_FILE
-    if not meta_file.exists():
-        raise ValueError(f"{os.fspath(path)!r} is not a simsearch index folder: it has no {META_FILE}")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format", 0) > INDEX_DIR_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} was written by a newer simsearch (format {meta['format']}); upgrade simsearch")
-    if meta.get("index", INDEX_FILE) != INDEX_FILE:
-        raise ValueError(
-            f"{os.fspath(path)!r} holds a sharded index ({meta['index']!r}); the service serves one-file index folders "
-            "(build one without --engine ray)"
-        )
     index = Index.load(folder / INDEX_FILE)
     table = pq.read_table(folder / ITEMS_FILE, columns=["id", "title"])
     ids = table.column("id").to_pylist()
