@@ -91,7 +91,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="local: this process; ray: encode with Ray Data workers, index shards as Ray actors (pip install 'simsearch[ray]')",
     )  # fmt: skip
     p.add_argument("--shards", type=int, default=4, help="--engine ray: index shards (default 4)")
-    p.add_argument("--workers", type=int, default=None, help="--engine ray: encoding workers (default: the Ray cluster's CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="--engine ray: most encoding workers (default: the Ray cluster's CPUs less one)")
 
 
 # -- index build / search -----------------------------------------------------

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from simsearch import _tables
+from simsearch._validation import check_positive_int
 from simsearch.applications._items import Items, encode_texts, progress_bar, progress_enabled
 from simsearch.applications.dedup import (
     Duplicates,
@@ -100,7 +101,9 @@ def encode_table(
     model, precision
         As for :class:`~simsearch.TextEncoder`.
     workers : int, optional
-        Encoding workers (each takes one CPU). Default: the CPUs of the Ray cluster.
+        Most encoding workers (each takes one CPU; Ray Data starts more as
+        blocks wait). Default: the CPUs of the Ray cluster less one, which
+        the read tasks need.
     batch_size : int, default 256
         Titles per batch handed to a worker.
     progress : bool or None
@@ -139,13 +142,15 @@ def encode_table(
         raise ValueError(f"{str(path)!r}: expected a .parquet or .csv file (or a folder of Parquet files)")
     _tables.require_columns(ds.schema().base_schema, [id_col, text_col], name=str(path))
     if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # one CPU stays free for Ray Data's read tasks: encoders holding every CPU would starve them
+        workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+    workers = check_positive_int(workers, "workers")
     encoded = ds.select_columns([id_col, text_col]).map_batches(
         _EncodeBatch,
         fn_constructor_kwargs={"model": model, "precision": precision, "text_col": text_col},
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=1,
     )
     parts = [b for b in encoded.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
@@ -298,7 +303,7 @@ def find_duplicates_on_ray(
         The encoder each worker loads (see :class:`~simsearch.TextEncoder`).
     n_shards : int, default 4
     workers : int, optional
-        Encoding workers; default the CPUs of the Ray cluster.
+        Most encoding workers; default the CPUs of the Ray cluster less one.
 
     Returns
     -------
