@@ -46,7 +46,7 @@ import tempfile
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 try:
     import ray

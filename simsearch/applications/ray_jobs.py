@@ -38,6 +38,7 @@ from simsearch.applications.dedup import (
     _Candidates,
     _check_threshold,
     _result,
+    knn_pairs,
 )
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 
@@ -232,37 +233,20 @@ class _RayCandidates(_Candidates):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         items = self.items
         n = len(items)
-        empty = np.zeros(0, dtype=np.int64)
+        self.index: Any = None  # the shards live on Ray and are closed after the join
         if n < 2:
+            empty = np.zeros(0, dtype=np.int64)
             return empty, empty, np.zeros(0, dtype=np.float32)
         params = {"ef_construction": 100, **(index_params or {})}
         index = build_sharded_index(items.search, self.n_shards, params, progress)
-        kk = min(k + 1, n)  # the item itself comes back too
-        ef = max(2 * kk, 64)
-        keep_a, keep_b, keep_s = [empty], [empty], [np.zeros(0, dtype=np.float32)]
-        bar = progress_bar(n, "self-join", progress)
+        parts = []
         try:
             for shard in range(self.n_shards):
                 rows = np.sort(index.shard_ids(shard).astype(np.int64))
-                for start in range(0, len(rows), batch_size):
-                    batch = rows[start : start + batch_size]
-                    found, _ = index.search(items.search[batch], k=kk, ef=ef)
-                    src = np.repeat(batch, kk)
-                    nbrs = found.reshape(-1)
-                    valid = (nbrs != np.uint64(2**64 - 1)) & (nbrs != src.astype(np.uint64))
-                    a, b = src[valid], nbrs[valid].astype(np.int64)
-                    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))  # each pair once
-                    a, b = key // n, key % n
-                    s = items.pair_scores(items, a, b, self.scoring, floor=self.floor)
-                    hit = s >= self.floor
-                    keep_a.append(a[hit])
-                    keep_b.append(b[hit])
-                    keep_s.append(s[hit])
-                    bar.update(len(batch))
+                parts.append(knn_pairs(index, items, rows, k, self.scoring, self.floor, batch_size, progress))
         finally:
-            bar.close()
             index.close()
-        a, b, s = np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s)
+        a, b, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
         # a pair found from both ends, in two shards' passes: kept once
         key, first = np.unique(a * n + b, return_index=True)
         return key // n, key % n, s[first]
