@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,8 +50,8 @@ from simsearch.applications import best_f1_threshold  # noqa: E402
 DEFAULT_DATA = Path(os.environ.get("SIMSEARCH_DATA", HERE.parent.parent / "shared" / "data")) / "abt_buy" / "deepmatcher"
 
 PUBLISHED = {
-    "DeepMatcher (Hybrid)": (0.628, "Mudgal et al., Deep Learning for Entity Matching, SIGMOD 2018, Table 4"),
-    "Ditto": (0.893, "Li et al., Deep Entity Matching with Pre-Trained Language Models, VLDB 2021, Table 5"),
+    "DeepMatcher (Hybrid)": (0.628, "Mudgal et al., Deep Learning for Entity Matching, SIGMOD 2018"),
+    "Ditto": (0.893, "Li et al., Deep Entity Matching with Pre-Trained Language Models, PVLDB 14(1), 2021"),
 }
 
 

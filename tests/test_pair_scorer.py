@@ -6,7 +6,6 @@ learning, matching and saving on an Abt-Buy slice when ``../shared/data`` is the
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -270,14 +269,39 @@ def test_save_load_round_trip(learned, slice_, tmp_path):
 def test_fit_pairs_fine_tunes_the_encoder(slice_, tmp_path):
     from simsearch import TextEncoder
 
-    train = slice_["train"].slice(0, 120)
+    train = slice_["train"].slice(0, 60)
+    listings = slice_["listings"].filter(pc.is_in(slice_["listings"].column("id"), train.column("listing_id")))
     catalog = slice_["catalog"].filter(pc.is_in(slice_["catalog"].column("id"), train.column("product_id")))
     m = CatalogMatcher(TextEncoder(precision="fp32", num_threads=1), k=2, progress=False)
     m.fit_pairs(
-        train, slice_["listings"], catalog, finetune_dir=tmp_path / "enc",
-        finetune_params={"epochs": 1, "batch_size": 8, "max_length": 16, "trainable_layers": 1, "validation_fraction": 0.3},
+        train, listings, catalog, finetune_dir=tmp_path / "enc",
+        finetune_params={"epochs": 1, "batch_size": 4, "max_length": 16, "trainable_layers": 1, "validation_fraction": 0.3},
     )
     assert m.finetune_dir_ == tmp_path / "enc"
     assert m.encoder_.source.path == tmp_path / "enc" and m.encoder_.precision == "fp32"
-    assert json.loads((tmp_path / "enc" / "simsearch_finetune.json").read_text())["train_pairs"] < 120
-    assert m.match(slice_["listings"].slice(0, 5)).num_rows == 10
+    assert json.loads((tmp_path / "enc" / "simsearch_finetune.json").read_text())["train_pairs"] < 60
+    assert m.match(listings.slice(0, 5)).num_rows == 10
+
+
+def test_command_line_train_save_match(slice_, tmp_path):
+    import pyarrow.csv as pcsv
+
+    from simsearch.cli import main
+
+    listings = slice_["listings"].slice(0, 60)
+    train = slice_["train"].filter(pc.is_in(slice_["train"].column("listing_id"), listings.column("id")))
+    catalog = slice_["catalog"].filter(pc.is_in(slice_["catalog"].column("id"), train.column("product_id")))
+    for name, table in (("listings", listings), ("catalog", catalog), ("pairs", train)):
+        pcsv.write_csv(table, tmp_path / f"{name}.csv")
+    args = [str(tmp_path / f"{n}.csv") for n in ("pairs", "listings", "catalog")]
+    assert main(["-q", "train-matcher", *args, "--out", str(tmp_path / "m"), "--no-finetune", "--price-col", "price"]) == 0
+    assert (tmp_path / "m" / "matcher.json").is_file()
+    out = tmp_path / "result.csv"
+    assert main(["-q", "match", str(tmp_path / "m"), str(tmp_path / "listings.csv"), "--out", str(out)]) == 0
+    result = pcsv.read_csv(out)
+    assert result.column_names == ["listing_id", "product_id", "score", "rank", "is_match", "top_features"]
+    assert result.num_rows == 5 * listings.num_rows
+    # bad input ends with exit status 2, not a traceback
+    bad = tmp_path / "bad.csv"
+    pcsv.write_csv(train.set_column(2, "label", pa.array([1] * train.num_rows)), bad)
+    assert main(["-q", "train-matcher", str(bad), *args[1:], "--out", str(tmp_path / "n"), "--no-finetune"]) == 2
