@@ -163,7 +163,7 @@ def finetune(
     patience : int, default=1
         Stop after this many epochs without a better validation F1.
     batch_size : int, default=32
-        Matching pairs per step (each brings up to four texts).
+        Matching pairs per step (each brings up to three texts: both sides and a hard negative).
     learning_rate : float, default=3e-5
         AdamW learning rate, with a linear warm-up over the first 10% of
         steps and linear decay after.
