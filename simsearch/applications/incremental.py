@@ -7,10 +7,11 @@ index, the scored candidate pairs, the groups) and updates it:
 - **New items** are added to the index and their ``k`` nearest neighbours are
   scored with the same pair score as :func:`~simsearch.find_duplicates`. The
   groups they touch (through a pair at or above the threshold), seeded as
-  they are, and the new items are then regrouped by the same strongest-first,
-  average-linkage merging (:func:`~simsearch.applications.grouping.group_pairs`
-  with ``initial``): a new item joins a group, forms a new one, or bridges two
-  groups into one.
+  they are, and the new items are then merged over the new items' pairs by the
+  same strongest-first, average-linkage rule
+  (:func:`~simsearch.applications.grouping.group_pairs` with ``initial``): a
+  new item joins a group, forms a new one, or bridges two groups into one.
+  Pairs between old groups are not weighed again.
 - **Removed items** leave the index and their pairs. A group that lost members
   is split where no pair at or above the threshold holds it together any more.
 - **A new threshold** (from :meth:`Deduplicator.calibrate`) regroups every item
