@@ -50,7 +50,9 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(simsearch.__file__).parents[1]), env.get("PYTHONPATH", "")])
         self.log = open(log, "wb")
         command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(self.index), "--port", str(self.port), *self.args]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # cwd: `python -m` puts the working directory first on sys.path, where a
+        # source checkout would shadow the installed package and its extension.
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
         end = time.monotonic() + 120
         while True:
             if self.process.poll() is not None:
@@ -369,13 +371,13 @@ def test_serve_exits_2_when_the_index_cannot_be_loaded(built, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(simsearch.__file__).parents[1]))
     done = subprocess.run(
         [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(folder), "--port", str(free_port())],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert done.returncode == 2
     assert "simsearch: error: could not load" in done.stderr and "index.ssi" in done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(tmp_path / "absent")],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert done.returncode == 2 and "no such index folder" in done.stderr
 
