@@ -26,8 +26,8 @@ figures move with everyone else's load; CPU per search moves much less.
 
 Usage::
 
-    python benchmarks/service.py                      # about 2-3 minutes
-    python benchmarks/service.py --seconds 10 --concurrency 1 8 32 128
+    python benchmarks/serve_load.py                      # about 2-3 minutes
+    python benchmarks/serve_load.py --seconds 10 --concurrency 1 8 32 128
 """
 
 from __future__ import annotations
