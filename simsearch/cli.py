@@ -103,14 +103,17 @@ def cmd_index_build(args: argparse.Namespace) -> None:
     if args.engine == "ray":
         _index_build_on_ray(args)
         return
-    table = _tables.read_table(args.items, [args.id_col, args.text_col], name=args.items)
+    table = _tables.read_table(args.items, [args.id_col, args.text_col, *args.attr_col], name=args.items)
     _tables.require_rows(table, name=args.items)
     ids = _tables.id_column(table, args.id_col, name=args.items)
     texts = _tables.text_column(table, args.text_col, name=args.items)
+    attributes, attribute_values = _attribute_columns(table, args.attr_col, args.items)
     encoder = _encoder(args)
     start = time.perf_counter()
     vectors = encode_texts(texts, encoder, _progress(args))
-    index = build_index(vectors, {"M": args.M, "ef_construction": args.ef_construction}, _progress(args))
+    index = build_index(
+        vectors, {"M": args.M, "ef_construction": args.ef_construction}, _progress(args), attributes=attributes or None
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     index.save(out / _INDEX_FILE)
@@ -124,9 +127,51 @@ def cmd_index_build(args: argparse.Namespace) -> None:
         "dim": int(vectors.shape[1]),
         "count": int(len(vectors)),
         "metric": "ip",
+        "attributes": attribute_values,
     }
     (out / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     print(f"indexed {len(vectors)} items ({vectors.shape[1]}-d) into {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
+def _attribute_columns(
+    table: pa.Table, names: Sequence[str], source: str
+) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
+    """Attribute columns for filtered search: each as int32 codes, with the values they stand for.
+
+    Code ``j`` of attribute ``name`` stands for ``values[name][j]`` (values sorted); an empty
+    cell gets -1, which no filter names.
+    """
+    codes: dict[str, np.ndarray] = {}
+    values: dict[str, list[Any]] = {}
+    for name in names:
+        col = table.column(name)
+        if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise CommandError(f"{source}: attribute column {name!r} has type {col.type}; use integers or strings")
+        cells = col.to_pylist()
+        distinct = sorted({c for c in cells if c is not None})
+        lookup = {v: j for j, v in enumerate(distinct)}
+        codes[name] = np.array([-1 if c is None else lookup[c] for c in cells], dtype=np.int32)
+        values[name] = distinct
+    return codes, values
+
+
+def _filter_from_args(specs: Sequence[str], meta: dict[str, Any], path: str) -> dict[str, list[int]] | None:
+    """``--filter NAME=VALUE`` options (repeated: same name ORs, names AND) as an index filter."""
+    if not specs:
+        return None
+    known: dict[str, list[Any]] = meta.get("attributes") or {}
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--filter takes NAME=VALUE, got {spec!r}")
+        if name not in known:
+            have = ", ".join(sorted(known)) or "none (build with --attr-col NAME)"
+            raise CommandError(f"{path!r} has no attribute {name!r}; attributes: {have}")
+        vals = known[name]
+        match = [j for j, v in enumerate(vals) if str(v) == value]
+        out.setdefault(name, []).extend(match)
+    return out
 
 
 def _index_build_on_ray(args: argparse.Namespace) -> None:
@@ -202,7 +247,10 @@ def cmd_search(args: argparse.Namespace) -> None:
     if vectors.shape[1] != index.dim:
         raise CommandError(f"queries have dimension {vectors.shape[1]}, the index has {index.dim}: encode with the index's model ({meta.get('model')})")
     k = min(args.k, len(index))
-    found, scores = index.search(vectors, k=k)
+    flt = _filter_from_args(args.filter, meta, args.index)
+    if flt is not None and any(not v for v in flt.values()):
+        flt = {name: [-2] for name in flt}  # a value no item has: padded rows, no results
+    found, scores = index.search(vectors, k=k, filter=flt)
     rows = found.astype(np.int64).reshape(-1)
     valid = found.reshape(-1) != np.uint64(2**64 - 1)
     q = np.repeat(np.arange(len(queries)), k)[valid]
@@ -631,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_args(p)
     p.add_argument("--M", type=int, default=16, help="HNSW graph degree (default 16)")
     p.add_argument("--ef-construction", type=int, default=200, help="HNSW build candidate list (default 200)")
+    p.add_argument("--attr-col", action="append", default=[], metavar="COL",
+                   help="store this column (integers or strings) for 'search --filter COL=VALUE'; repeatable")  # fmt: skip
     _add_engine_args(p)
     p.set_defaults(func=cmd_index_build)
 
@@ -641,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-col", default="title")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--out", help="write results here (.parquet or .csv) instead of printing")
+    p.add_argument("--filter", action="append", default=[], metavar="NAME=VALUE",
+                   help="only items whose attribute NAME is VALUE; repeat: values of one name OR, names AND")  # fmt: skip
     _add_encoder_args(p)
     p.set_defaults(func=cmd_search)
 

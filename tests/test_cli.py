@@ -60,6 +60,33 @@ def test_index_build_and_search(capsys, offers):
     assert hits.num_rows == 3 and hits.column("title")[0].as_py() == title
 
 
+def test_index_build_with_attributes_and_filtered_search(capsys, offers):
+    code, _, err = run(capsys, "index", "build", offers / "offers.parquet", "--out", offers / "idx_attr",
+                       "--attr-col", "category", "--attr-col", "merchant_id")  # fmt: skip
+    assert code == 0, err
+    table = read_table(offers / "offers.parquet")
+    categories = table.column("category").to_pylist()
+    title, wanted = table.column("title")[0].as_py(), categories[0]
+    other = next(c for c in categories if c != wanted)
+    code, _, err = run(capsys, "search", offers / "idx_attr", title, "-k", "5", "--filter", f"category={other}",
+                       "--out", offers / "hits_f.csv")  # fmt: skip
+    assert code == 0, err
+    hits = read_table(offers / "hits_f.csv")
+    in_other = {t for t, c in zip(table.column("title").to_pylist(), categories) if c == other}
+    assert hits.num_rows == min(5, len(in_other)) and set(hits.column("title").to_pylist()) <= in_other
+    merchant = table.column("merchant_id")[0].as_py()
+    code, _, err = run(capsys, "search", offers / "idx_attr", title, "-k", "3", "--filter", f"category={wanted}",
+                       "--filter", f"merchant_id={merchant}", "--out", offers / "hits_g.csv")  # fmt: skip
+    assert code == 0, err
+    assert read_table(offers / "hits_g.csv").column("title")[0].as_py() == title
+    code, _, err = run(capsys, "search", offers / "idx_attr", title, "--filter", "brand=3")
+    assert code == 2 and "no attribute 'brand'" in err and "category" in err
+    code, _, err = run(capsys, "search", offers / "idx_attr", title, "--filter", "category")
+    assert code == 2 and "NAME=VALUE" in err
+    code, _, err = run(capsys, "index", "build", offers / "offers.parquet", "--out", offers / "idx_bad", "--attr-col", "nope")
+    assert code == 2 and "nope" in err
+
+
 def test_dedup_writes_pairs_and_groups(capsys, offers):
     code, _, err = run(capsys, "dedup", offers / "offers.parquet", "--out", offers / "pairs.parquet", "--groups", offers / "groups.csv")
     assert code == 0, err

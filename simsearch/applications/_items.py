@@ -133,11 +133,18 @@ class Items:
         )
 
 
-def build_index(search: np.ndarray, index_params: dict[str, Any] | None, progress: bool | None, batch_rows: int = 50_000) -> Any:
+def build_index(
+    search: np.ndarray,
+    index_params: dict[str, Any] | None,
+    progress: bool | None,
+    batch_rows: int = 50_000,
+    attributes: dict[str, np.ndarray] | None = None,
+) -> Any:
     """An int8 inner-product :class:`~simsearch.Index` over unit rows, added in batches.
 
     ``index_params`` are passed to ``Index`` (e.g. ``M``, ``ef_construction``,
-    ``backend``, ``num_threads``); row ``i`` gets id ``i``.
+    ``backend``, ``num_threads``); row ``i`` gets id ``i``. ``attributes``:
+    name -> int array of shape (n,), stored for filtered search.
     """
     from simsearch.index import Index
 
@@ -148,7 +155,8 @@ def build_index(search: np.ndarray, index_params: dict[str, Any] | None, progres
     bar = progress_bar(len(search), "indexing", progress)
     for start in range(0, len(search), batch_rows):
         stop = min(start + batch_rows, len(search))
-        index.add(search[start:stop], ids=np.arange(start, stop, dtype=np.uint64))
+        part = {name: col[start:stop] for name, col in attributes.items()} if attributes else None
+        index.add(search[start:stop], ids=np.arange(start, stop, dtype=np.uint64), attributes=part)
         bar.update(stop - start)
     bar.close()
     return index
