@@ -269,9 +269,8 @@ public:
     // computations per entry of the walk's candidate list); otherwise it
     // walks the graph through every node, bounded by a candidate list
     // widened as the share falls, and keeps only allowed ones. A walk that
-    // finds fewer than k allowed
-    // items falls back to the scan, so every query gets k results whenever
-    // k items pass.
+    // finds fewer than k allowed items falls back to the scan, so every
+    // query gets k results whenever k items pass.
     void search_filtered(const float* q, size_t n, size_t k, size_t ef, bool rescore, size_t num_threads,
                          const uint64_t* ids, size_t n_ids, bool has_ids,
                          const std::vector<std::pair<std::string, std::vector<int32_t>>>& conditions,
