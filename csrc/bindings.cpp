@@ -127,21 +127,11 @@ struct NativeIndex {
                               std::optional<IdVector> allowed,
                               const std::vector<std::pair<std::string, std::vector<int32_t>>>& conditions,
                               double brute_fraction, double walk_cost) {
-        auto g = reading();
-        check_dim("queries", q.shape(1), ix->dim());
-        if (k == 0) throw std::invalid_argument("k must be positive");
-        const size_t n = q.shape(0);
-        std::unique_ptr<uint64_t[]> ids(new uint64_t[n * k]);
-        std::unique_ptr<float[]> scores(new float[n * k]);
-        auto cancel = python_cancel();
-        std::vector<float> buf;
-        run_released([&] {
-            const float* rows = maybe_normalize(q.data(), n, ix->dim(), ix->params().metric, "queries", buf);
+        return run_search(q, k, [&](const float* rows, size_t n, uint64_t* ids, float* scores, const CancelCheck& cancel) {
             ix->search_filtered(rows, n, k, ef, rescore, num_threads, allowed ? allowed->data() : nullptr,
                                 allowed ? allowed->shape(0) : 0, allowed.has_value(), conditions, brute_fraction,
-                                walk_cost, ids.get(), scores.get(), cancel);
+                                walk_cost, ids, scores, cancel);
         });
-        return nb::make_tuple(to_numpy(std::move(ids), {n, k}), to_numpy(std::move(scores), {n, k}));
     }
 
     void compact(size_t num_threads) {
@@ -151,6 +141,16 @@ struct NativeIndex {
     }
 
     nb::tuple search(FloatMatrix q, size_t k, size_t ef, bool rescore, size_t num_threads, bool exact) {
+        return run_search(q, k, [&](const float* rows, size_t n, uint64_t* ids, float* scores, const CancelCheck& cancel) {
+            if (exact) ix->search_exact(rows, n, k, rescore, num_threads, ids, scores, cancel);
+            else ix->search(rows, n, k, ef, rescore, num_threads, ids, scores, cancel);
+        });
+    }
+
+    // The part every search shares: checks, output arrays, cosine
+    // normalization and the search itself with the GIL released.
+    template <class Fn>
+    nb::tuple run_search(FloatMatrix q, size_t k, const Fn& fn) {
         auto g = reading();
         check_dim("queries", q.shape(1), ix->dim());
         if (k == 0) throw std::invalid_argument("k must be positive");
@@ -161,8 +161,7 @@ struct NativeIndex {
         std::vector<float> buf;
         run_released([&] {
             const float* rows = maybe_normalize(q.data(), n, ix->dim(), ix->params().metric, "queries", buf);
-            if (exact) ix->search_exact(rows, n, k, rescore, num_threads, ids.get(), scores.get(), cancel);
-            else ix->search(rows, n, k, ef, rescore, num_threads, ids.get(), scores.get(), cancel);
+            fn(rows, n, ids.get(), scores.get(), cancel);
         });
         return nb::make_tuple(to_numpy(std::move(ids), {n, k}), to_numpy(std::move(scores), {n, k}));
     }
