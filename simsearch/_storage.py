@@ -1,0 +1,441 @@
+"""On-disk plumbing shared by every file and folder format simsearch writes.
+
+This is the only module in ``simsearch/`` that calls ``os.fsync``,
+``os.replace`` or ``os.rename``. Every format (index files, the CLI index
+folder, sharded manifests, dedup state, saved matchers, exported encoders,
+caches, tables) writes through these helpers, so each gets the same
+guarantees:
+
+- **Atomic files.** :func:`atomic_write` / :func:`atomic_write_bytes` /
+  :func:`atomic_write_path` write beside the destination under a unique
+  temporary name (``mkstemp``: ``O_EXCL``, so two writers never share one),
+  flush and ``fsync`` it, ``os.replace`` it over the destination and ``fsync``
+  the folder. A reader sees the old file or the whole new one; with two
+  concurrent writers the last rename wins with a whole file.
+- **Atomic folders.** :func:`atomic_dir` builds a folder under a temporary
+  name and :func:`swap_dir` puts it in place of the old one.
+- **Manifests.** :func:`write_manifest` / :func:`read_manifest` keep a JSON
+  file naming the format, its version and the sha256 of each member file, and
+  read it back with errors that name the problem (:class:`CorruptFileError`,
+  :class:`FormatVersionError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from simsearch.errors import CorruptFileError, FormatVersionError
+
+try:  # POSIX only; elsewhere concurrent writers just do the work twice.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "fsync_file",
+    "fsync_dir",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_path",
+    "publish",
+    "atomic_dir",
+    "swap_dir",
+    "sha256_file",
+    "exclusive_lock",
+    "write_json",
+    "read_json",
+    "write_manifest",
+    "read_manifest",
+    "check_version",
+]
+
+_HASH_CHUNK = 1 << 20
+# (path, size, mtime_ns) -> sha256 hex; hashing 90 MB of weights costs ~0.2 s,
+# and an encoder is often built several times per process.
+_hash_memo: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+PathLike = str | os.PathLike[str]
+
+
+# ------------------------------------------------------------------ durability
+def fsync_file(f: IO[Any] | int) -> None:
+    """Flush (for file objects) and ``fsync`` an open file or file descriptor."""
+    if isinstance(f, int):
+        os.fsync(f)
+        return
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def fsync_dir(path: PathLike) -> None:
+    """``fsync`` a folder so that new names and renames inside it survive a crash.
+
+    A no-op where the platform cannot open folders (Windows).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _tmp_beside(path: Path, suffix: str = ".tmp") -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+# --------------------------------------------------------------- atomic files
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The destination. Its folder must exist.
+    mode : {"wb", "w"}
+        Binary or text.
+    encoding : str, optional
+        For text mode (default UTF-8).
+
+    Yields
+    ------
+    file object
+        Write the whole content to it. If the block raises, the temporary file
+        is removed and ``path`` is untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    dest = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+            yield f
+            fsync_file(f)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dest.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`); creates the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_path(path: PathLike, write: Callable[[str], Any], *, suffix: str = ".tmp") -> None:
+    """Atomically produce ``path`` with a writer that only takes a file name.
+
+    For writers that open the file themselves (``pyarrow.parquet.write_table``,
+    ``onnx.save``, the native index's ``save``): ``write(tmp_name)`` writes a
+    unique temporary file beside ``path``, which is then fsync-ed and renamed
+    over ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The destination; its folder must exist.
+    write : callable
+        ``write(tmp_name)``; whatever it returns is ignored.
+    suffix : str
+        Suffix of the temporary name, for writers that look at it.
+    """
+    dest = Path(path)
+    tmp = _tmp_beside(dest, suffix)
+    try:
+        write(tmp)
+        publish(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def publish(tmp: PathLike, target: PathLike) -> None:
+    """``fsync`` the finished file ``tmp`` and rename it over ``target`` (same folder)."""
+    _fsync_path(tmp)
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+
+
+# ------------------------------------------------------------- atomic folders
+@contextlib.contextmanager
+def atomic_dir(dest: PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``dest``; on a clean exit it becomes ``dest``.
+
+    Every file written into the yielded folder is fsync-ed, then the folder
+    is swapped in with :func:`swap_dir`. If the block raises, the temporary
+    folder is removed and ``dest`` is untouched.
+
+    Parameters
+    ----------
+    dest : str or os.PathLike
+        The folder to create or replace.
+    replace : bool
+        If False and ``dest`` exists, raise ``FileExistsError`` at the end
+        instead of replacing it.
+    """
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                _fsync_path(os.path.join(root, name))
+            fsync_dir(root)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private to this user
+        if not replace and dest.exists():
+            raise FileExistsError(f"{str(dest)!r} exists")
+        swap_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def swap_dir(tmp: PathLike, dest: PathLike) -> None:
+    """Rename the folder ``tmp`` to ``dest``; an existing ``dest`` is moved aside first, then deleted.
+
+    Between the two renames ``dest`` is briefly absent; a crash there leaves
+    the old folder under a ``.NAME.old-*`` name beside it.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    if not dest.exists():
+        os.rename(tmp, dest)
+        fsync_dir(dest.parent)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    os.rmdir(old)
+    os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def move(src: PathLike, dst: PathLike) -> None:
+    """Rename ``src`` over ``dst`` (same file system) and make the rename durable."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+# -------------------------------------------------------------- hashing, locks
+def sha256_file(path: PathLike) -> str:
+    """Return the sha256 hex digest of a file, memoised by path, size and mtime."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        cached = _hash_memo.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _hash_lock:
+        _hash_memo[key] = value
+    return value
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``directory/.lock`` (between processes and threads)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------- JSON and manifests
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: PathLike, what: str, *, max_bytes: int = 64 << 20) -> dict[str, Any]:
+    """Read a JSON object from ``path``; anything else is a :class:`CorruptFileError` naming ``what``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    what : str
+        What the file is, for the message ("the sharded index manifest").
+    max_bytes : int
+        Larger files are refused before they are read.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CorruptFileError
+        If it is too large, not UTF-8, not JSON, or not a JSON object.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise CorruptFileError(f"{what} {str(p)!r} is {size} bytes, more than the {max_bytes} allowed")
+    try:
+        obj = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CorruptFileError(f"{what} {str(p)!r} is not valid JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{what} {str(p)!r} is not a JSON object")
+    return obj
+
+
+def check_version(found: Any, supported: Collection[int], what: str, where: PathLike) -> int:
+    """Return ``found`` if it is a supported format version, else raise :class:`FormatVersionError`."""
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise CorruptFileError(f"{what} {str(where)!r} has no valid format_version (got {found!r})")
+    if found not in supported:
+        newest = max(supported)
+        hint = " (written by a newer simsearch: upgrade)" if found > newest else ""
+        raise FormatVersionError(
+            f"{what} {str(where)!r} has format_version {found}; this simsearch reads {sorted(supported)}{hint}"
+        )
+    return found
+
+
+def write_manifest(
+    directory: PathLike,
+    name: str,
+    *,
+    format: str,
+    version: int,
+    fields: Mapping[str, Any],
+    files: Collection[str] = (),
+) -> None:
+    """Write ``directory/name``: ``format``, ``format_version``, ``fields`` and each file's sha256.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The folder holding the manifest and the files it lists.
+    name : str
+        The manifest's file name (``"manifest.json"``, ``"meta.json"``).
+    format : str
+        The format's name, checked by :func:`read_manifest`.
+    version : int
+        The format version.
+    fields : mapping
+        The format's own JSON-serialisable fields; ``format``,
+        ``format_version`` and ``checksums`` are reserved.
+    files : collection of str
+        Names (relative to ``directory``) whose sha256 the manifest records.
+    """
+    reserved = {"format", "format_version", "checksums"} & set(fields)
+    if reserved:
+        raise ValueError(f"manifest fields {sorted(reserved)} are reserved")
+    directory = Path(directory)
+    body: dict[str, Any] = {"format": format, "format_version": version, **fields}
+    if files:
+        body["checksums"] = {f: sha256_file(directory / f) for f in files}
+    write_json(directory / name, body)
+
+
+def read_manifest(
+    directory: PathLike,
+    name: str,
+    *,
+    format: str | Collection[str],
+    versions: Collection[int],
+    what: str,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Read and check a manifest written by :func:`write_manifest`.
+
+    Parameters
+    ----------
+    directory, name
+        Where the manifest is.
+    format : str or collection of str
+        The accepted format name(s).
+    versions : collection of int
+        The readable format versions.
+    what : str
+        What the folder is, for messages.
+    verify : bool
+        Recompute the sha256 of every listed file and compare.
+
+    Returns
+    -------
+    dict
+        The manifest, ``format`` and ``format_version`` included.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no manifest.
+    CorruptFileError
+        If the manifest is not a JSON object, names another format, lists a
+        file that is missing or escapes the folder, or a checksum differs.
+    FormatVersionError
+        If its version is not readable here.
+    """
+    directory = Path(directory)
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(directory)!r} is not a {what}: it has no {name}")
+    body = read_json(path, f"the {what} manifest")
+    accepted = {format} if isinstance(format, str) else set(format)
+    if body.get("format") not in accepted:
+        raise CorruptFileError(
+            f"{str(path)!r} is not a {what} manifest (format {body.get('format')!r}, expected {sorted(accepted)})"
+        )
+    check_version(body.get("format_version"), versions, f"the {what}", directory)
+    checksums = body.get("checksums", {})
+    if not isinstance(checksums, dict):
+        raise CorruptFileError(f"{str(path)!r}: 'checksums' is not an object")
+    for member, digest in checksums.items():
+        member_path = safe_member(directory, member, what)
+        if not member_path.is_file():
+            raise CorruptFileError(f"the {what} {str(directory)!r} lists {member!r}, which is missing")
+        if verify and sha256_file(member_path) != digest:
+            raise CorruptFileError(f"{str(member_path)!r} does not match its checksum in {name}: the {what} is damaged")
+    return body
+
+
+def safe_member(directory: PathLike, member: Any, what: str) -> Path:
+    """Return ``directory/member`` if ``member`` is a plain relative name inside it, else raise CorruptFileError."""
+    if not isinstance(member, str) or not member or os.path.isabs(member) or ".." in Path(member).parts:
+        raise CorruptFileError(f"the {what} {str(directory)!r} names a file outside it: {member!r}")
+    return Path(directory) / member
