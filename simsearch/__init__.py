@@ -10,6 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from simsearch.errors import (
+    CorruptFileError,
+    DimensionError,
+    FormatVersionError,
+    NotFittedError,
+    ShardUnavailableError,
+    SimsearchError,
+    UnknownIdError,
+)
 from simsearch.index import Index
 
 __version__ = "0.1.0"
@@ -30,10 +39,20 @@ _LAZY: dict[str, str] = {
     "Service": "simsearch.serving",
     "Deduplicator": "simsearch.applications",
     "evaluate": "simsearch.evaluation",
-    "ShardUnavailableError": "simsearch.sharding",
 }
 
-__all__ = ["Index", "__version__", *_LAZY]
+__all__ = [
+    "Index",
+    "__version__",
+    "SimsearchError",
+    "DimensionError",
+    "NotFittedError",
+    "CorruptFileError",
+    "FormatVersionError",
+    "UnknownIdError",
+    "ShardUnavailableError",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

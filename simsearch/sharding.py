@@ -40,6 +40,7 @@ from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from simsearch.errors import ShardUnavailableError
 from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_positive_int
 from simsearch.index.core import Index, _check_attributes, _check_filter, _default_threads
 
@@ -131,8 +132,6 @@ class SearchResult(tuple):
         return self
 
 
-class ShardUnavailableError(RuntimeError):
-    """A shard could not be reached (its Ray actor died and was not restarted in time)."""
 
 
 # ---------------------------------------------------------------------- shards
