@@ -39,7 +39,6 @@ Ray is an optional dependency: ``pip install 'simsearch[ray]'``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -59,7 +58,7 @@ except ImportError as err:  # pragma: no cover - exercised only without ray
 
 import numpy as np
 
-from simsearch._storage import atomic_write, read_json
+from simsearch._storage import read_json, write_json
 from simsearch._validation import check_positive_int
 from simsearch.errors import ShardUnavailableError
 from simsearch.sharding.engine import _FAILED, Call, Shard, open_shard, threads_per_shard
@@ -112,8 +111,8 @@ class _DurableShard(Shard):
         if len(self.index):
             path = f"{self.workfile}.{generation}"
             self.index.save(path)
-        with atomic_write(self.statefile, "w") as f:
-            json.dump({"generation": generation, "file": None if path is None else os.path.basename(path)}, f)
+        # atomic (a unique temporary name, fsync, rename): a restart reads the old state or the new one
+        write_json(self.statefile, {"generation": generation, "file": None if path is None else os.path.basename(path)})
         if self.current is not None and os.path.exists(self.current):
             os.remove(self.current)
         self.generation, self.current = generation, path
