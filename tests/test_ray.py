@@ -14,14 +14,12 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray: pip install 'simsearch[ray]'")
 
 import simsearch  # noqa: E402
-from simsearch.ray import RayIndex  # noqa: E402
 from simsearch.sharding import ShardedIndex, ShardUnavailableError  # noqa: E402
 
 # Ray Data's DataContext sets deprecated options of its own when it is created (Ray 2.60)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 DIM = 16
-NO_ID = np.uint64(2**64 - 1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,9 +52,9 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def built(data: tuple[np.ndarray, np.ndarray]) -> Iterator[RayIndex]:
+def built(data: tuple[np.ndarray, np.ndarray]) -> Iterator[ShardedIndex]:
     x, _ = data
-    index = RayIndex(DIM, 4, metric="l2", dtype="float32", num_threads=2)
+    index = ShardedIndex(DIM, 4, engine="ray", metric="l2", dtype="float32", num_threads=2)
     index.add(x)
     yield index
     index.close()
@@ -67,9 +65,9 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(d, axis=1, kind="stable")[:, :k]
 
 
-def test_same_neighbours_as_one_index(built: RayIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_same_neighbours_as_one_index(built: ShardedIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
     x, q = data
-    assert len(built.actors) == 4 and len(built) == len(x)
+    assert len(built.shard_engine.actors) == 4 and len(built) == len(x)  # type: ignore[attr-defined]
     assert built.shard_sizes.min() > 0
     one = simsearch.Index(DIM, metric="l2", dtype="float32", num_threads=1)
     one.add(x)
@@ -110,16 +108,16 @@ def test_local_and_ray_engines_agree(data: tuple[np.ndarray, np.ndarray]) -> Non
         remote.close()
 
 
-def test_save_load_round_trip(built: RayIndex, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+def test_save_load_round_trip(built: ShardedIndex, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     _, q = data
     before = built.search(q, k=10)
     built.save(tmp_path / "idx")
     # any saved index opens on either engine, with any number of shards per actor
     local = ShardedIndex.load(tmp_path / "idx")
     np.testing.assert_array_equal(local.search(q, k=10).ids, before.ids)
-    loaded = RayIndex.load(tmp_path / "idx", shards_per_actor=2)
+    loaded = ShardedIndex.load(tmp_path / "idx", engine="ray", engine_options={"shards_per_actor": 2})
     try:
-        assert len(loaded.actors) == 2 and len(loaded) == len(built)
+        assert len(loaded.shard_engine.actors) == 2 and len(loaded) == len(built)  # type: ignore[attr-defined]
         after = loaded.search(q, k=10)
         np.testing.assert_array_equal(after.ids, before.ids)
         np.testing.assert_array_equal(after.scores, before.scores)
@@ -128,31 +126,35 @@ def test_save_load_round_trip(built: RayIndex, data: tuple[np.ndarray, np.ndarra
         raw[-5] ^= 0x55
         (tmp_path / "idx" / "shard-0003.simsearch").write_bytes(bytes(raw))
         with pytest.raises(ValueError, match="shard 3 file 'shard-0003.simsearch'.*corrupt"):
-            RayIndex.load(tmp_path / "idx")
+            ShardedIndex.load(tmp_path / "idx", engine="ray")
     finally:
         loaded.close()
 
 
 def test_dead_actor_restarts_with_acknowledged_writes(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     x, q = data
-    index = RayIndex(DIM, 4, metric="l2", dtype="float32", num_threads=2, shards_per_actor=2, workdir=tmp_path)
+    index = ShardedIndex(
+        DIM, 4, engine="ray", metric="l2", dtype="float32", num_threads=2,
+        engine_options={"shards_per_actor": 2, "workdir": tmp_path},
+    )  # fmt: skip
+    engine = index.shard_engine
     try:
         index.add(x[:1500])
         index.remove(np.arange(0, 100))
         index.add(x[1500:])  # acknowledged: must survive
         expected = index.search(q, k=10, ef=len(x))
         # 1. Ray kills the actor and restarts it: its shards reload their last saved state
-        victim = index.actor_of(1)
+        victim = engine.actor_of(1)
         ray.kill(victim, no_restart=False)
         after = index.search(q, k=10, ef=len(x))  # reads wait out the restart
         np.testing.assert_array_equal(after.ids, expected.ids)
         assert ray.get(victim.was_restarted.remote())
         assert len(index) == len(x) - 100 and 50 not in index and 1999 in index
         # 2. the process dies (SIGKILL): the same
-        os.kill(ray.get(index.actor_of(3).pid.remote()), signal.SIGKILL)
+        os.kill(ray.get(engine.actor_of(3).pid.remote()), signal.SIGKILL)
         np.testing.assert_array_equal(index.search(q, k=10, ef=len(x)).ids, expected.ids)
         # 3. an actor gone for good: a clear error, or the other shards' answer when asked for
-        ray.kill(index.actor_of(0), no_restart=True)
+        ray.kill(engine.actor_of(0), no_restart=True)
         with pytest.raises(ShardUnavailableError, match="shards 0, 1 are unreachable.*allow_partial=True"):
             index.search(q, k=10)
         partial = index.search(q, k=10, ef=len(x), allow_partial=True)
@@ -170,7 +172,7 @@ def test_dead_actor_restarts_with_acknowledged_writes(data: tuple[np.ndarray, np
 
 def test_durable_shard_files_switch_atomically(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     """The restart path itself, in this process: state file, generations, an emptied shard."""
-    from simsearch.ray import _DurableShard
+    from simsearch.sharding.ray import _DurableShard
 
     x, _ = data
     params = {"metric": "l2", "dtype": "float32"}
@@ -188,9 +190,37 @@ def test_durable_shard_files_switch_atomically(tmp_path: Path, data: tuple[np.nd
 
 def test_ray_engine_options_checked() -> None:
     with pytest.raises(ValueError, match="max_restarts must be an integer >= -1"):
-        RayIndex(DIM, 2, max_restarts=-5)
+        ShardedIndex(DIM, 2, engine="ray", engine_options={"max_restarts": -5})
     with pytest.raises(ValueError, match="shards_per_actor must be positive"):
-        RayIndex(DIM, 2, shards_per_actor=0)
+        ShardedIndex(DIM, 2, engine="ray", engine_options={"shards_per_actor": 0})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shard_per_actor'"):
+        ShardedIndex(DIM, 2, engine="ray", engine_options={"shard_per_actor": 2})
+
+
+def test_ray_index_is_a_deprecated_alias(built: ShardedIndex, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    """simsearch.ray.RayIndex still builds and loads, with a DeprecationWarning naming the replacement."""
+    import simsearch.ray
+    import simsearch.sharding.ray
+
+    assert simsearch.ray.RayIndex is simsearch.sharding.ray.RayIndex
+    assert simsearch.ray.RayEngine is simsearch.sharding.ray.RayEngine
+    x, q = data
+    built.save(tmp_path / "idx")
+    with pytest.deprecated_call(match=r'use ShardedIndex.load\(\.\.\., engine="ray"'):
+        loaded = simsearch.ray.RayIndex.load(tmp_path / "idx", shards_per_actor=2)
+    try:
+        assert isinstance(loaded, ShardedIndex) and loaded.engine == "ray" and len(loaded.actors) == 2
+        assert loaded.actor_of(3) is loaded.actors[1]
+        np.testing.assert_array_equal(loaded.search(q, k=10).ids, built.search(q, k=10).ids)
+    finally:
+        loaded.close()
+    with pytest.deprecated_call(match=r'use ShardedIndex\(\.\.\., engine="ray"'):
+        new = simsearch.ray.RayIndex(DIM, 2, metric="l2", shards_per_actor=2)
+    try:
+        new.add(x[:100])
+        assert len(new) == 100 and len(new.actors) == 1
+    finally:
+        new.close()
 
 
 @pytest.mark.slow  # Ray Data starts its own workers: the slowest test here

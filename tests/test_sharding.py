@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import simsearch
-from simsearch.sharding import FORMAT_VERSION, MANIFEST, ShardedIndex, hash_shard
-
-NO_ID = np.uint64(2**64 - 1)
+from simsearch._validation import NO_ID
+from simsearch.errors import CorruptFileError, FormatVersionError
+from simsearch.sharding import FORMAT_VERSION, MANIFEST, ShardedIndex, ShardedSearchResult, hash_shard
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIM = 24
 
@@ -98,7 +98,7 @@ def test_merge_is_the_top_k_of_the_shards_answers(data: tuple[np.ndarray, np.nda
     sharded = ShardedIndex(DIM, 3, metric=metric, M=8, ef_construction=40, num_threads=2)
     sharded.add(x)
     found, scores = sharded.search(q, k=k, ef=16)
-    answers = [shard.index.search(q, k, 16) for shard in sharded._engine.shards]  # type: ignore[attr-defined]
+    answers = [shard.index.search(q, k, 16) for shard in sharded.shard_engine.shards]  # type: ignore[attr-defined]
     all_ids = np.concatenate([a[0] for a in answers], axis=1)
     all_scores = np.concatenate([a[1] for a in answers], axis=1).astype(np.float64)
     key = all_scores if metric == "l2" else -all_scores
@@ -141,7 +141,7 @@ def test_kmeans_routes_by_nearest_centroid(data: tuple[np.ndarray, np.ndarray]) 
     c = sharded.centroids_
     assert c is not None
     nearest = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
-    for s, shard in enumerate(sharded._engine.shards):  # type: ignore[attr-defined]
+    for s, shard in enumerate(sharded.shard_engine.shards):  # type: ignore[attr-defined]
         held = shard.index.contains(ids)
         np.testing.assert_array_equal(held, nearest == s)
 
@@ -286,7 +286,7 @@ def _saved(tmp_path: Path, data: tuple[np.ndarray, np.ndarray], partition: str =
 def test_missing_shard_reported_by_name(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     path = _saved(tmp_path, data)
     (path / "shard-0001.simsearch").unlink()
-    with pytest.raises(ValueError, match=r"shard 1 file 'shard-0001\.simsearch' is missing"):
+    with pytest.raises(CorruptFileError, match=r"shard 1 file 'shard-0001\.simsearch' is missing"):
         ShardedIndex.load(path)
 
 
@@ -296,10 +296,10 @@ def test_corrupt_shard_reported_by_name(tmp_path: Path, data: tuple[np.ndarray, 
     raw = bytearray(file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     file.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=r"shard 2 file 'shard-0002\.simsearch' .* is corrupt"):
+    with pytest.raises(CorruptFileError, match=r"shard 2 file 'shard-0002\.simsearch' .* is corrupt"):
         ShardedIndex.load(path)
     # without the manifest's checksum, the shard's own section checksums still catch it, naming the shard
-    with pytest.raises(ValueError, match="shard-0002"):
+    with pytest.raises(CorruptFileError, match="shard-0002"):
         ShardedIndex.load(path, verify=False)
 
 
@@ -307,7 +307,7 @@ def test_corrupt_centroids_reported(tmp_path: Path, data: tuple[np.ndarray, np.n
     path = _saved(tmp_path, data, partition="kmeans")
     c = np.load(path / "centroids.npy")
     np.save(path / "centroids.npy", c + 1)
-    with pytest.raises(ValueError, match="centroids file 'centroids.npy' .* is corrupt"):
+    with pytest.raises(CorruptFileError, match="centroids file 'centroids.npy' .* is corrupt"):
         ShardedIndex.load(path)
 
 
@@ -320,23 +320,73 @@ def _edit_manifest(path: Path, **changes: object) -> None:
 def test_newer_manifest_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     path = _saved(tmp_path, data)
     _edit_manifest(path, format_version=FORMAT_VERSION + 1)
-    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}.*Upgrade simsearch"):
+    with pytest.raises(FormatVersionError, match=f"format_version {FORMAT_VERSION + 1}.*newer simsearch: upgrade"):
         ShardedIndex.load(path)
 
 
 def test_foreign_manifest_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     path = _saved(tmp_path, data)
     _edit_manifest(path, format="someone.else")
-    with pytest.raises(ValueError, match="not a ShardedIndex manifest"):
+    with pytest.raises(CorruptFileError, match="not a ShardedIndex manifest .format 'someone.else'"):
         ShardedIndex.load(path)
     (path / MANIFEST).write_text("{not json")
-    with pytest.raises(ValueError, match="not a valid ShardedIndex manifest"):
+    with pytest.raises(CorruptFileError, match="ShardedIndex manifest .* is not valid JSON"):
+        ShardedIndex.load(path)
+    (path / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(CorruptFileError, match="is not a JSON object"):
         ShardedIndex.load(path)
     (path / MANIFEST).write_text(json.dumps({"format": "simsearch.ShardedIndex", "format_version": 1, "n_shards": 1, "shards": [{}]}))
-    with pytest.raises(ValueError, match="it lacks"):
+    with pytest.raises(CorruptFileError, match=r"it lacks \['dim', 'partition'.*'shards\[0\]\.file'"):
         ShardedIndex.load(path)
-    with pytest.raises(ValueError, match="no manifest.json"):
+    (path / MANIFEST).write_text(json.dumps({"format": "simsearch.ShardedIndex", "format_version": "1"}))
+    with pytest.raises(CorruptFileError, match="no valid format_version"):
+        ShardedIndex.load(path)
+    with pytest.raises(CorruptFileError, match="no manifest.json; it is not a saved ShardedIndex"):
         ShardedIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"shards": "all of them"}, "'shards' is not a list of objects"),
+        ({"n_shards": 4}, "lists 3 shards but n_shards is 4"),
+        ({"index_params": [1]}, "'index_params' is not an object"),
+        ({"centroids": {"sha256": "0"}}, "bad 'centroids' entry"),
+    ],
+)
+def test_inconsistent_manifest_refused(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray], changes: dict[str, object], words: str
+) -> None:
+    path = _saved(tmp_path, data)
+    _edit_manifest(path, **changes)
+    with pytest.raises(CorruptFileError, match=words):
+        ShardedIndex.load(path)
+
+
+def test_shard_count_mismatch_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _saved(tmp_path, data)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["shards"][1]["count"] += 1
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptFileError, match="shard 1 file 'shard-0001.simsearch' .* holds .* entries, the manifest says"):
+        ShardedIndex.load(path)
+
+
+def test_manifest_layout_is_the_saved_format(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Folders saved before and after the move to simsearch/sharding/ are the same format: pin its fields."""
+    path = _saved(tmp_path, data, partition="kmeans")
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert list(manifest) == [
+        "format", "format_version", "dim", "metric", "partition", "n_shards", "next_id", "seed",
+        "kmeans_train_size", "index_params", "centroids", "shards",
+    ]  # fmt: skip
+    assert (manifest["format"], manifest["format_version"]) == ("simsearch.ShardedIndex", 1)
+    assert manifest["centroids"]["file"] == "centroids.npy"
+    assert [sorted(e) for e in manifest["shards"]] == [["count", "file", "sha256"]] * 3
+    assert sorted(p.name for p in path.iterdir()) == ["centroids.npy", MANIFEST] + [f"shard-000{s}.simsearch" for s in range(3)]
+    # a manifest as the previous writer laid it out (indent 2, no final newline) reads the same
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    assert len(ShardedIndex.load(path)) == 600
 
 
 def test_shard_file_outside_the_directory_refused(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -344,7 +394,7 @@ def test_shard_file_outside_the_directory_refused(tmp_path: Path, data: tuple[np
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["shards"][0]["file"] = "../elsewhere.simsearch"
     (path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="not a plain file name"):
+    with pytest.raises(CorruptFileError, match="not a plain file name"):
         ShardedIndex.load(path)
 
 
@@ -419,5 +469,35 @@ def test_ray_engine_without_ray_says_what_to_install(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
     monkeypatch.delitem(sys.modules, "simsearch.ray", raising=False)
+    monkeypatch.delitem(sys.modules, "simsearch.sharding.ray", raising=False)
     with pytest.raises(ImportError, match=r"install it with: pip install 'simsearch\[ray\]'"):
         ShardedIndex(DIM, 2, engine="ray")
+
+
+def test_local_index_never_imports_the_ray_engine() -> None:
+    """The engine is found through the registry; the in-process index names no Ray module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from simsearch.sharding import ShardedIndex; "
+        "i = ShardedIndex(8, 2, num_threads=1); i.add(np.eye(8, dtype=np.float32)); i.search(np.eye(8, dtype=np.float32), k=2); "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'simsearch.ray', 'simsearch.sharding.ray'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unknown_engine_names_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match=r"engine must be one of \['local', 'ray'\], got 'dask'"):
+        ShardedIndex(DIM, 2, engine="dask")
+
+
+def test_search_result_old_name_warns() -> None:
+    import simsearch.sharding
+
+    with pytest.deprecated_call(match="use simsearch.sharding.ShardedSearchResult"):
+        alias = simsearch.sharding.SearchResult
+    assert alias is ShardedSearchResult
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        simsearch.sharding.Nothing  # noqa: B018

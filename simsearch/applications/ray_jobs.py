@@ -172,7 +172,7 @@ def build_sharded_index(
     index_params: dict[str, Any] | None = None,
     progress: bool | None = None,
 ) -> Any:
-    """A :class:`~simsearch.ray.RayIndex` (inner product, hash partition) with row ``i`` under id ``i``.
+    """A ``ShardedIndex(engine="ray")`` (inner product, hash partition) with row ``i`` under id ``i``.
 
     Parameters
     ----------
@@ -185,13 +185,13 @@ def build_sharded_index(
 
     Returns
     -------
-    RayIndex
+    ShardedIndex
         Close it when done (:meth:`~simsearch.ShardedIndex.close`).
     """
     _ray()
-    from simsearch.ray import RayIndex
+    from simsearch.sharding import ShardedIndex
 
-    index = RayIndex(vectors.shape[1], n_shards, **{"metric": "ip", **(index_params or {})})
+    index = ShardedIndex(vectors.shape[1], n_shards, engine="ray", **{"metric": "ip", **(index_params or {})})
     try:
         bar = progress_bar(len(vectors), "indexing", progress)
         for start in range(0, len(vectors), ADD_BATCH):

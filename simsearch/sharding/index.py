@@ -15,218 +15,66 @@ Two partitions:
   centroid; ``search(..., n_probe=p)`` visits only the ``p`` shards whose
   centroids are nearest to each query.
 
-Two engines run the same shards:
+Two engines run the same shards (:mod:`simsearch.sharding.engine` says what an
+engine does; the index finds one by name and never imports it):
 
 - ``"local"``: shards live in this process and are searched from a thread
-  pool; the native search releases the GIL, so shards run on separate cores.
-- ``"ray"``: one Ray actor per shard (:mod:`simsearch.ray`), the same API.
+  pool (:mod:`simsearch.sharding.local`); the native search releases the GIL,
+  so shards run on separate cores.
+- ``"ray"``: one Ray actor per shard (:mod:`simsearch.sharding.ray`), the same API.
 
-Files: ``save(dir)`` writes a directory with ``manifest.json`` (format
-version, dim, metric, partition, per-shard file names, entry counts and
-SHA-256 checksums), one index file per shard and ``centroids.npy`` for
-kmeans. Nothing in it is pickled.
+Files: ``save(dir)`` writes the folder that :mod:`simsearch.sharding.manifest`
+describes (``manifest.json`` with per-shard file names, entry counts and
+SHA-256 checksums, one index file per shard, ``centroids.npy`` for kmeans).
+Nothing in it is pickled.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from simsearch.errors import ShardUnavailableError
-from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_positive_int
+from simsearch._storage import atomic_dir
+from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int
+from simsearch.errors import CorruptFileError
 from simsearch.index.core import Index, _check_attributes, _check_filter, _default_threads
+from simsearch.sharding import manifest
+from simsearch.sharding.engine import _FAILED, Engine, engine_names, open_engine
+from simsearch.sharding.routing import hash_shard, merge_top_k, nearest_centroid, probed_shards, train_centroids
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CENTROIDS = "centroids.npy"
+__all__ = ["ShardedIndex", "ShardedSearchResult", "hash_shard"]
+
 _PARTITIONS = ("hash", "kmeans")
-_ENGINES = ("local", "ray")
 # Index keyword arguments that describe the data and go into the manifest;
 # num_threads is a property of the machine that opens the index, not of the data.
 _SAVED_PARAMS = ("metric", "dtype", "M", "ef_construction", "rescore", "backend", "ef", "isa", "train_size")
 
-_MANIFEST_KEYS = ("dim", "partition", "next_id", "seed", "kmeans_train_size", "index_params", "centroids")
-_SHARD_KEYS = ("file", "sha256", "count")
-
 Partition = Literal["hash", "kmeans"]
 
 
-# ---------------------------------------------------------------------- routing
-def hash_shard(ids: Any, n_shards: int) -> np.ndarray:
-    """Shard of each id under ``partition="hash"``.
-
-    splitmix64's finalizer (Steele et al., 2014) mixes every input bit into
-    every output bit, so consecutive ids spread evenly; unlike Python's
-    ``hash()`` it does not depend on the process or the platform.
-
-    Parameters
-    ----------
-    ids : array-like of int, shape (n,)
-    n_shards : int
-
-    Returns
-    -------
-    np.ndarray of int64, shape (n,)
-        Values in ``[0, n_shards)``.
-    """
-    z = as_ids(ids) + np.uint64(0x9E3779B97F4A7C15)  # uint64 arithmetic wraps, as splitmix64 expects
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(check_positive_int(n_shards, "n_shards"))).astype(np.int64)
-
-
-def _sq_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Squared L2 distances, shape (n, n_centroids), float32."""
-    return (x * x).sum(1)[:, None] - 2.0 * (x @ centroids.T) + (centroids * centroids).sum(1)[None, :]
-
-
-def _merge(ids: np.ndarray, scores: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each row of the concatenated shard answers.
-
-    ``ids``/``scores`` have shape (n, n_parts * k) with padding (NaN scores)
-    anywhere; padding sorts last whatever the metric's direction, and the
-    stable sort keeps equal scores in shard order.
-    """
-    key = scores.astype(np.float32, copy=True)
-    if metric != "l2":
-        np.negative(key, out=key)  # similarities: higher first
-    key[np.isnan(key)] = np.inf
-    order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
-
-
-def _sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class SearchResult(tuple):
+class ShardedSearchResult(tuple):
     """``(ids, scores)`` of a sharded search, plus which shards answered.
 
     Unpacks like :meth:`simsearch.Index.search`'s pair; ``shards_answered``
     (bool, shape (n_shards,)) is False only for shards that a search with
     ``allow_partial=True`` could not reach (or that no query probed).
+    (Named apart from :class:`simsearch.serving.service.SearchResult`, the
+    service's answer; ``simsearch.sharding.SearchResult`` is a deprecated alias.)
     """
 
     ids: np.ndarray
     scores: np.ndarray
     shards_answered: np.ndarray
 
-    def __new__(cls, ids: np.ndarray, scores: np.ndarray, shards_answered: np.ndarray) -> SearchResult:
+    def __new__(cls, ids: np.ndarray, scores: np.ndarray, shards_answered: np.ndarray) -> ShardedSearchResult:
         self = super().__new__(cls, (ids, scores))
         self.ids = ids
         self.scores = scores
         self.shards_answered = shards_answered
         return self
-
-
-
-
-# ---------------------------------------------------------------------- shards
-class Shard:
-    """One shard: an :class:`Index` plus the operations the engines call.
-
-    The local engine calls these methods from its thread pool; the Ray engine
-    runs a subclass as an actor. Inputs arrive validated.
-    """
-
-    def __init__(self, index: Index) -> None:
-        self.index = index
-
-    def add(self, vectors: np.ndarray, ids: np.ndarray, attributes: dict[str, np.ndarray] | None = None) -> None:
-        self.index.add(vectors, ids, attributes)
-
-    def remove(self, ids: np.ndarray) -> None:
-        self.index.remove(ids)
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        return self.index.contains(ids)
-
-    def get_vectors(self, ids: np.ndarray) -> np.ndarray:
-        return self.index.get_vectors(ids)
-
-    def ids(self) -> np.ndarray:
-        return self.index.ids()
-
-    def search(self, queries: np.ndarray, k: int, ef: int, filter: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(queries, k, ef, filter)
-
-    def size(self) -> int:
-        return len(self.index)
-
-    def memory_bytes(self) -> int:
-        return self.index.memory_bytes
-
-    def save(self, path: str) -> dict[str, Any]:
-        """Write the shard to ``path``; returns its manifest entry.
-
-        An empty shard writes no file (``"file": None``): it is rebuilt empty
-        from the index parameters at load.
-        """
-        n = len(self.index)
-        if n == 0:
-            return {"file": None, "sha256": None, "count": 0}
-        self.index.save(path)
-        return {"file": os.path.basename(path), "sha256": _sha256(path), "count": n}
-
-
-def open_shard(source: str | None, dim: int, params: dict[str, Any], mmap: bool, num_threads: int) -> Index:
-    """A shard's :class:`Index`: loaded from ``source``, or new and empty when it is None."""
-    if source is None:
-        return Index(dim, num_threads=num_threads, **params)
-    index = Index.load(source, mmap=mmap, dim=dim, metric=params.get("metric", "cosine"), num_threads=num_threads)
-    return index
-
-
-class _Engine(Protocol):
-    n_shards: int
-
-    def run(
-        self, calls: Sequence[tuple[int, str, tuple[Any, ...]]], allow_partial: bool = False, timeout: float | None = None
-    ) -> list[Any]: ...
-
-    def close(self) -> None: ...
-
-
-_FAILED = object()  # a call that did not answer under allow_partial=True
-
-
-class LocalEngine:
-    """Shards in this process; calls run on a thread pool (one worker per core, at most one per shard)."""
-
-    def __init__(self, shards: list[Shard], num_threads: int) -> None:
-        self.shards = shards
-        self.n_shards = len(shards)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(num_threads, self.n_shards)))
-
-    def run(
-        self, calls: Sequence[tuple[int, str, tuple[Any, ...]]], allow_partial: bool = False, timeout: float | None = None
-    ) -> list[Any]:
-        if len(calls) == 1:
-            s, method, args = calls[0]
-            return [getattr(self.shards[s], method)(*args)]
-        futures = [self._pool.submit(getattr(self.shards[s], method), *args) for s, method, args in calls]
-        # wait for every call before raising, so no shard is still writing when the caller sees the error
-        errors = [f.exception() for f in futures]
-        for err in errors:
-            if err is not None:
-                raise err
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------------- the index
@@ -248,15 +96,16 @@ class ShardedIndex:
     engine : {"local", "ray"}, default "local"
         ``"local"`` keeps the shards in this process. ``"ray"`` runs one Ray
         actor per shard (needs ``pip install 'simsearch[ray]'``; see
-        :class:`simsearch.ray.RayIndex` for its options, passed here as
-        ``engine_options``).
+        :class:`simsearch.sharding.ray.RayEngine` for its options, passed
+        here as ``engine_options``). Any engine registered with
+        :func:`simsearch.sharding.engine.register_engine` is accepted.
     seed : int, default 0
         k-means seed.
     kmeans_train_size : int, default 100000
         At most this many vectors (a seeded sample) train the centroids.
     engine_options : dict, optional
         Ray engine options (``workdir``, ``max_restarts``, ``shards_per_actor``,
-        ``actor_options``; see :class:`simsearch.ray.RayIndex`).
+        ``actor_options``; see :class:`simsearch.sharding.ray.RayEngine`).
     **index_params
         Passed to every shard's :class:`~simsearch.Index` (``metric``,
         ``dtype``, ``M``, ``ef_construction``, ``rescore``, ``backend``,
@@ -285,7 +134,7 @@ class ShardedIndex:
         dim: int,
         n_shards: int,
         partition: Partition = "hash",
-        engine: Literal["local", "ray"] = "local",
+        engine: str = "local",
         *,
         seed: int = 0,
         kmeans_train_size: int = 100_000,
@@ -310,8 +159,8 @@ class ShardedIndex:
         self.n_shards = check_positive_int(n_shards, "n_shards")
         if partition not in _PARTITIONS:
             raise ValueError(f"partition must be one of {list(_PARTITIONS)}, got {partition!r}")
-        if engine not in _ENGINES:
-            raise ValueError(f"engine must be one of {list(_ENGINES)}, got {engine!r}")
+        if engine not in engine_names():
+            raise ValueError(f"engine must be one of {engine_names()}, got {engine!r}")
         self.partition = partition
         self.engine = engine
         self.seed = int(seed)
@@ -323,21 +172,22 @@ class ShardedIndex:
         self.metric: str = params.get("metric", "cosine")
         # Index picks hnswlib for dtype="float32"; filters and attributes are the native graph's
         self._native = params.get("backend", "native") == "native" and params.get("dtype") != "float32"
-        self.ef = check_positive_int(params.get("ef", 64), "ef")
+        self.ef = check_ef(params.get("ef", 64))
         self.centroids_: np.ndarray | None = None
         self._next_id = 0
 
-    def _make_engine(self, sources: list[str | None], mmap: bool, engine_options: dict[str, Any]) -> _Engine:
-        # each shard gets its share of the threads; the pool runs the shards side by side
-        per_shard = max(1, self.num_threads // self.n_shards)
-        if self.engine == "ray":
-            from simsearch.ray import RayEngine
+    def _make_engine(self, sources: list[str | None], mmap: bool, engine_options: dict[str, Any]) -> Engine:
+        return open_engine(
+            self.engine, self.dim, self.index_params, sources, mmap=mmap, num_threads=self.num_threads,
+            options=engine_options,
+        )  # fmt: skip
 
-            return RayEngine(self.dim, self.index_params, sources, mmap=mmap, num_threads=per_shard, **engine_options)
-        if engine_options:
-            raise ValueError(f"engine_options apply to engine='ray', got {sorted(engine_options)}")
-        shards = [Shard(open_shard(src, self.dim, self.index_params, mmap, per_shard)) for src in sources]
-        return LocalEngine(shards, self.num_threads)
+    @property
+    def shard_engine(self) -> Engine:
+        """The engine object holding the shards (:class:`~simsearch.sharding.local.LocalEngine`,
+        :class:`~simsearch.sharding.ray.RayEngine`, ...), for engine-specific controls such as
+        the Ray engine's ``actors`` and ``actor_of``."""
+        return self._engine
 
     # ------------------------------------------------------------------ info
     def __len__(self) -> int:
@@ -417,19 +267,7 @@ class ShardedIndex:
         x = self._prepare(vectors, "vectors")
         if x.shape[0] < self.n_shards:
             raise ValueError(f"k-means needs at least n_shards={self.n_shards} training vectors, got {x.shape[0]}")
-        if x.shape[0] > self.kmeans_train_size:
-            rng = np.random.default_rng(self.seed)
-            x = x[np.sort(rng.choice(x.shape[0], self.kmeans_train_size, replace=False))]
-        if self.n_shards == 1:
-            self.centroids_ = x.mean(0, keepdims=True).astype(np.float32)
-            return self
-        import faiss
-
-        kmeans = faiss.Kmeans(self.dim, self.n_shards, niter=20, seed=self.seed, verbose=False)
-        # faiss prints a note to stderr under 39 points per centroid; the clustering is still valid
-        kmeans.cp.min_points_per_centroid = 1
-        kmeans.train(np.ascontiguousarray(x))
-        self.centroids_ = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        self.centroids_ = train_centroids(x, self.n_shards, seed=self.seed, train_size=self.kmeans_train_size)
         return self
 
     def add(self, vectors: Any, ids: Any = None, attributes: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -466,7 +304,7 @@ class ShardedIndex:
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
         if ids is None:
-            if self._next_id + n >= 2**64 - 1:
+            if self._next_id + n >= int(NO_ID):
                 raise ValueError("automatic ids are exhausted; pass ids explicitly")
             id_arr = np.arange(self._next_id, self._next_id + n, dtype=np.uint64)
         else:
@@ -483,9 +321,12 @@ class ShardedIndex:
         names, columns = _check_attributes(attributes, n)
         if names and not self._native:
             raise ValueError("attributes need the native backend")
-        if self.partition == "kmeans" and self.centroids_ is None:
-            self.train(x)
-        shard = self._route_vectors(x) if self.partition == "kmeans" else hash_shard(id_arr, self.n_shards)
+        if self.partition == "kmeans":
+            if self.centroids_ is None:
+                self.train(x)
+            shard = nearest_centroid(x, self.centroids_)
+        else:
+            shard = hash_shard(id_arr, self.n_shards)
         calls = []
         for s in range(self.n_shards):
             rows = np.flatnonzero(shard == s)
@@ -528,7 +369,7 @@ class ShardedIndex:
         *,
         allow_partial: bool = False,
         timeout: float | None = None,
-    ) -> SearchResult:
+    ) -> ShardedSearchResult:
         """The k nearest neighbours of each query over all shards.
 
         Parameters
@@ -557,10 +398,10 @@ class ShardedIndex:
 
         Returns
         -------
-        SearchResult
+        ShardedSearchResult
             Unpacks as ``ids, scores``: uint64 and float32, shape (n, k),
             best first (higher first for cosine/ip, squared distance lower
-            first for l2), padded with id ``2**64-1`` and score NaN. Also
+            first for l2), padded with id ``NO_ID`` (2**64 - 1) and score NaN. Also
             carries ``shards_answered`` (bool, shape (n_shards,)).
 
         Raises
@@ -570,8 +411,8 @@ class ShardedIndex:
         ShardUnavailableError
             A shard did not answer and ``allow_partial`` is False.
         """
-        k = check_positive_int(k, "k")
-        ef = self.ef if ef is None else check_positive_int(ef, "ef")
+        k = check_k(k)
+        ef = self.ef if ef is None else check_ef(ef)
         n_probe = self._check_n_probe(n_probe)
         q = self._prepare(queries, "queries")
         allowed = None
@@ -584,14 +425,11 @@ class ShardedIndex:
         scores = np.full((n, self.n_shards * k), np.nan, dtype=np.float32)
         answered = np.zeros(self.n_shards, dtype=bool)
         if n == 0 or self.centroids_ is None and self.partition == "kmeans":
-            return SearchResult(ids[:, :k], scores[:, :k], answered)
+            return ShardedSearchResult(ids[:, :k], scores[:, :k], answered)
         if n_probe == self.n_shards:
             rows_of = [np.arange(n)] * self.n_shards
         else:
-            # each shard searches, in one batch, the queries that probe it: the same
-            # work as grouping queries by their shard set, with one call per shard
-            probes = np.argsort(_sq_distances(q, self.centroids_), axis=1, kind="stable")[:, :n_probe]
-            rows_of = [np.flatnonzero((probes == s).any(1)) for s in range(self.n_shards)]
+            rows_of = probed_shards(q, self.centroids_, n_probe)
         filters: list[Any] = [filter] * self.n_shards
         if allowed is not None and self.partition == "hash":
             owner = hash_shard(allowed, self.n_shards)
@@ -610,8 +448,8 @@ class ShardedIndex:
             rows = rows_of[s]
             ids[rows, s * k : (s + 1) * k] = res[0]
             scores[rows, s * k : (s + 1) * k] = res[1]
-        top_ids, top_scores = _merge(ids, scores, k, self.metric)
-        return SearchResult(top_ids, top_scores, answered)
+        top_ids, top_scores = merge_top_k(ids, scores, k, self.metric)
+        return ShardedSearchResult(top_ids, top_scores, answered)
 
     def get_vectors(self, ids: Any) -> np.ndarray:
         """Stored vectors of ``ids`` (normalized under cosine; decoded from int8 on native shards).
@@ -660,15 +498,11 @@ class ShardedIndex:
             ``path`` exists and is not a saved ShardedIndex.
         """
         dest = Path(path).absolute()
-        if dest.exists() and not (dest.is_dir() and ((dest / MANIFEST).is_file() or not any(dest.iterdir()))):
-            raise FileExistsError(f"{str(dest)!r} exists and is not a saved ShardedIndex; refusing to replace it")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
-            calls = [(s, "save", (str(tmp / f"shard-{s:04d}.simsearch"),)) for s in range(self.n_shards)]
+        manifest.check_destination(dest)
+        with atomic_dir(dest) as tmp:
+            calls = [(s, "save", (str(tmp / manifest.shard_file(s)),)) for s in range(self.n_shards)]
             entries = self._engine.run(calls)
-            manifest: dict[str, Any] = {
-                "format": "simsearch.ShardedIndex",
-                "format_version": FORMAT_VERSION,
+            fields = {
                 "dim": self.dim,
                 "metric": self.metric,
                 "partition": self.partition,
@@ -677,23 +511,8 @@ class ShardedIndex:
                 "seed": self.seed,
                 "kmeans_train_size": self.kmeans_train_size,
                 "index_params": {k: v for k, v in self.index_params.items() if k in _SAVED_PARAMS},
-                "centroids": None,
-                "shards": entries,
             }
-            if self.centroids_ is not None:
-                np.save(tmp / CENTROIDS, self.centroids_, allow_pickle=False)
-                manifest["centroids"] = {"file": CENTROIDS, "sha256": _sha256(tmp / CENTROIDS)}
-            with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private to this user
-            _fsync_dir(tmp)
-            _swap_in(tmp, dest)
-            _fsync_dir(dest.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            manifest.write(tmp, fields, entries, self.centroids_)
 
     @classmethod
     def load(
@@ -702,7 +521,7 @@ class ShardedIndex:
         mmap: bool = False,
         *,
         verify: bool = True,
-        engine: Literal["local", "ray"] = "local",
+        engine: str = "local",
         num_threads: int | None = None,
         engine_options: dict[str, Any] | None = None,
     ) -> ShardedIndex:
@@ -725,79 +544,35 @@ class ShardedIndex:
 
         Raises
         ------
-        ValueError
-            No or unreadable manifest, a newer format version, a shard file
-            missing or corrupt (the message names it), centroids missing or
-            corrupt.
+        CorruptFileError
+            No or unreadable manifest, another format, missing fields, a shard
+            file missing, corrupt or holding another count than the manifest
+            says (the message names it), centroids missing or corrupt. A
+            ``ValueError``, as before.
+        FormatVersionError
+            The folder was written by a newer simsearch.
         """
-        root = Path(path)
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError(f"{str(root)!r} has no {MANIFEST}; it is not a saved ShardedIndex")
-        try:
-            with open(manifest_path, encoding="utf-8") as f:
-                manifest = json.load(f)
-            kind = manifest.get("format") if isinstance(manifest, dict) else None
-            if kind != "simsearch.ShardedIndex":
-                raise ValueError(f"{str(manifest_path)!r} is not a ShardedIndex manifest (format {kind!r})")
-            version = int(manifest["format_version"])
-            if version > FORMAT_VERSION:
-                raise ValueError(
-                    f"{str(root)!r} was written in ShardedIndex format version {version}; this simsearch reads "
-                    f"up to version {FORMAT_VERSION}. Upgrade simsearch to open it"
-                )
-            shards = manifest["shards"]
-            if len(shards) != manifest["n_shards"]:
-                raise ValueError(f"{str(manifest_path)!r} lists {len(shards)} shards but n_shards is {manifest['n_shards']}")
-            missing = [key for key in _MANIFEST_KEYS if key not in manifest]
-            missing += [f"shards[{s}].{key}" for s, e in enumerate(shards) for key in _SHARD_KEYS if key not in e]
-            if missing:
-                raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: it lacks {missing}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: {err}") from err
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: missing or bad {err}") from err
-        sources: list[str | None] = []
-        for s, entry in enumerate(shards):
-            if entry["file"] is None:
-                sources.append(None)
-                continue
-            if os.path.basename(entry["file"]) != entry["file"]:
-                raise ValueError(f"shard {s} file {entry['file']!r} in {str(manifest_path)!r} is not a plain file name")
-            file = root / entry["file"]
-            if not file.is_file():
-                raise ValueError(f"shard {s} file {entry['file']!r} is missing from {str(root)!r}")
-            if verify and _sha256(file) != entry["sha256"]:
-                raise ValueError(f"shard {s} file {entry['file']!r} in {str(root)!r} is corrupt (SHA-256 mismatch)")
-            sources.append(str(file.absolute()))
+        saved = manifest.read(path, verify=verify)
+        fields = saved.manifest
         self = cls.__new__(cls)
-        params = dict(manifest["index_params"])
+        params = dict(fields["index_params"])
         if num_threads is not None:
             params["num_threads"] = num_threads
         self._setup(
-            manifest["dim"], manifest["n_shards"], manifest["partition"], engine, manifest["seed"],
-            manifest["kmeans_train_size"], params,
+            fields["dim"], fields["n_shards"], fields["partition"], engine, fields["seed"],
+            fields["kmeans_train_size"], params,
         )  # fmt: skip
-        self._next_id = int(manifest["next_id"])
-        if manifest["centroids"] is not None:
-            file = root / manifest["centroids"]["file"]
-            if not file.is_file():
-                raise ValueError(f"centroids file {manifest['centroids']['file']!r} is missing from {str(root)!r}")
-            if verify and _sha256(file) != manifest["centroids"]["sha256"]:
-                raise ValueError(f"centroids file {manifest['centroids']['file']!r} in {str(root)!r} is corrupt")
-            centroids = np.load(file, allow_pickle=False)
-            if centroids.shape != (self.n_shards, self.dim):
-                raise ValueError(f"centroids in {str(root)!r} have shape {centroids.shape}, expected {(self.n_shards, self.dim)}")
-            self.centroids_ = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._next_id = int(fields["next_id"])
+        self.centroids_ = saved.centroids
         try:
-            self._engine = self._make_engine(sources, mmap=mmap, engine_options=engine_options or {})
+            self._engine = self._make_engine(saved.sources, mmap=mmap, engine_options=engine_options or {})
         except ValueError as err:
-            raise ValueError(f"cannot open a shard of {str(root)!r}: {err}") from err
-        sizes = self.shard_sizes
-        for s, entry in enumerate(shards):
-            if sizes[s] != entry["count"]:
-                self.close()
-                raise ValueError(f"shard {s} file {entry['file']!r} holds {sizes[s]} entries, the manifest says {entry['count']}")
+            raise CorruptFileError(f"cannot open a shard of {str(path)!r}: {err}") from err
+        try:
+            manifest.check_sizes(path, saved, self.shard_sizes)
+        except CorruptFileError:
+            self.close()
+            raise
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -813,13 +588,6 @@ class ShardedIndex:
             if self.partition == "kmeans":
                 arr = arr / norms[:, None]  # route by direction, as the cosine shards compare
         return arr
-
-    def _route_vectors(self, x: np.ndarray) -> np.ndarray:
-        assert self.centroids_ is not None  # train() ran in add()
-        out = np.empty(x.shape[0], dtype=np.int64)
-        for start in range(0, x.shape[0], 65536):  # bounds the (rows, n_shards) distance block
-            out[start : start + 65536] = np.argmin(_sq_distances(x[start : start + 65536], self.centroids_), axis=1)
-        return out
 
     def _check_n_probe(self, n_probe: Any) -> int:
         if n_probe is None:
@@ -854,31 +622,3 @@ class ShardedIndex:
             missing = ids[shard < 0]
             raise KeyError(f"unknown id {int(missing[0])}" + (f" (and {missing.size - 1} more)" if missing.size > 1 else ""))
         return shard
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the names in ``path`` (new files, a rename) durable, as fsync does for contents."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside first and deleted after."""
-    if not dest.exists():
-        os.rename(tmp, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    os.rmdir(old)
-    os.rename(dest, old)
-    try:
-        os.rename(tmp, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-__all__ = ["ShardedIndex", "SearchResult", "ShardUnavailableError", "hash_shard", "FORMAT_VERSION"]
