@@ -104,12 +104,24 @@ def read_csv(path: Path | str, encoding: str = "utf-8", columns: Sequence[str] =
 
 
 class Offers(NamedTuple):
-    """PriceRunner's product offers, one entry per row of the file."""
+    """PriceRunner's product offers, one entry per row of the file.
 
-    ids: np.ndarray  # (n,) int64, "Product ID"
-    titles: list[str]  # "Product Title"
-    clusters: np.ndarray  # (n,) int64, "Cluster ID": offers of one product share it
-    categories: np.ndarray  # (n,) str, "Category Label"
+    Attributes
+    ----------
+    ids : ndarray of shape (n,), int64
+        ``Product ID``.
+    titles : list of str
+        ``Product Title``.
+    clusters : ndarray of shape (n,), int64
+        ``Cluster ID``: the offers of one product share it.
+    categories : ndarray of shape (n,), str
+        ``Category Label``.
+    """
+
+    ids: np.ndarray
+    titles: list[str]
+    clusters: np.ndarray
+    categories: np.ndarray
 
 
 def pricerunner_offers(data_dir: Path | str = DATA_DIR) -> Offers:
@@ -135,11 +147,21 @@ def pricerunner_offers(data_dir: Path | str = DATA_DIR) -> Offers:
 
 
 class AbtBuy(NamedTuple):
-    """The Leipzig Abt-Buy files as read: rows of ``abt.csv``, ``buy.csv`` and the mapping."""
+    """The Leipzig Abt-Buy files, rows as read (every value a string, ids too).
 
-    abt: list[dict[str, str]]  # id, name, description, price
-    buy: list[dict[str, str]]  # id, name, description, manufacturer, price
-    mapping: list[dict[str, str]]  # idAbt, idBuy: the true matches
+    Attributes
+    ----------
+    abt : list of dict
+        ``abt.csv``: ``id``, ``name``, ``description``, ``price``.
+    buy : list of dict
+        ``buy.csv``: ``id``, ``name``, ``description``, ``manufacturer``, ``price``.
+    mapping : list of dict
+        ``abt_buy_perfect_mapping.csv``: ``idAbt``, ``idBuy``, the true matches.
+    """
+
+    abt: list[dict[str, str]]
+    buy: list[dict[str, str]]
+    mapping: list[dict[str, str]]
 
 
 def leipzig_abt_buy(data_dir: Path | str = DATA_DIR) -> AbtBuy:
@@ -153,7 +175,6 @@ def leipzig_abt_buy(data_dir: Path | str = DATA_DIR) -> AbtBuy:
     Returns
     -------
     abt_buy : AbtBuy
-        Values are strings as in the files (ids too).
     """
     data_dir = Path(data_dir)
     return AbtBuy(

@@ -21,7 +21,7 @@ and, with ``--student``, a distilled student folder) it measures:
 Each dedup and matching figure is given for the full pair score (embedding +
 character n-grams + model codes + measures) and for the embedding cosine alone
 (``lexical=False``, threshold chosen the same way). The last line printed is one
-JSON object with every figure.
+JSON object with every figure, keyed by encoder, and the CPU flags under ``"cpu"``.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = res
 
     print_table(results)
-    print(json.dumps(results))
+    print(json.dumps({"cpu": _common.cpu_flags(), **results}))
 
 
 def print_table(results: dict[str, Any]) -> None:
