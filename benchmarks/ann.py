@@ -51,21 +51,16 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _data  # noqa: E402
-
-sys.path.append(str(_data.REPO_ROOT))  # an installed simsearch wins; else the checkout
+import _common
+import _data
 
 M, EF_CONSTRUCTION, K = 16, 200, 10
 TARGETS = (0.90, 0.95, 0.99)
@@ -74,40 +69,6 @@ QUICK_EFS = (10, 24, 48, 96, 192, 400)
 LIBRARIES = ("simsearch-int8", "simsearch-int8-rescore", "hnswlib-f32", "faiss-sq8", "usearch-i8")
 WRAPPERS = ("simsearch-hnswlib", "simsearch-faiss")
 SIMSEARCH = ("simsearch-int8", "simsearch-int8-rescore")
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process in bytes (Linux ``/proc``)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_flags() -> dict[str, bool]:
-    """Which of avx2, avx512f and avx512_vnni the CPU reports in /proc/cpuinfo."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni")}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------- libraries
@@ -343,12 +304,12 @@ def run_build(lib: str, prefix: str, build_threads: list[int]) -> dict:
     prepare = getattr(adapter, "prepare", None)
     b = prepare(base) if prepare else base
     gc.collect()
-    rss0 = rss_bytes()
+    rss0 = _common.rss_bytes()
     start = time.perf_counter()
     adapter.build(b, threads_order[0])
     out["build_s"][str(threads_order[0])] = time.perf_counter() - start
     gc.collect()
-    out["rss_growth_bytes"] = rss_bytes() - rss0
+    out["rss_growth_bytes"] = _common.rss_bytes() - rss0
     out["reported_bytes"] = adapter.reported_bytes()
     if hasattr(adapter, "isa"):
         out["isa"] = adapter.isa()
@@ -531,21 +492,18 @@ def prepare_dataset(name: str, n: int | None, n_queries: int) -> str:
         base, queries = _data.cached_synthetic_mixture(n or 200_000, n_queries)
     base = np.ascontiguousarray(base, dtype=np.float32)
     gt_ids, gt_scores = _data.exact_knn(base, queries, K, metric="ip")
-    prefix = str(_data.CACHE_DIR / f"ann-{name}-{len(base)}-{len(queries)}")
+    prefix = str(_common.CACHE_DIR / f"ann-{name}-{len(base)}-{len(queries)}")
     for part, arr in (("base", base), ("queries", queries), ("gt_ids", gt_ids), ("gt_scores", gt_scores)):
         np.save(f"{prefix}-{part}.npy", arr)
     return prefix
 
 
 def run_child(args: argparse.Namespace, *extra: str) -> Any:
-    cmd = [sys.executable, __file__, "--efs", ",".join(map(str, args.efs)),
-           "--repeats", str(args.repeats),
-           "--build-threads", ",".join(map(str, args.build_threads)), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(" | ".join(tail) or f"exit {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """This script in a fresh process as a build or sweep worker; its JSON answer."""
+    return _common.run_json_child(
+        __file__, "--efs", ",".join(map(str, args.efs)), "--repeats", str(args.repeats),
+        "--build-threads", ",".join(map(str, args.build_threads)), *extra,
+    )  # fmt: skip
 
 
 def run_dataset(prefix: str, libraries: list[str], args: argparse.Namespace) -> list[dict]:
@@ -603,9 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_sweep(args.sweep_worker.split(","), args.prefix, args.efs, args.repeats)))
         return 0
 
-    flags = cpu_flags()
-    print(f"CPU: {cpu_model()}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
-    print(f"cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}")
+    print(_common.host_line())
     libraries = list(args.libraries) + (list(WRAPPERS) if args.with_backends else [])
     why_not = native_available()
     isa = None
@@ -622,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets = ("titles", "synthetic") if args.dataset == "all" else (args.dataset,)
     summary: dict[str, Any] = {
-        "cpu": flags, "isa": isa, "native": why_not is None, "datasets": {},
+        "cpu": _common.cpu_flags(), "isa": isa, "native": why_not is None, "datasets": {},
         "command": "python benchmarks/ann.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     for name in datasets:

@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -41,49 +40,28 @@ from typing import Any, Callable
 
 import numpy as np
 
+import _common
+import _data
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-sys.path.append(str(REPO))  # an installed simsearch wins; else the checkout
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD flags of this CPU that matter for int8 inference."""
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in wanted if f in have]
-    return []
 
 
 def pricerunner_titles(n: int) -> list[str]:
-    with open(DATA / "pricerunner" / "pricerunner_aggregate.csv", newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader)
-        titles = [row[1] for row in reader]
+    """``n`` PriceRunner titles drawn without repeats (seed 0)."""
+    titles = _data.pricerunner_offers().titles
     idx = np.random.default_rng(0).choice(len(titles), n, replace=False)
     return [titles[i] for i in idx]
 
 
 def abt_buy() -> tuple[list[str], list[str], list[int], list[int], set[tuple[int, int]]]:
-    root = DATA / "abt_buy" / "leipzig"
-    with open(root / "abt.csv", newline="", encoding="cp1252") as f:
-        abt = list(csv.DictReader(f))
-    with open(root / "buy.csv", newline="", encoding="utf-8", errors="replace") as f:
-        buy = list(csv.DictReader(f))
-    with open(root / "abt_buy_perfect_mapping.csv", newline="", encoding="utf-8") as f:
-        pairs = {(int(r["idAbt"]), int(r["idBuy"])) for r in csv.DictReader(f)}
+    """Abt names, Buy names, their ids, and the true (Abt id, Buy id) pairs."""
+    abt, buy, mapping = _data.leipzig_abt_buy()
     return (
         [r["name"].strip() for r in abt],
         [r["name"].strip() for r in buy],
         [int(r["id"]) for r in abt],
         [int(r["id"]) for r in buy],
-        pairs,
+        {(int(r["idAbt"]), int(r["idBuy"])) for r in mapping},
     )
 
 
@@ -220,17 +198,7 @@ def cache_passes(n: int, threads: int, workdir: Path) -> dict[str, float]:
     """Encode n distinct real titles twice through a fresh SQLite EmbeddingCache."""
     from simsearch import EmbeddingCache, TextEncoder
 
-    with open(DATA / "pricerunner" / "pricerunner_aggregate.csv", newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader)
-        pool = [row[1] for row in reader]
-    abt_names, buy_names, *_ = abt_buy()
-    pool += abt_names + buy_names
-    shopee = DATA / "shopee_subset"
-    for name in ("dev.csv", "test.csv"):
-        with open(shopee / name, newline="", encoding="utf-8") as f:
-            pool += [r["title"] for r in csv.DictReader(f)]
-    titles = [t for t in dict.fromkeys(pool) if t.strip()][:n]
+    titles = [t for t in dict.fromkeys(_data.load_titles()) if t.strip()][:n]
     enc = TextEncoder(precision="int8", num_threads=threads)
     out: dict[str, float] = {"cache_titles": len(titles)}
     with EmbeddingCache(workdir / "cache.sqlite") as cache:
@@ -258,13 +226,12 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from simsearch import TextEncoder
-    from simsearch.encoders.export import default_model_dir
 
-    flags = cpu_flags()
-    print(f"CPU flags: {' '.join(flags) or 'unknown'}; cores: {os.cpu_count()}")
+    print(_common.host_line())
+    flags = _common.cpu_flags()
     titles = pricerunner_titles(args.n)
     ab = abt_buy()
-    model_dir = default_model_dir()
+    model_dir = _common.model_dir()
     workdir = Path(tempfile.mkdtemp(prefix="simsearch-bench-"))
 
     st = SentenceTransformer(str(model_dir), device="cpu")
@@ -308,7 +275,7 @@ def main() -> None:
 
     print(
         f"\nquality on {args.n} PriceRunner titles, speed on {len(speed_titles)} (median of {args.repeats}, "
-        f"variants interleaved); Abt-Buy {len(ab[0])} x {len(ab[1])}; CPU flags: {' '.join(flags)}; "
+        f"variants interleaved); Abt-Buy {len(ab[0])} x {len(ab[1])}; CPU flags: {' '.join(k for k, v in flags.items() if v)}; "
         f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores"
     )
     print(

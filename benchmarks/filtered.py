@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -63,11 +62,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 import _data  # noqa: E402
-from ann import cpu_flags, cpu_model  # noqa: E402
-
-sys.path.append(str(_data.REPO_ROOT))
 
 M, EF_CONSTRUCTION, K = 16, 200, 10
 TARGET = 0.95
@@ -224,9 +220,7 @@ def run_level(
     for ef in SIMSEARCH_EFS:
         def ss(i: int, ef: int = ef) -> np.ndarray:
             ids, _ = ix.search(queries[i : i + 1], k=K, ef=ef, filter={name: int(qc[i])})
-            r = ids[0].astype(np.int64)
-            r[ids[0] == np.iinfo(np.uint64).max] = -1
-            return r
+            return ids[0].astype(np.int64)  # the missing-id sentinel (all bits set) becomes -1
         ss(0)
         found, qps, _ = timed(ss, len(queries), budget_s)
         sweep.append((ef, recall(found, gt), qps))
@@ -318,11 +312,12 @@ def main() -> None:
 
     import simsearch
 
-    print(f"CPU: {cpu_model()}  flags: {cpu_flags()}  simsearch kernel: {simsearch.Index(8).isa}")
+    print(_common.host_line())
+    print(f"simsearch kernel: {simsearch.Index(8).isa}")
     base, queries = _data.cached_synthetic_mixture(args.n, 1000)
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries[: args.queries], dtype=np.float32)
-    cache = _data.CACHE_DIR
+    cache = _common.CACHE_DIR
     cache.mkdir(parents=True, exist_ok=True)
     item_cats, query_cats = categories(base, queries)
     print(f"{args.n} x {base.shape[1]} vectors, {len(queries)} queries, one search thread; building or loading indexes",
@@ -342,7 +337,7 @@ def main() -> None:
         print(f"{'':<10} simsearch / fastest anchor at recall >= {TARGET} ({r['fastest_anchor']}): {r['ratio']:.2f}x",
               flush=True)
 
-    head: dict[str, Any] = {"benchmark": "filtered", "n": args.n, "queries": len(queries), "cpu": cpu_flags()}
+    head: dict[str, Any] = {"benchmark": "filtered", "n": args.n, "queries": len(queries), "cpu": _common.cpu_flags()}
     for r in results:
         key = r["attribute"]
         head[f"{key}_recall"] = round(r["simsearch"][1], 4)

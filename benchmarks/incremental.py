@@ -36,11 +36,8 @@ the last line.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,32 +45,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+import _common
+import _data
 
-from ann import cpu_flags, cpu_model  # noqa: E402
+from simsearch import Deduplicator, EmbeddingCache, TextEncoder
+from simsearch.applications import mean_group_f1, pairwise_precision_recall
+from simsearch.index.core import available_isas
 
-from simsearch import Deduplicator, EmbeddingCache, TextEncoder  # noqa: E402
-from simsearch.applications import mean_group_f1, pairwise_precision_recall  # noqa: E402
-from simsearch.index.core import available_isas  # noqa: E402
-
-DEFAULT_DATA = Path(os.environ.get("SIMSEARCH_DATA", REPO.parent / "shared" / "data"))
-CACHE = REPO / "benchmarks" / ".cache" / "incremental-embeddings.sqlite"
-FULL_STATE = REPO / "benchmarks" / ".cache" / "incremental-full-state"
+CACHE = _common.CACHE_DIR / "incremental-embeddings.sqlite"
+FULL_STATE = _common.CACHE_DIR / "incremental-full-state"
 MAX_GROUP_SIZE = 100
-
-
-def load_offers(data_dir: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
-    path = data_dir / "pricerunner" / "pricerunner_aggregate.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: pass --data DIR holding pricerunner/ (see its PROVENANCE.md)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        rows = list(reader)
-    ids = np.array([int(r["Product ID"]) for r in rows], dtype=np.int64)
-    return ids, [r["Product Title"] for r in rows], np.array([int(r["Cluster ID"]) for r in rows])
 
 
 def table(ids: np.ndarray, titles: list[str], rows: np.ndarray) -> pa.Table:
@@ -251,7 +232,7 @@ def review(dedup: Deduplicator, ids: np.ndarray, clusters: np.ndarray, n_labels:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=_common.DATA_DIR)
     parser.add_argument("--labels", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--review-only", action="store_true", help="reuse the full run's state saved by an earlier run")
@@ -260,10 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    flags = cpu_flags()
-    log(f"CPU: {cpu_model()}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
-    log(f"kernels available: {available_isas()}; cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}")
-    ids, titles, clusters = load_offers(args.data)
+    log(_common.host_line())
+    log(f"kernels available: {available_isas()}")
+    ids, titles, clusters, _ = _data.pricerunner_offers(args.data)
     encoder = TextEncoder(cache=EmbeddingCache(CACHE))
     with Clock() as enc_clock:
         encoder.encode([t if t.strip() else "untitled" for t in titles], progress=False)
@@ -305,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{name:58s} {value!s:>10s}  {goal}{mark}")
     result = {
         "benchmark": "incremental",
-        "cpu": flags,
+        "cpu": _common.cpu_flags(),
         "isas": available_isas(),
         "updates": inc,
         "review": rev,

@@ -27,36 +27,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pcsv
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+import _common
+import _data
 
-from ann import cpu_flags, cpu_model  # noqa: E402
+from simsearch import CatalogMatcher, TextEncoder
+from simsearch.applications import best_f1_threshold
 
-from simsearch import CatalogMatcher, TextEncoder  # noqa: E402
-from simsearch.applications import best_f1_threshold  # noqa: E402
-
-DEFAULT_DATA = Path(os.environ.get("SIMSEARCH_DATA", HERE.parent.parent / "shared" / "data")) / "abt_buy" / "deepmatcher"
+DEFAULT_DATA = _common.DATA_DIR / "abt_buy" / "deepmatcher"
 
 PUBLISHED = {
     "DeepMatcher (Hybrid)": (0.628, "Mudgal et al., Deep Learning for Entity Matching, SIGMOD 2018"),
     "Ditto": (0.893, "Li et al., Deep Entity Matching with Pre-Trained Language Models, PVLDB 14(1), 2021"),
 }
-
-
-def read_csv(path: Path) -> pa.Table:
-    return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
 
 
 def find_columns(a: pa.Table, b: pa.Table) -> tuple[str, str | None, list[str]]:
@@ -78,8 +68,8 @@ def find_columns(a: pa.Table, b: pa.Table) -> tuple[str, str | None, list[str]]:
     return title, price, extra
 
 
-def pair_table(path: Path) -> pa.Table:
-    t = read_csv(path)
+def pair_table(t: pa.Table) -> pa.Table:
+    """DeepMatcher's ``ltable_id, rtable_id, label`` under the matcher's column names."""
     return pa.table({"listing_id": t.column("ltable_id"), "product_id": t.column("rtable_id"), "label": t.column("label")})
 
 
@@ -117,8 +107,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="where the fine-tuned model goes (default: a temp dir)")
     args = ap.parse_args()
 
-    a, b = read_csv(args.data / "tableA.csv"), read_csv(args.data / "tableB.csv")
-    train, valid, test = (pair_table(args.data / f"{s}.csv") for s in ("train", "valid", "test"))
+    tables = _data.deepmatcher_tables(args.data)
+    a, b = tables["tableA"], tables["tableB"]
+    train, valid, test = (pair_table(tables[s]) for s in ("train", "valid", "test"))
     title, price, extra = find_columns(a, b)
     a = a.rename_columns(["title" if c == title else c for c in a.column_names])
     b = b.rename_columns(["title" if c == title else c for c in b.column_names])
@@ -127,11 +118,10 @@ def main() -> None:
     texts_a = [t or "untitled" for t in a.column("title").to_pylist()]
     texts_b = [t or "untitled" for t in b.column("title").to_pylist()]
     y_test = test.column("label").to_numpy()
-    flags = cpu_flags()
+    print(_common.host_line() + f"; python {platform.python_version()}")
+    flags = _common.cpu_flags()
     print(f"data {args.data}: A {a.num_rows} rows, B {b.num_rows} rows; pairs train {train.num_rows}, "
           f"valid {valid.num_rows}, test {test.num_rows}; title column {title!r}, price {price!r}, extra {extra}")
-    print(f"cpu: {cpu_model()}; {', '.join(k for k, v in flags.items() if v) or 'no avx2'}; "
-          f"{os.cpu_count()} logical cores; python {platform.python_version()}")
 
     # (a) anchor: zero-shot MiniLM fp32 cosine, threshold on train + valid.
     t0 = time.perf_counter()

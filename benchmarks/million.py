@@ -28,19 +28,13 @@ import argparse
 import gc
 import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _data  # noqa: E402
-from ann import cpu_flags, rss_bytes  # noqa: E402
-
-sys.path.append(str(_data.REPO_ROOT))  # an installed simsearch wins; else the checkout
+import _common
+import _data
 
 K = 10
 N_REMOVE = 10_000
@@ -52,7 +46,7 @@ def build_and_save(args: argparse.Namespace, base: np.ndarray, path: str) -> dic
 
     out: dict[str, Any] = {"n": len(base), "simsearch": simsearch.__file__}
     gc.collect()
-    rss0 = rss_bytes()
+    rss0 = _common.rss_bytes()
     index = simsearch.Index(
         base.shape[1], metric="cosine", dtype="int8", M=16, ef_construction=200,
         rescore=args.rescore, num_threads=args.threads,
@@ -65,7 +59,7 @@ def build_and_save(args: argparse.Namespace, base: np.ndarray, path: str) -> dic
         print(f"  added {done:,} ({time.perf_counter() - start:.0f} s)", flush=True)
     out["build_s"] = time.perf_counter() - start
     gc.collect()
-    out["build_rss_growth_bytes"] = rss_bytes() - rss0
+    out["build_rss_growth_bytes"] = _common.rss_bytes() - rss0
     out["reported_bytes"] = int(index.memory_bytes)
     print(f"build: {out['build_s']:.1f} s with {args.threads} threads, kernel {out['isa']}; "
           f"RSS growth {out['build_rss_growth_bytes'] / 1e6:,.0f} MB "
@@ -99,11 +93,11 @@ def load_search_remove(
     true_scores = np.load(gt_path)
     out: dict[str, Any] = {}
     gc.collect()
-    rss0 = rss_bytes()
+    rss0 = _common.rss_bytes()
     start = time.perf_counter()
     index = simsearch.Index.load(path, mmap=True, verify=verify)
     out["load_s"] = time.perf_counter() - start
-    out["rss_after_load_bytes"] = rss_bytes() - rss0
+    out["rss_after_load_bytes"] = _common.rss_bytes() - rss0
     index.num_threads = 1
     found, sweep = [], []
     for ef in EFS:
@@ -112,7 +106,7 @@ def load_search_remove(
         sweep.append({"ef": ef, "qps_batch": len(queries) / (time.perf_counter() - start)})
         found.append(ids)
     # Measured before scoring, which pages in rows of the memory-mapped base.
-    out["rss_after_search_bytes"] = rss_bytes() - rss0
+    out["rss_after_search_bytes"] = _common.rss_bytes() - rss0
     for point, ids in zip(sweep, found):
         point["recall"] = _data.recall_at_k(ids.astype(np.int64), base, queries, true_scores)
     out["sweep"] = sweep
@@ -161,35 +155,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(load_search_remove(path, args.n, args.queries, gt_path, not args.no_verify)))
         return 0
 
-    flags = cpu_flags()
-    print("CPU flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(_common.host_line())
     start = time.perf_counter()
     base, queries = _data.cached_synthetic_mixture(args.n, args.queries)
     base = np.array(base)  # in memory before the baseline, so only the index's growth is counted
     print(f"data: {args.n:,} x {base.shape[1]} synthetic vectors ({time.perf_counter() - start:.0f} s)", flush=True)
-    gt_path = str(_data.CACHE_DIR / f"million-gt-{args.n}-{args.queries}.npy")
+    gt_path = str(_common.CACHE_DIR / f"million-gt-{args.n}-{args.queries}.npy")
     if not os.path.exists(gt_path):
         start = time.perf_counter()
         _, gt_scores = _data.exact_knn(base, queries, K, metric="ip", chunk=50_000)
         np.save(gt_path, gt_scores)
         print(f"exact neighbours by brute force: {time.perf_counter() - start:.0f} s", flush=True)
 
-    path = str(_data.CACHE_DIR / f"million-{args.n}.simsearch")
-    summary: dict[str, Any] = {"cpu": flags, "threads": args.threads, "rescore": args.rescore}
+    path = str(_common.CACHE_DIR / f"million-{args.n}.simsearch")
+    summary: dict[str, Any] = {"cpu": _common.cpu_flags(), "threads": args.threads, "rescore": args.rescore}
     summary.update(build_and_save(args, base, path))
     del base
     gc.collect()
 
     def child(*extra: str) -> dict[str, Any]:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", path, gt_path, "--n", str(args.n),
-             "--queries", str(args.queries), *extra],
-            capture_output=True, text=True,
+        return _common.run_json_child(
+            __file__, "--child", path, gt_path, "--n", str(args.n), "--queries", str(args.queries), *extra
         )
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip()[-2000:] or f"child exited {proc.returncode}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     fast = child("--no-verify")
     print(f"load (mmap=True, verify=False, fresh process): {fast['load_s']:.2f} s; RSS after load "
@@ -209,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
           f"'id in index' true for {full['removed_contained']} of 1,000 removed; "
           f"recall@10 after remove (ef 64, against the remaining rows): {full['recall_after_remove_ef64']:.4f}")
     if not args.keep:
-        for f in os.listdir(_data.CACHE_DIR):
+        for f in os.listdir(_common.CACHE_DIR):
             if f.startswith(os.path.basename(path)):
-                os.remove(_data.CACHE_DIR / f)
+                os.remove(_common.CACHE_DIR / f)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     print(json.dumps(summary))
     return 0 if full["removed_returned"] == 0 and full["removed_contained"] == 0 else 1

@@ -21,15 +21,13 @@ and, with ``--student``, a distilled student folder) it measures:
 Each dedup and matching figure is given for the full pair score (embedding +
 character n-grams + model codes + measures) and for the embedding cosine alone
 (``lexical=False``, threshold chosen the same way). The last line printed is one
-JSON object with every figure.
+JSON object with every figure, keyed by encoder, and the CPU flags under ``"cpu"``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common
+import _data
 
-from simsearch.applications import (  # noqa: E402
+from simsearch.applications import (
     CatalogMatcher,
     KNNClassifier,
     choose_threshold,
@@ -48,8 +47,6 @@ from simsearch.applications import (  # noqa: E402
     pairwise_precision_recall,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path(os.environ.get("SIMSEARCH_DATA", REPO.parent / "shared" / "data"))
 SAMPLE_OFFERS = 6624  # the issue's anchor sample size
 
 
@@ -72,13 +69,6 @@ class MemoEncoder:
             for t, v in zip(todo, self.encoder.encode(todo, progress=progress)):
                 self.memo[t] = v
         return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
-
-
-def read_csv(path: Path, encoding: str = "utf-8") -> list[dict[str, str]]:
-    with open(path, newline="", encoding=encoding) as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        return list(reader)
 
 
 def table(ids: list[Any], titles: list[str]) -> dict[str, list[Any]]:
@@ -118,11 +108,8 @@ def pricerunner(data_dir: Path, encoder: Any, full: bool, log: Any) -> dict[str,
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupShuffleSplit
 
-    rows = read_csv(data_dir / "pricerunner" / "pricerunner_aggregate.csv")
-    titles = [r["Product Title"] for r in rows]
-    ids = [int(r["Product ID"]) for r in rows]
-    clusters = np.array([int(r["Cluster ID"]) for r in rows])
-    category = np.array([r["Category Label"] for r in rows])
+    offers = _data.pricerunner_offers(data_dir)
+    titles, ids, clusters, category = offers.titles, offers.ids.tolist(), offers.clusters, offers.categories
     out: dict[str, Any] = {}
 
     start = time.perf_counter()
@@ -165,7 +152,7 @@ def shopee(data_dir: Path, encoder: Any, log: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     splits = {}
     for split in ("dev", "test"):
-        rows = read_csv(data_dir / "shopee_subset" / f"{split}.csv")
+        rows = _data.shopee(split, data_dir)
         splits[split] = (table([r["posting_id"] for r in rows], [r["title"] for r in rows]), np.array([int(r["label_group"]) for r in rows]))
     for key, lexical, grid in (("dedup", True, None), ("dedup_embedding_only", False, plain_thresholds())):
         choice = choose_threshold(*splits["dev"], thresholds=grid, encoder=encoder, lexical=lexical, progress=False)
@@ -177,10 +164,9 @@ def shopee(data_dir: Path, encoder: Any, log: Any) -> dict[str, Any]:
 
 
 def abt_buy(data_dir: Path, encoder: Any, log: Any) -> dict[str, Any]:
-    folder = data_dir / "abt_buy" / "leipzig"
-    abt, buy = read_csv(folder / "abt.csv", "cp1252"), read_csv(folder / "buy.csv", "cp1252")
+    abt, buy, mapping = _data.leipzig_abt_buy(data_dir)
     truth: dict[str, set[str]] = {}
-    for m in read_csv(folder / "abt_buy_perfect_mapping.csv"):
+    for m in mapping:
         truth.setdefault(m["idAbt"], set()).add(m["idBuy"])
     out: dict[str, Any] = {}
     for key, lexical in (("retrieval", True), ("retrieval_embedding_only", False)):
@@ -202,7 +188,7 @@ def abt_buy(data_dir: Path, encoder: Any, log: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=_common.DATA_DIR)
     parser.add_argument("--encoders", default="fp32,int8", help="comma-separated precisions of the default model")
     parser.add_argument("--student", type=Path, default=None, help="folder of a distilled student to measure too")
     parser.add_argument("--no-full", action="store_true", help="skip dedup of all 35,311 PriceRunner offers")
@@ -215,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
+
+    print(_common.host_line(), flush=True)
 
     encoders: list[tuple[str, Any]] = [(p, lambda p=p: TextEncoder(precision=p)) for p in args.encoders.split(",") if p]
     if args.student is not None:
@@ -236,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = res
 
     print_table(results)
-    print(json.dumps(results))
+    print(json.dumps({"cpu": _common.cpu_flags(), **results}))
 
 
 def print_table(results: dict[str, Any]) -> None:

@@ -45,18 +45,16 @@ from pathlib import Path
 
 import numpy as np
 
-# This checkout's simsearch (the servers get it through PYTHONPATH too), and the benchmark helpers.
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
-from _data import CACHE_DIR, REPO_ROOT, cached_synthetic_mixture, load_titles, title_embeddings  # noqa: E402
-from ann import cpu_flags, cpu_model  # noqa: E402
+import _common
+import _data
 
 
 def build_folder(n_items: int) -> tuple[Path, int]:
     """The served index folder (built once, then reused); returns it and the number of real titles in it."""
-    titles = load_titles()
-    vectors = title_embeddings()
+    titles = _data.load_titles()
+    vectors = _data.title_embeddings()
     n_real = min(n_items, len(titles))
-    folder = CACHE_DIR / f"service-index-{n_items}"
+    folder = _common.CACHE_DIR / f"service-index-{n_items}"
     if (folder / "meta.json").exists():
         return folder, n_real
     from simsearch.encoders import TextEncoder
@@ -66,7 +64,7 @@ def build_folder(n_items: int) -> tuple[Path, int]:
     encoder = TextEncoder()
     base = vectors[:n_real]
     if n_items > n_real:
-        extra, _ = cached_synthetic_mixture(100_000 if n_items - n_real <= 100_000 else n_items - n_real, 1000)
+        extra, _ = _data.cached_synthetic_mixture(100_000 if n_items - n_real <= 100_000 else n_items - n_real, 1000)
         base = np.vstack([base, np.asarray(extra[: n_items - n_real], dtype=np.float32)])
     names = titles[:n_real] + [f"synthetic item {i}" for i in range(n_items - n_real)]
     print(f"building a {n_items}-item index ({n_real} titles + {n_items - n_real} synthetic) ...", file=sys.stderr)
@@ -91,7 +89,7 @@ class Server:
 
     def __init__(self, folder: Path, port: int, *args: str) -> None:
         self.port = port
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = dict(os.environ, PYTHONPATH=_common.simsearch_path())  # the simsearch this process imports
         env.pop("SIMSEARCH_TOKEN", None)
         command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(folder), "--port", str(port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -226,7 +224,7 @@ async def metrics_of(port: int) -> dict[str, float]:
 
 async def main_async(args: argparse.Namespace) -> dict:
     folder, n_real = build_folder(args.items)
-    titles = [t for t in load_titles()[:n_real] if t.strip()]
+    titles = [t for t in _data.load_titles()[:n_real] if t.strip()]
     random.Random(0).shuffle(titles)
     configs = {
         "adaptive": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
@@ -294,9 +292,8 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
 
-    flags = cpu_flags()
-    print(f"CPU: {cpu_model()}; " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
-    print(f"cores: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}; encoder threads: {args.threads or 'default'}")
+    print(_common.host_line())
+    print(f"encoder threads: {args.threads or 'default'}")
     out = asyncio.run(main_async(args))
     ratios = {}
     cpu_ratios = {}
@@ -313,7 +310,7 @@ def main() -> None:
     five_xx = sum(n for side in out["results"].values() for cell in side for code, n in cell["codes"].items() if code.startswith("5"))
     print(f"5xx responses: {five_xx}; load average at end: {os.getloadavg()[0]:.2f}")
     summary = {
-        "benchmark": "service", "items": args.items, "titles_in_index": out["n_titles"], "cpu": flags, "cores": os.cpu_count(),
+        "benchmark": "service", "items": args.items, "titles_in_index": out["n_titles"], "cpu": _common.cpu_flags(), "cores": os.cpu_count(),
         "seconds_per_cell": args.seconds, "encoder_threads": args.threads or None, "adaptive": out["results"]["adaptive"], "anchor": out["results"]["anchor"],
         "throughput_ratio": ratios, "cpu_per_search_ratio": cpu_ratios, "five_xx": five_xx,
     }  # fmt: skip

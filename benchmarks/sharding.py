@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,13 +39,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import _data  # noqa: E402
-from ann import cpu_flags, cpu_model  # noqa: E402
+import _common
+import _data
 
-import simsearch  # noqa: E402
-from simsearch.sharding import ShardedIndex  # noqa: E402
+import simsearch
+from simsearch.sharding import ShardedIndex
 
 
 def qps(search: Any, queries: np.ndarray, repeats: int = 2) -> tuple[float, np.ndarray]:
@@ -57,12 +54,6 @@ def qps(search: Any, queries: np.ndarray, repeats: int = 2) -> tuple[float, np.n
         ids = search(queries)
         best = min(best, time.perf_counter() - start)
     return len(queries) / best, ids
-
-
-def recall(found: np.ndarray, base: np.ndarray, queries: np.ndarray, true_scores: np.ndarray) -> float:
-    ids = found.astype(np.int64)
-    ids[found == np.uint64(2**64 - 1)] = -1
-    return _data.recall_at_k(ids, base, queries, true_scores, metric="ip")
 
 
 def latency_ms(search: Any, queries: np.ndarray) -> float:
@@ -89,8 +80,7 @@ def main() -> None:
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
     args = parser.parse_args()
 
-    flags = cpu_flags()
-    print(f"CPU: {cpu_model()}; flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+    print(_common.host_line())
     base, queries = _data.cached_synthetic_mixture(args.n, args.queries)
     base = np.ascontiguousarray(base)
     true_ids, true_scores = _data.exact_knn(base, queries, args.k, metric="ip")
@@ -98,7 +88,7 @@ def main() -> None:
     k, t = args.k, args.threads
     out: dict[str, Any] = {
         "n": args.n, "dim": int(base.shape[1]), "queries": len(queries), "k": k, "ef": args.ef, "threads": t,
-        "cpu": flags, "cpu_model": cpu_model(),
+        "cpu": _common.cpu_flags(), "cpu_model": _common.cpu_model(),
     }  # fmt: skip
 
     # 1. the anchor
@@ -108,7 +98,7 @@ def main() -> None:
     build_1t = time.perf_counter() - start
     one.num_threads = t
     q_one, found = qps(lambda q: one.search(q, k=k, ef=args.ef)[0], queries)
-    r_one = recall(found, base, queries, true_scores)
+    r_one = _data.recall_at_k(found, base, queries, true_scores)
     start = time.perf_counter()
     one_t = simsearch.Index(base.shape[1], num_threads=t, **params)
     one_t.add(base)
@@ -128,7 +118,7 @@ def main() -> None:
             sharded.add(base)
             build = time.perf_counter() - start
             q, found = qps(lambda x: sharded.search(x, k=k).ids, queries)
-            r = recall(found, base, queries, true_scores)
+            r = _data.recall_at_k(found, base, queries, true_scores)
             hash_qps[n_shards] = q
             out["hash"][n_shards] = {
                 "build_s": build, "build_speedup_vs_one_thread": build_1t / build, "recall": r,
@@ -152,7 +142,7 @@ def main() -> None:
             out["kmeans"][n_shards] = {"build_s": build, "sizes": sharded.shard_sizes.tolist(), "probes": {}}
             for n_probe in sorted({max(1, n_shards // 4), max(1, n_shards // 2), n_shards}):
                 q, found = qps(lambda x: sharded.search(x, k=k, n_probe=n_probe).ids, queries)
-                r = recall(found, base, queries, true_scores)
+                r = _data.recall_at_k(found, base, queries, true_scores)
                 ref = hash_qps.get(n_shards)
                 out["kmeans"][n_shards]["probes"][n_probe] = {"recall": r, "qps": q, "qps_vs_hash": None if ref is None else q / ref}
                 vs = "" if ref is None else f", {q / ref:.2f}x hash with {n_shards} shards"
@@ -173,8 +163,9 @@ def ray_figures(path: Path, queries: np.ndarray, k: int, threads: int) -> dict[s
 
     from simsearch.ray import RayIndex
 
-    repo = str(Path(__file__).resolve().parent.parent)
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": repo}})
+    # The workers import the simsearch this process imports.
+    env = {"PYTHONPATH": _common.simsearch_path()}
+    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     local = ShardedIndex.load(path, num_threads=threads)
     single = queries[:200]
     figures: dict[str, Any] = {"shards": local.n_shards}
