@@ -161,7 +161,7 @@ def ray_figures(path: Path, queries: np.ndarray, k: int, threads: int) -> dict[s
     """The saved hash index on a local Ray, one actor per shard and all shards in one actor, against in-process."""
     import ray
 
-    from simsearch.ray import RayIndex
+    from simsearch import ShardedIndex
 
     # The workers import the simsearch this process imports.
     env = {"PYTHONPATH": _common.simsearch_path()}
@@ -175,7 +175,7 @@ def ray_figures(path: Path, queries: np.ndarray, k: int, threads: int) -> dict[s
         q_local, ids_local = qps(lambda x: local.search(x, k=k).ids, queries)
         figures.update({"latency_ms_batch1_local": lat_local, "qps_batch1000_local": q_local})
         for per_actor in (1, local.n_shards):
-            remote = RayIndex.load(path, num_threads=threads, shards_per_actor=per_actor)
+            remote = ShardedIndex.load(path, num_threads=threads, engine="ray", engine_options={"shards_per_actor": per_actor})
             try:
                 latency_ms(lambda q: remote.search(q, k=k), single[:20])
                 lat_ray = latency_ms(lambda q: remote.search(q, k=k), single)
