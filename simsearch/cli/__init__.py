@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from simsearch.cli import classify, dedup, demo, eval, index, match, review, serve, train
 from simsearch.cli._common import CommandError
 from simsearch.cli.demo import demo_sample_path
+from simsearch.errors import SimsearchError
 
 __all__ = ["CommandError", "build_parser", "demo_sample_path", "main"]
 
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``simsearch`` command; returns the exit status.
 
-    0 on success, 2 on a user mistake (one line on stderr), 130 on Ctrl-C.
+    0 on success, 2 on a user mistake or any error the library raises on
+    purpose (:class:`~simsearch.SimsearchError`; one line on stderr), 130 on
+    Ctrl-C.
     """
     args = build_parser().parse_args(argv)
     try:
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("simsearch: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, FileNotFoundError, ValueError, TypeError, KeyError, OSError, ImportError) as err:
+    except (SimsearchError, FileNotFoundError, ValueError, TypeError, KeyError, OSError, ImportError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"simsearch: error: {message}", file=sys.stderr)
         return 2

@@ -76,4 +76,3 @@ def _pair_score(pairs: pa.Table, a: Any, b: Any) -> str:
         if {x, y} == {a, b}:
             return f"{s:.3f}"
     return "  -  "  # joined through the group, not by a direct pair
-

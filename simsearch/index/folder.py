@@ -253,8 +253,7 @@ def write_snapshot(folder: PathLike, index: Index, ids: list[Any], titles: list[
 
 
 def _full_meta(meta: dict[str, Any], index: Any, one_file: bool) -> dict[str, Any]:
-    full = {**meta, "format": INDEX_DIR_FORMAT, "dim": int(index.dim), "count": int(len(index))}
-    full["metric"] = index.metric
+    full = {**meta, "format": INDEX_DIR_FORMAT, "dim": int(index.dim), "count": len(index), "metric": index.metric}
     full["ef"] = int(index.ef)
     if one_file:
         full.pop("index", None)
