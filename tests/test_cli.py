@@ -1,17 +1,21 @@
-"""The simsearch command line, run in-process on the bundled PriceRunner sample."""
+"""The simsearch command line, run in-process on the bundled PriceRunner sample, and the index folder it writes."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from simsearch import Index
 from simsearch._tables import read_table, write_table
-from simsearch.cli import demo_sample_path, main
+from simsearch.cli import CommandError, demo_sample_path, main
+from simsearch.errors import CorruptFileError, FormatVersionError, SimsearchError
+from simsearch.index import folder as index_folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,16 +52,32 @@ def test_demo(capsys):
     assert f1 >= 0.8
 
 
-def test_index_build_and_search(capsys, offers):
-    code, _, err = run(capsys, "index", "build", offers / "offers.parquet", "--out", offers / "idx")
+def test_index_build_and_search(capsys, offers, monkeypatch):
+    code, _, err = run(capsys, "index", "build", offers / "offers.parquet", "--out", offers / "idx", "--ef", "24")
     assert code == 0, err
     meta = json.loads((offers / "idx" / "meta.json").read_text())
     assert meta["count"] == 120 and meta["dim"] == 384
+    assert (meta["format"], meta["metric"], meta["ef"]) == (1, "ip", 24)
+    assert sorted(p.name for p in offers.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
     title = read_table(offers / "offers.parquet").column("title")[0].as_py()
+    efs = []
+    search = Index.search
+
+    def recording_search(self, *args, **kwargs):
+        efs.append(self.ef)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "search", recording_search)
     code, _, err = run(capsys, "search", offers / "idx", title, "-k", "3", "--out", offers / "hits.csv")
     assert code == 0, err
     hits = read_table(offers / "hits.csv")
     assert hits.num_rows == 3 and hits.column("title")[0].as_py() == title
+    code, _, err = run(capsys, "search", offers / "idx", title, "-k", "3", "--ef", "80")
+    assert code == 0, err
+    assert efs == [24, 80]  # the folder's ef, then the one given
+    with pytest.raises(SystemExit) as exc:
+        main(["search", str(offers / "idx"), title, "--ef", "0"])
+    assert exc.value.code == 2 and "positive integer" in capsys.readouterr().err
 
 
 def test_index_build_with_attributes_and_filtered_search(capsys, offers):
@@ -152,6 +172,8 @@ def test_eval(capsys, offers):
         (["search", "{d}/idx8", "query"], "dimension"),
         (["match", "{d}/catalog.csv", "{d}/offers.parquet"], "no column 'id'"),
         (["dedup", "{d}/offers.txt2"], "cannot tell the format"),
+        (["search", "{d}/foreign", "query"], "is not a simsearch index folder"),
+        (["search", "{d}", "query"], "it has no meta.json"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(capsys, offers, args, message):
@@ -160,6 +182,8 @@ def test_user_mistakes_exit_2_with_one_line(capsys, offers, args, message):
     with open(offers / "empty.csv", "w") as f:
         f.write("id,title\n")
     (offers / "offers.txt2").write_text("x")
+    (offers / "foreign").mkdir(exist_ok=True)
+    (offers / "foreign" / "meta.json").write_text('{"name": "some other tool"}')
     if not (offers / "idx8").exists():
         # an index folder whose index has another dimension than the encoder
         (offers / "idx8").mkdir()
@@ -180,3 +204,114 @@ def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["dedup"])
     assert exc.value.code == 2
+
+
+def test_command_error_is_a_simsearch_error():
+    assert issubclass(CommandError, SimsearchError)
+
+
+# -- the index folder (simsearch.index.folder), without the encoder -----------
+
+
+def _small_index(n: int = 20, dim: int = 8) -> tuple[Index, np.ndarray]:
+    vectors = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    index = Index(dim, metric="ip", ef=32)
+    index.add(vectors)
+    return index, vectors
+
+
+def _items(n: int) -> pa.Table:
+    return pa.table({"id": [f"item-{i}" for i in range(n)], "title": [f"title {i}" for i in range(n)]})
+
+
+def test_folder_round_trip(tmp_path):
+    index, vectors = _small_index()
+    index_folder.write_folder(tmp_path / "f", index, _items(20), {"model": "m", "precision": "int8"})
+    meta = json.loads((tmp_path / "f" / "meta.json").read_text())
+    assert meta == {"model": "m", "precision": "int8", "format": 1, "dim": 8, "count": 20, "metric": "ip", "ef": 32}
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+    loaded, items, read = index_folder.open_folder(tmp_path / "f")
+    assert read == meta and loaded.ef == 32 and items.equals(_items(20))
+    np.testing.assert_array_equal(loaded.search(vectors, k=3)[0], index.search(vectors, k=3)[0])
+
+
+def test_folder_rewrite_replaces_the_whole_folder(tmp_path):
+    index, _ = _small_index()
+    index_folder.write_folder(tmp_path / "f", index, _items(20), {})
+    (tmp_path / "f" / "wal.log").write_bytes(b"a log of the old index")
+    smaller, _ = _small_index(5)
+    index_folder.write_folder(tmp_path / "f", smaller, _items(5), {})
+    assert sorted(os.listdir(tmp_path / "f")) == ["index.ssi", "items.parquet", "meta.json"]
+    assert len(index_folder.open_folder(tmp_path / "f")[0]) == 5
+
+
+def test_folder_write_refuses_to_replace_another_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    index, _ = _small_index()
+    with pytest.raises(FileExistsError, match="not an index folder"):
+        index_folder.write_folder(tmp_path / "mine", index, _items(20), {})
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_snapshot_replaces_files_by_rename(tmp_path):
+    index, vectors = _small_index()
+    folder = tmp_path / "f"
+    index_folder.write_folder(folder, index, _items(20), {"model": "m"})
+    mapped = Index.load(folder / "index.ssi", mmap=True)
+    expected = mapped.search(vectors, k=3)
+    before = (folder / "index.ssi").stat().st_ino
+    index.add(vectors[:2] * 2)
+    ids = [f"item-{i}" for i in range(22)]
+    index_folder.write_snapshot(folder, index, ids, [f"t{i}" for i in range(22)], {"model": "m", "version": 3})
+    assert (folder / "index.ssi").stat().st_ino != before  # a new file, not the mapped one rewritten
+    for got, want in zip(mapped.search(vectors, k=3), expected):  # the old mapping still reads
+        np.testing.assert_array_equal(got, want)
+    reopened, reids, _, meta = index_folder.read_folder(folder)
+    assert len(reopened) == 22 and reids == ids and (meta["count"], meta["version"]) == (22, 3)
+
+
+def test_folders_written_by_older_code_open(tmp_path):
+    # meta.json as 'simsearch index build' wrote it before the folder recorded ef
+    index, _ = _small_index()
+    folder = tmp_path / "old"
+    folder.mkdir()
+    index.save(folder / "index.ssi")
+    write_table(pa.table({"id": list(range(20)), "title": list("abcdefghijklmnopqrst")}), folder / "items.parquet")
+    meta = {"format": 1, "model": "m", "model_path": None, "precision": "int8", "fingerprint": "f", "dim": 8, "count": 20, "metric": "ip"}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    loaded, items, read = index_folder.open_folder(folder)
+    assert read == meta and len(loaded) == 20 and loaded.ef == 64 and items.num_rows == 20
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [
+        (lambda f: (f / "meta.json").unlink(), CorruptFileError, "it has no meta.json"),
+        (lambda f: (f / "meta.json").write_text("{not json"), CorruptFileError, "not valid JSON"),
+        (lambda f: (f / "meta.json").write_text("[1, 2]"), CorruptFileError, "not a JSON object"),
+        (lambda f: (f / "meta.json").write_text('{"name": "x"}'), CorruptFileError, "has no 'format' field"),
+        (lambda f: _edit_meta(f, format="1"), CorruptFileError, "no valid format"),
+        (lambda f: _edit_meta(f, format=2), FormatVersionError, "newer simsearch"),
+        (lambda f: _edit_meta(f, index="../elsewhere"), CorruptFileError, "unknown index '../elsewhere'"),
+        (lambda f: _edit_meta(f, ef=-3), CorruptFileError, "bad 'ef'"),
+        (lambda f: _edit_meta(f, attributes=["a"]), CorruptFileError, "malformed 'attributes'"),
+        (lambda f: (f / "items.parquet").write_text("id,title\n"), CorruptFileError, "not a Parquet table"),
+        (lambda f: pq.write_table(pa.table({"id": [1]}), f / "items.parquet"), CorruptFileError, "'title'"),
+        (lambda f: pq.write_table(_items(3), f / "items.parquet"), CorruptFileError, "has 3 rows"),
+        (lambda f: (f / "items.parquet").unlink(), FileNotFoundError, "no items.parquet"),
+        (lambda f: _edit_meta(f, index="sharded"), ValueError, "holds a sharded index"),
+    ],
+)
+def test_corrupt_or_foreign_folders_are_refused(tmp_path, damage, error, message):
+    index, _ = _small_index()
+    folder = tmp_path / "f"
+    index_folder.write_folder(folder, index, _items(20), {})
+    damage(folder)
+    with pytest.raises(error, match=message):
+        index_folder.read_folder(folder)
+
+
+def _edit_meta(folder, **fields):
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, **fields}))

@@ -256,6 +256,7 @@ def test_cli_index_build_engine_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     from simsearch import cli
     from simsearch._tables import read_table, write_table
     from simsearch.applications import ray_jobs
+    from simsearch.index.folder import open_folder
 
     titles = [f"offer {i}" for i in range(300)]
     write_table(pa.table({"id": np.arange(300) * 10, "title": titles}), tmp_path / "items.parquet")
@@ -270,7 +271,7 @@ def test_cli_index_build_engine_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(ray_jobs, "encode_table", fake_encode)
     code = cli.main(["-q", "index", "build", str(tmp_path / "items.parquet"), "--out", str(tmp_path / "idx"), "--engine", "ray", "--shards", "3"])
     assert code == 0, capsys.readouterr().err
-    index, items, meta = cli._open_index_dir(str(tmp_path / "idx"))
+    index, items, meta = open_folder(tmp_path / "idx", sharded=True)
     assert isinstance(index, ShardedIndex) and index.n_shards == 3 and len(index) == 300
     assert (meta["model"], meta["count"], meta["dim"], meta["index"]) == ("fake", 300, DIM, "sharded")
     assert items.column("id").to_pylist() == list(range(0, 3000, 10))

@@ -1,18 +1,19 @@
-"""Durable state of a served index folder: snapshot files plus a write-ahead log.
+"""Durable writes of a served index folder: the write-ahead log.
 
-The folder is the one ``simsearch index build`` writes: ``index.ssi`` (the
-native index), ``items.parquet`` (row ``i`` holds the id and title of index
-key ``i``) and ``meta.json``. A service that changes the index adds
-``wal.log``.
+The folder itself (``index.ssi``, ``items.parquet``, ``meta.json``: what
+``simsearch index build`` writes) is :mod:`simsearch.index.folder`; its reader
+and snapshot writer are re-exported here for the service. A service that
+changes the index adds ``wal.log``.
 
 Durability is by write-ahead log: every write (an add or a remove) is appended
 to ``wal.log`` as one framed, checksummed record and ``fsync``-ed *before* it
 is applied and acknowledged. At start the log is replayed over the snapshot.
-A snapshot (``items.parquet``, then ``index.ssi``, then ``meta.json``, each
-written atomically: temp file, fsync, rename, directory fsync) is followed by
-truncating the log. Replay is idempotent (keys are never reused: an add whose
-key is already in the index and a remove whose key is absent are skipped), so
-a crash anywhere inside a snapshot still replays to the acknowledged state.
+A snapshot (:func:`~simsearch.index.folder.write_snapshot`: ``items.parquet``,
+then ``index.ssi``, then ``meta.json``, each replaced atomically) is followed
+by truncating the log. Replay is idempotent (keys are never reused: an add
+whose key is already in the index and a remove whose key is absent are
+skipped), so a crash anywhere inside a snapshot still replays to the
+acknowledged state.
 
 ``wal.log`` layout, integers little-endian::
 
@@ -31,21 +32,37 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-#: Layout version of the folder (that of ``simsearch index build``).
-INDEX_DIR_FORMAT = 1
-INDEX_FILE = "index.ssi"
-ITEMS_FILE = "items.parquet"
-META_FILE = "meta.json"
+from simsearch._storage import fsync_dir, fsync_file
+from simsearch.errors import CorruptFileError, FormatVersionError
+from simsearch.index.folder import (
+    INDEX_DIR_FORMAT,
+    INDEX_FILE,
+    ITEMS_FILE,
+    META_FILE,
+    read_folder,
+    read_meta,
+    write_snapshot,
+)
+
+__all__ = [
+    "INDEX_DIR_FORMAT",
+    "INDEX_FILE",
+    "ITEMS_FILE",
+    "META_FILE",
+    "WAL_FILE",
+    "read_folder",
+    "read_meta",
+    "write_snapshot",
+    "WriteAheadLog",
+]
+
 WAL_FILE = "wal.log"
 
 WAL_MAGIC = b"SSWAL001"
@@ -53,99 +70,6 @@ WAL_VERSION = 1
 _FILE_HEADER = struct.Struct("<8sI4x")
 _RECORD_HEADER = struct.Struct("<4sIQI4x")
 _RECORD_MAGIC = b"SWR1"
-
-
-def fsync_dir(directory: str | os.PathLike[str]) -> None:
-    """``fsync`` a directory so that a rename inside it survives a crash."""
-    fd = os.open(os.fspath(directory), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, write: Any) -> None:
-    """Write ``path`` through ``write(tmp_path)``, then fsync and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check that ``path`` is a one-file index folder this simsearch can read; returns its ``meta.json``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder does not exist.
-    ValueError
-        If it has no ``meta.json``, is of a newer format, or holds a sharded index.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such index folder: {os.fspath(path)!r} (make one with: simsearch index build ITEMS --out DIR)")
-    meta_file = folder / META_FILE
-    if not meta_file.exists():
-        raise ValueError(f"{os.fspath(path)!r} is not a simsearch index folder: it has no {META_FILE}")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format", 0) > INDEX_DIR_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} was written by a newer simsearch (format {meta['format']}); upgrade simsearch")
-    if meta.get("index", INDEX_FILE) != INDEX_FILE:
-        raise ValueError(
-            f"{os.fspath(path)!r} holds a sharded index ({meta['index']!r}); the service serves one-file index folders "
-            "(build one without --engine ray)"
-        )
-    return meta
-
-
-def read_folder(path: str | os.PathLike[str]) -> tuple[Any, list[Any], list[str | None], dict[str, Any]]:
-    """Open an index folder's snapshot (without the log).
-
-    Returns
-    -------
-    index : Index
-    ids, titles : list
-        Row ``i`` describes index key ``i``.
-    meta : dict
-        ``meta.json``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder or one of its files is missing.
-    ValueError
-        As :func:`read_meta`, or if the items table does not cover the index's keys.
-    """
-    from simsearch.index import Index
-
-    meta = read_meta(path)
-    folder = Path(path)
-    index = Index.load(folder / INDEX_FILE)
-    table = pq.read_table(folder / ITEMS_FILE, columns=["id", "title"])
-    ids = table.column("id").to_pylist()
-    titles = table.column("title").to_pylist()
-    if len(index) and int(index.ids().max()) >= len(ids):
-        raise ValueError(f"{ITEMS_FILE} has {len(ids)} rows but the index holds key {int(index.ids().max())}")
-    return index, ids, titles, meta
-
-
-def write_snapshot(folder: Path, index: Any, ids: list[Any], titles: list[str | None], meta: dict[str, Any]) -> None:
-    """Write items, index and meta atomically, in that order (see the module notes)."""
-    id_type = pa.string() if ids and isinstance(ids[0], str) else pa.int64()
-    table = pa.table({"id": pa.array(ids, type=id_type), "title": pa.array(titles, type=pa.string())})
-    write_atomic(folder / ITEMS_FILE, lambda tmp: pq.write_table(table, tmp))
-    index.save(folder / INDEX_FILE)
-    text = json.dumps(meta, indent=2) + "\n"
-    write_atomic(folder / META_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
 class WriteAheadLog:
@@ -158,9 +82,10 @@ class WriteAheadLog:
 
     Raises
     ------
-    ValueError
-        If the file exists but is not a simsearch write-ahead log, or is of a
-        newer format.
+    CorruptFileError
+        If the file exists but is not a simsearch write-ahead log.
+    FormatVersionError
+        If it is of a newer format.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -168,18 +93,17 @@ class WriteAheadLog:
         if not self.path.exists() or self.path.stat().st_size == 0:
             with open(self.path, "wb") as f:
                 f.write(_FILE_HEADER.pack(WAL_MAGIC, WAL_VERSION))
-                f.flush()
-                os.fsync(f.fileno())
+                fsync_file(f)
             fsync_dir(self.path.parent)
         self._file = open(self.path, "rb+")
         head = self._file.read(_FILE_HEADER.size)
         if len(head) < _FILE_HEADER.size or head[:8] != WAL_MAGIC:
             self._file.close()
-            raise ValueError(f"{os.fspath(path)!r} is not a simsearch write-ahead log (bad magic)")
+            raise CorruptFileError(f"{os.fspath(path)!r} is not a simsearch write-ahead log (bad magic)")
         version = _FILE_HEADER.unpack(head)[1]
         if version > WAL_VERSION:
             self._file.close()
-            raise ValueError(f"{os.fspath(path)!r} has log format {version}; this simsearch reads up to {WAL_VERSION}")
+            raise FormatVersionError(f"{os.fspath(path)!r} has log format {version}; this simsearch reads up to {WAL_VERSION}")
         self.records = 0
 
     def replay(self) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
@@ -213,8 +137,7 @@ class WriteAheadLog:
         f.seek(0, os.SEEK_END)
         if f.tell() != good:
             f.truncate(good)
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         f.seek(good)
 
     def append(self, record: dict[str, Any], vectors: np.ndarray | None = None) -> None:
@@ -233,16 +156,14 @@ class WriteAheadLog:
         f = self._file
         f.seek(0, os.SEEK_END)
         f.write(_RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), len(blob), crc) + payload + blob)
-        f.flush()
-        os.fsync(f.fileno())
+        fsync_file(f)
         self.records += 1
 
     def truncate(self) -> None:
         """Drop every record (after a snapshot holds them)."""
         f = self._file
         f.truncate(_FILE_HEADER.size)
-        f.flush()
-        os.fsync(f.fileno())
+        fsync_file(f)
         self.records = 0
 
     def close(self) -> None:
