@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simsearch._validation import check_positive_int
+from simsearch._validation import check_positive_int, l2_normalize
 from simsearch.encoders import backends as _backends
 from simsearch.encoders.export import RECIPE_VERSION, resolve_text_model, text_onnx_path
 
@@ -239,10 +239,7 @@ class TextEncoder:
                     feed = self._feed([encodings[i] for i in picked], int(lengths[picked].max()))
                     out[rows[picked]] = self._runner.run(feed)
                     bar.update(len(picked))
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.divide(out, np.maximum(norms, 1e-12), out=out)
-        return out
+        return l2_normalize(out, "text embeddings") if normalize else out
 
     def _feed(self, encodings: list[Any], width: int) -> dict[str, np.ndarray]:
         """Pad one batch into int64 arrays of shape (batch, width)."""

@@ -28,8 +28,10 @@ from typing import Any, Union
 
 import numpy as np
 
-from simsearch.serving.batcher import BatchStats, DeadlineExceeded, QueueFull
-from simsearch.serving.service import MAX_K, DuplicateIdError, SearchResult, Service
+from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull, SimsearchError
+from simsearch.serving.batcher import BatchStats
+from simsearch.serving.results import SearchResult
+from simsearch.serving.service import MAX_K, Service
 
 try:
     from fastapi import FastAPI, Request
@@ -218,7 +220,9 @@ class _State:
         return {"model": s.model_name, "model_fingerprint": s.model_fingerprint, "index_version": s.index_version}
 
 
-class _HTTPError(Exception):
+class _HTTPError(SimsearchError):
+    """A request the app refuses itself, answered with ``status`` and the message as one line."""
+
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
