@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from simsearch._validation import check_positive_int
+from simsearch._validation import check_positive_int, check_texts
 from simsearch.encoders._training import embed_batch, optimizer_step, save_model_dir
 from simsearch.encoders.export import resolve_text_model
-from simsearch.encoders.text import TextEncoder, _check_texts
+from simsearch.encoders.text import TextEncoder
 
 _LOSSES = ("cosine", "mse")
 
@@ -103,7 +103,7 @@ def distill(
     layers = check_positive_int(layers, "layers")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    items = _check_texts(texts)
+    items = check_texts(texts)
     if not items:
         raise ValueError("texts is empty; distillation needs in-domain training texts")
     out = Path(out).expanduser()

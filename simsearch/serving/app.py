@@ -28,7 +28,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull, SimsearchError
+from simsearch.errors import DeadlineExceeded, DuplicateIdError, LoadError, QueueFull, SimsearchError
 from simsearch.serving.batcher import BatchStats
 from simsearch.serving.results import SearchResult
 from simsearch.serving.service import MAX_K, Service
@@ -616,8 +616,8 @@ def serve(
     ------
     FileNotFoundError, ValueError
         If ``index_dir`` is not an index folder (checked before listening).
-    RuntimeError
-        If loading the model or the index failed (after the server stopped).
+    LoadError
+        If loading the model or the index failed (after the server stopped; a ``RuntimeError``).
     """
     import uvicorn
 
@@ -630,7 +630,7 @@ def serve(
 
     def stop(error: str) -> None:
         print(f"simsearch: could not load {index_dir!r}: {error}", file=sys.stderr)
-        server.should_exit = True  # a graceful shutdown, then the RuntimeError below
+        server.should_exit = True  # a graceful shutdown, then the LoadError below
 
     def load(on_batch: Callable[[BatchStats], None]) -> Service:
         from simsearch.encoders import TextEncoder
@@ -655,4 +655,4 @@ def serve(
     server.run()
     error = app.state.simsearch.error
     if error is not None:
-        raise RuntimeError(f"could not load {index_dir!r}: {error}")
+        raise LoadError(f"could not load {index_dir!r}: {error}")

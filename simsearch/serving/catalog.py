@@ -54,6 +54,9 @@ class Catalog:
     path : Path or None
     version : int
         Raised by one with every write.
+    snapshot_every : int
+    meta : dict
+        Written back into ``meta.json`` by :meth:`save` (with the count and version updated).
     """
 
     def __init__(

@@ -107,6 +107,10 @@ class Service:
         answer carries it.
     model_name, model_fingerprint : str
         The encoder's.
+    catalog : Catalog
+        The items (index keys to ids and titles) and the write path: adds and
+        removes, the write-ahead log and snapshots
+        (:class:`~simsearch.serving.catalog.Catalog`).
 
     Examples
     --------
