@@ -21,6 +21,7 @@ from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull
 from simsearch.serving import store
 from simsearch.serving.batcher import AdaptiveBatcher, BatchStats
 from simsearch.serving.catalog import Catalog
+from simsearch.serving.futures import chain, done
 from simsearch.serving.results import EmbedResult, Hit, SearchResult, WriteResult
 
 __all__ = [
@@ -300,9 +301,9 @@ class Service:
         deadline = self._deadline(timeout)
         n = len(items)
         if n == 0:
-            return _done(EmbedResult(np.empty((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool)))
+            return done(EmbedResult(np.empty((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool)))
         if self.cache is None:
-            return _chain(self._submit(items, deadline), lambda v: EmbedResult(v, np.zeros(n, dtype=bool)))
+            return chain(self._submit(items, deadline), lambda v: EmbedResult(v, np.zeros(n, dtype=bool)))
         keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in items]
         found = self.cache.get_many(self._namespace, keys)
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -314,13 +315,13 @@ class Service:
                 out[row] = vec
         missing = np.array([v is None for v in found], dtype=bool)
         if not first_row:
-            return _done(EmbedResult(out, missing))
+            return done(EmbedResult(out, missing))
         miss_keys = list(first_row)
         miss_texts = [items[first_row[k]] for k in miss_keys]
         if on_miss == "async":
             self._compute_later(miss_keys, miss_texts)
             out[missing] = np.nan
-            return _done(EmbedResult(out, missing))
+            return done(EmbedResult(out, missing))
 
         def fill(vectors: np.ndarray) -> EmbedResult:
             self.cache.put_many(self._namespace, miss_keys, vectors)
@@ -329,7 +330,7 @@ class Service:
                 out[row] = fresh[keys[row]]
             return EmbedResult(out, np.zeros(n, dtype=bool))
 
-        return _chain(self._submit(miss_texts, deadline), fill)
+        return chain(self._submit(miss_texts, deadline), fill)
 
     def _submit(self, texts: list[str], deadline: float | None) -> Future:
         try:
@@ -571,6 +572,15 @@ class Service:
     def remove(self, ids: Sequence[Any]) -> WriteResult:
         """Remove items by id; durable once this returns (for a service opened from a folder).
 
+        Parameters
+        ----------
+        ids : sequence of int or str
+            Ids of items in the index.
+
+        Returns
+        -------
+        WriteResult
+
         Raises
         ------
         UnknownIdError
@@ -606,36 +616,3 @@ def _text_list(texts: Any, name: str) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a sequence of str, got a single str; wrap it in a list")
     return list(texts)
-
-
-def _done(value: Any) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
-def _chain(inner: Future, then: Callable[[Any], Any]) -> Future:
-    """A future of ``then(inner.result())``; cancelling it cancels ``inner``."""
-    outer: Future = Future()
-
-    def relay(f: Future) -> None:
-        if f.cancelled():
-            outer.cancel()
-            return
-        err = f.exception()
-        if err is not None:
-            if outer.set_running_or_notify_cancel():
-                outer.set_exception(err)
-            return
-        try:
-            value = then(f.result())
-        except BaseException as e:
-            if outer.set_running_or_notify_cancel():
-                outer.set_exception(e)
-            return
-        if outer.set_running_or_notify_cancel():
-            outer.set_result(value)
-
-    inner.add_done_callback(relay)
-    outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
-    return outer
