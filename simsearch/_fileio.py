@@ -22,10 +22,10 @@ Sections are plain numeric arrays: nothing is pickled, and object or structured
 dtypes are refused both ways. The alignment lets :func:`read_container` return
 ``np.memmap`` views whose rows start on cache-line boundaries.
 
-Saving is atomic: the file is written beside its destination under a temporary
-name, flushed, ``fsync``-ed, renamed over the destination with ``os.replace``,
-and the directory is ``fsync``-ed, so a crash leaves either the old file or
-the new one, never a torn one.
+Saving is atomic (:func:`simsearch._storage.atomic_write`): the file is
+written beside its destination under a unique temporary name, ``fsync``-ed,
+renamed over the destination and the folder is ``fsync``-ed, so a crash
+leaves either the old file or the new one, never a torn one.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from simsearch._storage import atomic_write, fsync_dir
+from simsearch.errors import CorruptFileError, FormatVersionError
 
 MAGIC = b"SIMSPY01"
 FORMAT_VERSION = 1
@@ -77,17 +79,8 @@ def _crc32(buf: np.ndarray) -> int:
     return crc
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename still stands
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# Kept for callers that have not moved to simsearch._storage yet.
+_fsync_dir = fsync_dir
 
 
 def write_container(
@@ -156,30 +149,16 @@ def write_container(
             break
         data_start = needed
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, len(blob), zlib.crc32(blob), 0))
-            f.write(blob)
-            for entry, arr in zip(entries, arrays.values()):
-                f.write(b"\0" * (entry["offset"] - f.tell()))
-                f.write(arr.reshape(-1).view(np.uint8).data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_write(path, "wb") as f:
+        f.write(_PREFIX.pack(MAGIC, len(blob), zlib.crc32(blob), 0))
+        f.write(blob)
+        for entry, arr in zip(entries, arrays.values()):
+            f.write(b"\0" * (entry["offset"] - f.tell()))
+            f.write(arr.reshape(-1).view(np.uint8).data)
 
 
-def _corrupt(path: str, what: str) -> ValueError:
-    return ValueError(f"corrupt simsearch index file {path!r}: {what}")
+def _corrupt(path: str, what: str) -> CorruptFileError:
+    return CorruptFileError(f"corrupt simsearch index file {path!r}: {what}")
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -196,9 +175,11 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises
     ------
-    ValueError
-        If the file is not a simsearch container, was written by a newer
-        format version, or its header is truncated or fails its checksum.
+    CorruptFileError
+        If the file is not a simsearch container, or its header is truncated
+        or fails its checksum (a ``ValueError``).
+    FormatVersionError
+        If it was written by a newer format version (a ``CorruptFileError``).
     OSError
         If the file cannot be opened.
     """
@@ -210,7 +191,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_header(f: Any, path: str, size: int) -> dict[str, Any]:
     prefix = f.read(_PREFIX.size)
     if prefix[: len(MAGIC)] != MAGIC:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path!r} is not a simsearch index file (it starts with {prefix[:8]!r}, "
             f"expected {MAGIC!r})"
         )
@@ -234,7 +215,7 @@ def _read_header(f: Any, path: str, size: int) -> dict[str, Any]:
     if not isinstance(version, int):
         raise _corrupt(path, "header has no format_version")
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise FormatVersionError(
             f"{path!r} was written in simsearch container format version {version}; "
             f"this simsearch reads versions up to {FORMAT_VERSION}: upgrade simsearch to load it"
         )
@@ -310,9 +291,10 @@ def read_container(
 
     Raises
     ------
-    ValueError
-        ``"not a simsearch index file"`` for a foreign file; a newer
-        ``format_version`` (the message names both versions); ``"corrupt
+    CorruptFileError
+        (a ``ValueError``) ``"not a simsearch index file"`` for a foreign
+        file; :class:`FormatVersionError` for a newer ``format_version`` (the
+        message names both versions); ``"corrupt
         ..."`` for a truncated file, a malformed header or a section whose
         checksum does not match (the message names the section).
     OSError

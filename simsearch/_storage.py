@@ -439,3 +439,18 @@ def safe_member(directory: PathLike, member: Any, what: str) -> Path:
     if not isinstance(member, str) or not member or os.path.isabs(member) or ".." in Path(member).parts:
         raise CorruptFileError(f"the {what} {str(directory)!r} names a file outside it: {member!r}")
     return Path(directory) / member
+
+
+# ------------------------------------------------------------------ locations
+def cache_dir() -> Path:
+    """Return the root folder of simsearch's caches: ``$SIMSEARCH_CACHE``, else the user cache folder.
+
+    Exported models, image graphs and the default embedding cache live below
+    it; it is not created here.
+    """
+    env = os.environ.get("SIMSEARCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("simsearch"))

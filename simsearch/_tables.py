@@ -23,6 +23,9 @@ from typing import Any, Union
 
 import pyarrow as pa
 
+from simsearch._storage import atomic_write_path
+from simsearch.errors import MissingColumnError  # defined there; importable from here as before
+
 TableLike = Union[pa.Table, pa.RecordBatch, "os.PathLike[str]", str, Mapping[str, Sequence[Any]], Any]
 
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -30,17 +33,6 @@ _CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
 
 #: Rows per batch when a file is streamed.
 DEFAULT_BATCH_ROWS = 65_536
-
-
-class MissingColumnError(KeyError, ValueError):
-    """A table lacks a column the caller asked for.
-
-    Both a ``KeyError`` (a name was looked up and not found) and a ``ValueError``
-    (the caller's data is wrong), so either ``except`` catches it.
-    """
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
 
 
 def _file_kind(path: Path) -> str:
@@ -325,8 +317,9 @@ def id_column(table: pa.Table, column: str, *, name: str = "table") -> pa.Chunke
 def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Write a table to ``.parquet`` or ``.csv``/``.tsv``, chosen by the suffix.
 
-    The file is written beside its target and renamed into place, so a reader
-    never sees half a file.
+    The file is written beside its target under a unique temporary name,
+    fsync-ed and renamed into place (:func:`simsearch._storage.atomic_write_path`),
+    so a reader never sees half a file and a failed write leaves the old one.
 
     Raises
     ------
@@ -339,14 +332,12 @@ def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
         raise ValueError(f"cannot tell the format of {str(path)!r}: expected a .parquet, .csv or .tsv file")
     if path.parent and not path.parent.exists():
         raise FileNotFoundError(f"no such folder: {str(path.parent)!r}")
-    tmp = path.with_name(f".{path.name}.tmp")
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(table, tmp)
+        atomic_write_path(path, lambda tmp: pq.write_table(table, tmp))
     else:
         from pyarrow import csv as pacsv
 
         opts = pacsv.WriteOptions(delimiter="\t" if kind == "tsv" else ",")
-        pacsv.write_csv(table, tmp, write_options=opts)
-    os.replace(tmp, path)
+        atomic_write_path(path, lambda tmp: pacsv.write_csv(table, tmp, write_options=opts))

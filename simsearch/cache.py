@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simsearch._storage import cache_dir
+
 # SQLite caps the number of "?" in one statement (32766 since 3.32, 999 before).
 _SQL_BATCH = 900
 
@@ -115,8 +117,6 @@ class EmbeddingCache(_Counters):
     def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> None:
         super().__init__()
         if path is None:
-            from simsearch.encoders._files import cache_dir
-
             path = cache_dir() / "embeddings.sqlite"
         if str(path) != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,7 @@ class DeadlineExceeded(SimsearchError, TimeoutError):
 
 class ClosedError(SimsearchError, RuntimeError):
     """A service, batcher or engine was used after ``close()``."""
+
+
+class LoadError(SimsearchError, RuntimeError):
+    """A served model or index folder failed to load (``simsearch serve`` reports why and stops)."""

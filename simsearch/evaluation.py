@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_positive_int
+from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int, l2_normalize
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ def evaluate(
     """
     if getattr(index, "backend", None) != "native":
         raise ValueError("evaluate needs a native-backend Index (the int8 codes are what it measures)")
-    k = check_positive_int(k, "k")
-    ef = index.ef if ef is None else check_positive_int(ef, "ef")
+    k = check_k(k)
+    ef = index.ef if ef is None else check_ef(ef)
+    batch_size = check_positive_int(batch_size, "batch_size")
     n = len(index)
     if n == 0:
         raise ValueError("the index is empty")
@@ -169,8 +170,8 @@ def evaluate(
 def _exact(base: np.ndarray, base_ids: np.ndarray, q: np.ndarray, k: int, metric: str, batch_size: int) -> np.ndarray:
     """Exact top-k ids by float32 brute force, shape (n_queries, k), uint64."""
     if metric == "cosine":
-        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        base = l2_normalize(base, "vectors")
+        q = l2_normalize(q, "queries")
     sq = np.einsum("ij,ij->i", base, base) if metric == "l2" else None
     out = np.empty((len(q), k), dtype=np.uint64)
     for start in range(0, len(q), batch_size):

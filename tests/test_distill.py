@@ -69,7 +69,7 @@ def test_bad_arguments(env, titles, tmp_path):
 
     with pytest.raises(ValueError, match="texts is empty"):
         distill(None, [], out=tmp_path / "a")
-    with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+    with pytest.raises(ValueError, match=r"texts\[1\] is an empty text"):
         distill(None, ["ok", " "], out=tmp_path / "a")
     with pytest.raises(ValueError, match="loss"):
         distill(None, titles, loss="kl", out=tmp_path / "a")

@@ -185,12 +185,12 @@ def test_accepts_tuples_and_arrays(fp32):
 @pytest.mark.parametrize(
     ("texts", "error", "match"),
     [
-        (["ok", "fine", None], TypeError, r"texts\[2\] is None"),
-        (["ok", 5], TypeError, r"texts\[1\] has type int"),
-        (["ok", b"bytes"], TypeError, r"texts\[1\] has type bytes"),
-        (["", "ok"], ValueError, r"texts\[0\] is empty"),
-        (["ok", "  \t\n"], ValueError, r"texts\[1\] is empty or whitespace"),
-        ("a single title", TypeError, r"wrap one text in a list"),
+        (["ok", "fine", None], TypeError, r"texts\[2\] is NoneType, expected str"),
+        (["ok", 5], TypeError, r"texts\[1\] is int, expected str"),
+        (["ok", b"bytes"], TypeError, r"texts\[1\] is bytes, expected str"),
+        (["", "ok"], ValueError, r"texts\[0\] is an empty text"),
+        (["ok", "  \t\n"], ValueError, r"texts\[1\] is an empty text"),
+        ("a single title", TypeError, r"single str; wrap it in a list"),
         (42, TypeError, "sequence of str"),
         (np.array([["a", "b"]]), ValueError, "1-D"),
     ],

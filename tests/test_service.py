@@ -25,6 +25,7 @@ from simsearch.serving import (
     QueueFull,
     Service,
 )
+from simsearch.errors import ClosedError, SimsearchError, UnknownIdError
 from simsearch.serving import store
 
 
@@ -46,7 +47,7 @@ class Gate:
 def abandon(service: Service) -> None:
     """Drop a service as a crash would: no snapshot, the log left as it is."""
     service.batcher.close()
-    service._wal.close()
+    service.catalog._wal.close()
 
 
 def wait_for(condition, what: str, seconds: float = 30.0) -> None:
@@ -208,6 +209,26 @@ def test_batcher_parameters_are_checked(kwargs, message):
         AdaptiveBatcher(lambda xs: xs, **kwargs)
 
 
+def test_closed_batcher_refuses_with_closed_error():
+    batcher = AdaptiveBatcher(lambda xs: xs)
+    batcher.close()
+    with pytest.raises(ClosedError, match="the batcher is closed"):
+        batcher.submit(["late"])
+
+
+def test_serving_errors_come_from_simsearch_errors():
+    from simsearch.serving import batcher, service
+
+    # The old import paths name the very classes of simsearch.errors.
+    assert batcher.QueueFull is QueueFull and batcher.DeadlineExceeded is DeadlineExceeded
+    assert service.DuplicateIdError is DuplicateIdError
+    for cls in (QueueFull, DeadlineExceeded, DuplicateIdError, ClosedError, UnknownIdError):
+        assert issubclass(cls, SimsearchError)
+    # ... and keep the builtin bases callers catch.
+    assert issubclass(DeadlineExceeded, TimeoutError) and issubclass(DuplicateIdError, ValueError)
+    assert issubclass(ClosedError, RuntimeError) and issubclass(UnknownIdError, KeyError)
+
+
 # -- the service, real encoder ---------------------------------------------
 
 
@@ -299,8 +320,8 @@ def test_bad_input_is_refused_with_its_reason(folder, encoder):
         with pytest.raises(TypeError, match="must be an int"):
             service.add(["x"], ["a title"])
         with pytest.raises(DuplicateIdError, match="already in the index"):
-            service.add([next(iter(service._key_of))], ["a title"])
-        with pytest.raises(KeyError, match="unknown id 123456789"):
+            service.add([next(iter(service.catalog._key_of))], ["a title"])
+        with pytest.raises(UnknownIdError, match="unknown id 123456789"):
             service.remove([123456789])
 
 
@@ -391,14 +412,13 @@ def test_crash_after_snapshot_before_log_truncation_replays_idempotently(folder,
     service.add([920001, 920002], ["zz snapshot crash one", "zz snapshot crash two"])
     service.remove([920001])
     # The snapshot is written, then the process dies before the log is emptied.
-    ids = [service._ids.get(k) for k in range(service._next_key)]
-    titles = [service._titles.get(k) for k in range(service._next_key)]
-    meta = {**service._meta, "count": len(service), "version": service.index_version}
+    ids, titles = service.catalog.rows()
+    meta = {**service.catalog.meta, "count": len(service), "version": service.index_version}
     store.write_snapshot(folder, service.index, ids, titles, meta)
     abandon(service)
     reopened = Service.open(folder, encoder)
     assert reopened.index_version == 2 and len(reopened) == 302
-    assert 920002 in reopened._key_of and 920001 not in reopened._key_of
+    assert 920002 in reopened.catalog and 920001 not in reopened.catalog
     reopened.close()
 
 
@@ -410,12 +430,26 @@ def test_torn_log_tail_is_dropped(folder, encoder):
         f.write(b"SWR1\x10\x00\x00")  # a record cut short by the crash
     reopened = Service.open(folder, encoder)
     assert reopened.index_version == 1
-    assert 910001 in reopened._key_of
+    assert 910001 in reopened.catalog
     reopened.add([910002], ["zz written after the torn tail"])
     abandon(reopened)
     third = Service.open(folder, encoder)
     assert third.index_version == 2
     third.close()
+
+
+def test_writes_after_close_raise_closed_error(folder, encoder):
+    service = Service.open(folder, encoder)
+    some_id = next(iter(service.catalog._key_of))
+    service.close()
+    with pytest.raises(ClosedError, match="closed"):
+        service.add([930001], ["zz written after close"])
+    with pytest.raises(ClosedError, match="closed"):
+        service.remove([some_id])
+    service.close()  # closing twice is harmless
+    again = Service.open(folder, encoder)
+    assert 930001 not in again.catalog and some_id in again.catalog
+    again.close()
 
 
 def test_log_of_another_kind_is_refused(folder, encoder):

@@ -14,24 +14,18 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from simsearch._validation import check_positive_int
-from simsearch.encoders._files import fsync_dir
-from simsearch.encoders.export import TextModelSource, quiet_third_party, resolve_text_model
-from simsearch.encoders.text import TextEncoder, _check_texts
+from simsearch._validation import check_positive_int, check_texts
+from simsearch.encoders._training import embed_batch, optimizer_step, save_model_dir
+from simsearch.encoders.export import resolve_text_model
+from simsearch.encoders.text import TextEncoder
 
 _LOSSES = ("cosine", "mse")
-# Files copied from the teacher: the tokenizer and the pooling it was trained with.
-_COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "1_Pooling/config.json", "modules.json")
 
 
 def kept_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -41,52 +35,6 @@ def kept_layers(n_teacher: int, n_student: int) -> list[int]:
     if n_student == 1:
         return [n_teacher - 1]
     return sorted({int(round(x)) for x in np.linspace(0, n_teacher - 1, n_student)})
-
-
-def embed_batch(module: Any, encodings: Sequence[Any]) -> Any:
-    """Pad tokenized texts into one batch and run ``module``; float tensor (batch, dim), unnormalised."""
-    import torch
-
-    width = max(len(e.ids) for e in encodings)
-    ids = torch.zeros((len(encodings), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, e in enumerate(encodings):
-        k = len(e.ids)
-        ids[j, :k] = torch.tensor(e.ids)
-        mask[j, :k] = 1
-    return module(ids, mask, torch.zeros_like(ids))
-
-
-def save_model_dir(module: Any, source: TextModelSource, out: Path, info_name: str, info: dict[str, Any]) -> None:
-    """Write a trained ``module`` as a Hugging Face directory that :class:`TextEncoder` loads.
-
-    The weights (safetensors), the source model's tokenizer and pooling files
-    and ``info_name`` (JSON of ``info``) go to a temporary directory beside
-    ``out``, are fsynced, and the directory is renamed to ``out``: a reader
-    sees no directory or a complete one, and an ``out`` that appeared
-    meanwhile is never clobbered.
-    """
-    module.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        with quiet_third_party():
-            module.model.save_pretrained(tmp, safe_serialization=True)
-        for name in _COPIED:
-            src = source.path / name
-            if src.is_file():
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, tmp / name)
-        (tmp / info_name).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def distill(
@@ -155,7 +103,7 @@ def distill(
     layers = check_positive_int(layers, "layers")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    items = _check_texts(texts)
+    items = check_texts(texts)
     if not items:
         raise ValueError("texts is empty; distillation needs in-domain training texts")
     out = Path(out).expanduser()
@@ -201,12 +149,7 @@ def distill(
                     value = (1.0 - (pred * want).sum(dim=-1)).mean()
                 else:
                     value = torch.nn.functional.mse_loss(pred, want)
-                optimizer.zero_grad()
-                value.backward()
-                optimizer.step()
-                schedule.step()
-                last = float(value.detach())
-                bar.update(1)
+                last = optimizer_step(value, optimizer, schedule, bar)
                 bar.set_postfix(loss=f"{last:.4f}")
 
     info = {

@@ -3,8 +3,8 @@
 Every exported file lives in ``<cache>/text/<key>/model.onnx``, where the key
 hashes the model's files, the precision, the export recipe and the versions of
 torch and onnxruntime, so a changed model or recipe never reuses a stale file.
-Exports are written to a temporary file and renamed into place under a file
-lock, so several processes can share one cache directory.
+Exports are written to a temporary file and renamed into place
+(:mod:`simsearch._storage`) under a file lock, so several processes can share one cache directory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simsearch.encoders._files import cache_dir, exclusive_lock, file_sha256, fsync_dir
+from simsearch._storage import atomic_write_path, cache_dir, exclusive_lock, move, sha256_file
 
 # Bump when the export graph or the quantization recipe changes: it is part of
 # every cache key and of the encoder fingerprint.
@@ -71,7 +71,7 @@ class TextModelSource:
         h = hashlib.sha256()
         for f in (self.weights_file, self.tokenizer_file, self.path / "config.json"):
             h.update(f.name.encode())
-            h.update(file_sha256(f).encode())
+            h.update(sha256_file(f).encode())
         h.update(f"pooling={self.pooling}".encode())
         return h.hexdigest()
 
@@ -203,14 +203,6 @@ def text_onnx_path(source: TextModelSource, precision: str) -> Path:
     return target
 
 
-def publish(tmp: Path, target: Path) -> None:
-    """fsync ``tmp`` and rename it to ``target`` atomically."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
-
-
 def build_pooled_module(source: TextModelSource, dtype: Any = None) -> Any:
     """Return a torch module mapping token ids to one (unnormalised) vector per text.
 
@@ -293,9 +285,7 @@ def _export_fp32(source: TextModelSource, directory: Path) -> None:
                 opset_version=17,
                 dynamo=False,
             )
-        tmp = directory / f".model.{os.getpid()}.tmp"
-        _fuse_transformer(raw, tmp, source)
-        publish(tmp, directory / "model.onnx")
+        atomic_write_path(directory / "model.onnx", lambda tmp: _fuse_transformer(raw, Path(tmp), source), suffix=".onnx")
     finally:
         raw.unlink(missing_ok=True)
 
@@ -310,7 +300,7 @@ def _fuse_transformer(raw: Path, out: Path, source: TextModelSource) -> None:
         source.model_type
     )
     if model_type is None:
-        os.replace(raw, out)
+        move(raw, out)
         return
     import logging
 
@@ -345,6 +335,4 @@ def _convert_fp16(fp32_path: Path, directory: Path) -> None:
         warnings.simplefilter("ignore")
         # LayerNorm statistics and the pooled output stay float32 at the edges.
         model.convert_float_to_float16(keep_io_types=True)
-    tmp = directory / f".model.{os.getpid()}.tmp"
-    model.save_model_to_file(str(tmp))
-    publish(tmp, directory / "model.onnx")
+    atomic_write_path(directory / "model.onnx", lambda tmp: model.save_model_to_file(tmp), suffix=".onnx")

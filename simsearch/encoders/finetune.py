@@ -32,7 +32,7 @@ import numpy as np
 
 from simsearch import _tables
 from simsearch._validation import check_positive_int
-from simsearch.encoders.distill import embed_batch, save_model_dir
+from simsearch.encoders._training import embed_batch, optimizer_step, save_model_dir
 from simsearch.encoders.export import resolve_text_model
 from simsearch.encoders.text import TextEncoder
 
@@ -326,12 +326,7 @@ def finetune(
                 value = _ranking_loss(vec, ia, ib, ih, a, b, hard, scale) + _ranking_loss(
                     vec, ib, ia, ih[:0], b, a, hard[:0], scale
                 )
-                optimizer.zero_grad()
-                value.backward()
-                optimizer.step()
-                schedule.step()
-                last = float(value.detach())
-                bar.update(1)
+                last = optimizer_step(value, optimizer, schedule, bar)
                 bar.set_postfix(loss=f"{last:.3f}", best_f1=f"{best_f1:.3f}")
             f1 = validate()
             history.append(f1)

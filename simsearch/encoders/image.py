@@ -15,21 +15,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simsearch._validation import check_positive_int
+from simsearch._storage import atomic_write_path, cache_dir, exclusive_lock, publish, sha256_file
+from simsearch._validation import check_positive_int, l2_normalize
 from simsearch.encoders import backends as _backends
-from simsearch.encoders._files import cache_dir, exclusive_lock, file_sha256
-from simsearch.encoders.export import publish, quiet_third_party
+from simsearch.encoders.export import quiet_third_party
+from simsearch.encoders.quantize import quiet_quantizer
 
 RECIPE_VERSION = "image-v1"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -117,7 +116,7 @@ class ImageEncoder:
                 else self._pre.batch(_synthetic_images(), "synthetic")
             )
         h = hashlib.sha256()
-        for part in (RECIPE_VERSION, precision, *(file_sha256(self.path / f) for f in ("model.safetensors", "config.json", "preprocessor_config.json"))):
+        for part in (RECIPE_VERSION, precision, *(sha256_file(self.path / f) for f in ("model.safetensors", "config.json", "preprocessor_config.json"))):
             h.update(part.encode())
             h.update(b"\0")
         if calibration is not None:
@@ -179,7 +178,7 @@ class ImageEncoder:
                 out[start : start + len(pixels)] = self._runner.run({"pixel_values": pixels})
                 bar.update(len(pixels))
         if normalize and len(items):
-            np.divide(out, np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), out=out)
+            out = l2_normalize(out, "image embeddings")
         return out.astype(_DTYPES[dtype], copy=False)
 
     def _pixels(self, images: Sequence[Any], name: str, offset: int = 0) -> np.ndarray:
@@ -194,8 +193,7 @@ class ImageEncoder:
             if not target.is_file():
                 fp32 = self._export_fp32(directory)
                 if calibration is None:
-                    os.replace(fp32, directory / f".model.{os.getpid()}.tmp")
-                    publish(directory / f".model.{os.getpid()}.tmp", target)
+                    publish(fp32, target)  # fp32 is a unique temporary file beside target
                 else:
                     try:
                         self._quantize(fp32, calibration, directory)
@@ -231,29 +229,23 @@ class ImageEncoder:
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self.batches, None)
 
-        tmp = directory / f".model.{os.getpid()}.tmp"
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_static's generic pre-processing advice
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantize_static(
-                    str(fp32), str(tmp), Reader(calibration, 8),
-                    # QOperator: explicit QLinearMatMul nodes, integer kernels on any CPU.
-                    quant_format=QuantFormat.QOperator,
-                    op_types_to_quantize=["MatMul"],
-                    per_channel=True,
-                    weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8,
-                    # Percentile calibration ignores the rare extreme activations
-                    # that would otherwise stretch the uint8 range.
-                    calibrate_method=_percentile(),
-                    extra_options={"MatMulConstBOnly": True, "CalibPercentile": 99.99},
-                )
-        finally:
-            root.setLevel(level)
-        publish(tmp, directory / "model.onnx")
+        def write(tmp: str) -> None:
+            quantize_static(
+                str(fp32), tmp, Reader(calibration, 8),
+                # QOperator: explicit QLinearMatMul nodes, integer kernels on any CPU.
+                quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                # Percentile calibration ignores the rare extreme activations
+                # that would otherwise stretch the uint8 range.
+                calibrate_method=_percentile(),
+                extra_options={"MatMulConstBOnly": True, "CalibPercentile": 99.99},
+            )
+
+        with quiet_quantizer():
+            atomic_write_path(directory / "model.onnx", write, suffix=".onnx")
 
 
 def _percentile() -> Any:

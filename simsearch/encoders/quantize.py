@@ -38,11 +38,14 @@ instructions: VNNI where present, AVX2 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from simsearch._storage import atomic_write_path
 
 # Ops whose int8 form runs integer kernels; anything else found in the
 # quantized graph is a float op.
@@ -63,37 +66,47 @@ def quantize_text_model(fp32_path: Path, directory: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from simsearch.encoders.export import publish
-
     graph = onnx.load(str(fp32_path))
     producers = {out: n.op_type for n in graph.graph.node for out in n.output}
     keep_float = [n.name for n in graph.graph.node if _stays_float(n, producers)]
-    tmp = directory / f".model.{os.getpid()}.tmp"
-    qlog = logging.getLogger()
-    level = qlog.level
-    # quantize_dynamic logs a generic "consider pre-processing" advice through
-    # the root logger; the fused graph it gets is already pre-processed.
-    qlog.setLevel(logging.ERROR)
+
+    def write(tmp: str) -> None:
+        quantize_dynamic(
+            str(fp32_path),
+            tmp,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=False,
+            nodes_to_exclude=keep_float,
+            extra_options={
+                "MatMulConstBOnly": True,
+                # The fused contrib ops defeat ONNX shape inference; their
+                # tensors are float.
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
+        )
+
+    with quiet_quantizer():
+        atomic_write_path(directory / "model.onnx", write, suffix=".onnx")
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """Silence onnxruntime.quantization's warnings and its root-logger advice.
+
+    ``quantize_dynamic`` and ``quantize_static`` log a generic "consider
+    pre-processing" advice through the root logger; the fused graphs they
+    get are already pre-processed.
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(
-                str(fp32_path),
-                str(tmp),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=False,
-                nodes_to_exclude=keep_float,
-                extra_options={
-                    "MatMulConstBOnly": True,
-                    # The fused contrib ops defeat ONNX shape inference; their
-                    # tensors are float.
-                    "DefaultTensorType": onnx.TensorProto.FLOAT,
-                },
-            )
+            yield
     finally:
-        qlog.setLevel(level)
-    publish(tmp, directory / "model.onnx")
+        root.setLevel(level)
 
 
 def _stays_float(node: Any, producers: dict[str, str]) -> bool:

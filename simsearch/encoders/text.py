@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simsearch._validation import check_positive_int
+from simsearch._validation import check_positive_int, check_texts, l2_normalize
 from simsearch.encoders import backends as _backends
 from simsearch.encoders.export import RECIPE_VERSION, resolve_text_model, text_onnx_path
 
@@ -189,7 +189,9 @@ class TextEncoder:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         batch_size = self.batch_size if batch_size is None else check_positive_int(batch_size, "batch_size")
-        items = _check_texts(texts)
+        if isinstance(texts, np.ndarray) and texts.ndim != 1:
+            raise ValueError(f"texts must be 1-D, got an array of shape {texts.shape}")
+        items = check_texts(texts)
         out = np.empty((len(items), self.dim), dtype=_DTYPES[dtype])
         if not items:
             return out
@@ -239,10 +241,7 @@ class TextEncoder:
                     feed = self._feed([encodings[i] for i in picked], int(lengths[picked].max()))
                     out[rows[picked]] = self._runner.run(feed)
                     bar.update(len(picked))
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.divide(out, np.maximum(norms, 1e-12), out=out)
-        return out
+        return l2_normalize(out, "text embeddings") if normalize else out
 
     def _feed(self, encodings: list[Any], width: int) -> dict[str, np.ndarray]:
         """Pad one batch into int64 arrays of shape (batch, width)."""
@@ -275,25 +274,3 @@ def _fingerprint(content_hash: str, precision: str, max_length: int) -> str:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _check_texts(texts: Any) -> list[str]:
-    """Return ``texts`` as a list, raising on anything that is not a non-blank str."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(
-            f"texts must be a sequence of str, got a single {type(texts).__name__}; wrap one text in a list: [text]"
-        )
-    if isinstance(texts, np.ndarray) and texts.ndim != 1:
-        raise ValueError(f"texts must be 1-D, got an array of shape {texts.shape}")
-    try:
-        items = list(texts)
-    except TypeError as err:
-        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from err
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            if t is None:
-                raise TypeError(f"texts[{i}] is None; every text must be a non-empty str")
-            raise TypeError(f"texts[{i}] has type {type(t).__name__}, expected str")
-        if not t.strip():
-            raise ValueError(f"texts[{i}] is empty or whitespace-only ({t!r}); every text must have content")
-    return items

@@ -28,8 +28,10 @@ from typing import Any, Union
 
 import numpy as np
 
-from simsearch.serving.batcher import BatchStats, DeadlineExceeded, QueueFull
-from simsearch.serving.service import MAX_K, DuplicateIdError, SearchResult, Service
+from simsearch.errors import DeadlineExceeded, DuplicateIdError, LoadError, QueueFull, SimsearchError
+from simsearch.serving.batcher import BatchStats
+from simsearch.serving.results import SearchResult
+from simsearch.serving.service import MAX_K, Service
 
 try:
     from fastapi import FastAPI, Request
@@ -218,7 +220,9 @@ class _State:
         return {"model": s.model_name, "model_fingerprint": s.model_fingerprint, "index_version": s.index_version}
 
 
-class _HTTPError(Exception):
+class _HTTPError(SimsearchError):
+    """A request the app refuses itself, answered with ``status`` and the message as one line."""
+
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -612,8 +616,8 @@ def serve(
     ------
     FileNotFoundError, ValueError
         If ``index_dir`` is not an index folder (checked before listening).
-    RuntimeError
-        If loading the model or the index failed (after the server stopped).
+    LoadError
+        If loading the model or the index failed (after the server stopped; a ``RuntimeError``).
     """
     import uvicorn
 
@@ -626,7 +630,7 @@ def serve(
 
     def stop(error: str) -> None:
         print(f"simsearch: could not load {index_dir!r}: {error}", file=sys.stderr)
-        server.should_exit = True  # a graceful shutdown, then the RuntimeError below
+        server.should_exit = True  # a graceful shutdown, then the LoadError below
 
     def load(on_batch: Callable[[BatchStats], None]) -> Service:
         from simsearch.encoders import TextEncoder
@@ -651,4 +655,4 @@ def serve(
     server.run()
     error = app.state.simsearch.error
     if error is not None:
-        raise RuntimeError(f"could not load {index_dir!r}: {error}")
+        raise LoadError(f"could not load {index_dir!r}: {error}")

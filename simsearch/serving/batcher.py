@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simsearch._validation import check_positive_int
+from simsearch.errors import ClosedError, DeadlineExceeded, QueueFull  # defined there; importable from here as before
 
 # Weight of the newest observation in the running means (arrival gap, batch time).
 _EWMA = 0.2
@@ -38,25 +39,6 @@ _EWMA = 0.2
 # running mean: model-call times spread widely on a shared machine, and a
 # request refused now (429) costs the client less than one dropped later (504).
 _DRAIN_SLACK = 1.5
-
-
-class QueueFull(Exception):
-    """The batcher's queue is full; retry after ``retry_after`` seconds.
-
-    Attributes
-    ----------
-    retry_after : int
-        Seconds after which the queue has likely drained (at least 1), what
-        an HTTP server sends as ``Retry-After``.
-    """
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class DeadlineExceeded(TimeoutError):
-    """A request's deadline passed before its result was ready; the work was dropped."""
 
 
 @dataclass
@@ -170,8 +152,8 @@ class AdaptiveBatcher:
             ``deadline``.
         ValueError
             If ``items`` holds more than ``max_queue`` items (it could never fit).
-        RuntimeError
-            If the batcher is closed.
+        ClosedError
+            If the batcher is closed (a ``RuntimeError``).
         """
         n = len(items)
         future: Future = Future()
@@ -182,7 +164,7 @@ class AdaptiveBatcher:
             raise ValueError(f"a request of {n} items can never fit in a queue of {self.max_queue}; split it")
         with self._cond:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise ClosedError("the batcher is closed")
             if self._depth + n > self.max_queue:
                 raise QueueFull(
                     f"queue full: {self._depth} items waiting, room for {self.max_queue}; retry later",

@@ -10,75 +10,34 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from simsearch._validation import NO_ID, as_float_matrix, check_positive_int
+from simsearch._validation import NO_ID, as_float_matrix, check_positive_int, check_texts, l2_normalize
+from simsearch._validation import check_k as _check_k_range
+from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull
 from simsearch.serving import store
-from simsearch.serving.batcher import AdaptiveBatcher, BatchStats, DeadlineExceeded, QueueFull
+from simsearch.serving.batcher import AdaptiveBatcher, BatchStats
+from simsearch.serving.catalog import Catalog
+from simsearch.serving.futures import chain, done
+from simsearch.serving.results import EmbedResult, Hit, SearchResult, WriteResult
+
+__all__ = [
+    "MAX_K",
+    "DuplicateIdError",
+    "EmbedResult",
+    "Hit",
+    "SearchResult",
+    "Service",
+    "WriteResult",
+    "check_k",
+]
 
 #: Largest ``k`` a search may ask for.
 MAX_K = 1000
 _ON_MISS = ("wait", "async")
-
-
-class DuplicateIdError(ValueError):
-    """An added id is already in the index."""
-
-
-@dataclass
-class EmbedResult:
-    """Vectors of the texts of one :meth:`Service.embed` call.
-
-    Attributes
-    ----------
-    vectors : ndarray of shape (n, dim), float32
-        Unit vectors, row ``i`` for text ``i``; rows of missing texts are NaN.
-    missing : ndarray of shape (n,), bool
-        True where the vector was not in the cache and is being computed in
-        the background (only with ``on_miss="async"``).
-    """
-
-    vectors: np.ndarray
-    missing: np.ndarray
-
-
-@dataclass
-class Hit:
-    """One search result: the item's id and title, its score, and for matches whether it passes the threshold."""
-
-    id: Any
-    title: str | None
-    score: float
-    is_match: bool | None = None
-
-
-@dataclass
-class SearchResult:
-    """Results of :meth:`Service.search` or :meth:`Service.match`.
-
-    Attributes
-    ----------
-    hits : list of list of Hit
-        One list per query, best first, at most ``k`` long (shorter when the
-        index holds fewer items).
-    index_version : int
-        The version of the index that answered.
-    """
-
-    hits: list[list[Hit]]
-    index_version: int
-
-
-@dataclass
-class WriteResult:
-    """Result of :meth:`Service.add` or :meth:`Service.remove`: how many items, and the index version after the write."""
-
-    count: int
-    index_version: int
 
 
 class Service:
@@ -149,6 +108,10 @@ class Service:
         answer carries it.
     model_name, model_fingerprint : str
         The encoder's.
+    catalog : Catalog
+        The items (index keys to ids and titles) and the write path: adds and
+        removes, the write-ahead log and snapshots
+        (:class:`~simsearch.serving.catalog.Catalog`).
 
     Examples
     --------
@@ -187,39 +150,19 @@ class Service:
         if int(encoder.dim) != int(index.dim):
             raise ValueError(f"the encoder gives {encoder.dim}-d vectors, the index holds {index.dim}-d ones")
         self.timeout = _check_timeout(timeout)
-        self.snapshot_every = check_positive_int(snapshot_every, "snapshot_every")
+        self.catalog = Catalog(index, ids, titles, path=path, version=index_version, snapshot_every=snapshot_every)
         self.model_batch_size = check_positive_int(model_batch_size, "model_batch_size")
         self.encoder = encoder
         self.index = index
         self.cache = cache
         self.on_miss = on_miss
         self.match_threshold = float(match_threshold)
-        self.path = Path(path) if path is not None else None
         self.model_name = str(encoder.name)
         self.model_fingerprint = str(encoder.fingerprint)
-        self.index_version = int(index_version)
         self._namespace = f"{self.model_fingerprint}:unit"  # as TextEncoder.encode names its cache entries
-        keys = index.ids() if len(index) else np.empty(0, dtype=np.uint64)
-        if ids is None:
-            self._ids: dict[int, Any] = {int(k): int(k) for k in keys}
-            self._titles: dict[int, str | None] = {}
-        else:
-            ids = list(ids)
-            titles = list(titles) if titles is not None else [None] * len(ids)
-            if len(titles) != len(ids):
-                raise ValueError(f"got {len(ids)} ids and {len(titles)} titles")
-            self._ids = dict(enumerate(ids))
-            self._titles = dict(enumerate(titles))
-        self._key_of: dict[Any, int] = {self._ids[int(k)]: int(k) for k in keys}
-        self._next_key = max(self._ids, default=-1) + 1
-        self._id_kind = _id_kind(self._ids.values())
-        self._write_lock = threading.Lock()  # one writer at a time: log order = apply order
         self._stats_lock = threading.Lock()
         self._stats = {"deadline_exceeded": 0, "queue_full": 0, "async_dropped": 0}
         self._pending: set[bytes] = set()  # async misses being computed
-        self._wal: store.WriteAheadLog | None = None
-        self._meta: dict[str, Any] = {}
-        self._replaying = False
         self._closed = False
         self.batcher = AdaptiveBatcher(
             self._encode_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, on_batch=on_batch
@@ -260,20 +203,14 @@ class Service:
                 f"the encoder is {encoder.name!r} (fingerprint {encoder.fingerprint[:12]}): serve it with the same model"
             )
         service = cls(encoder, index, ids, titles, path=path, index_version=int(meta.get("version", 0)), **kwargs)
-        service._meta = meta
-        service._replaying = True
+        service.catalog.meta = meta
         try:
-            service._wal = store.WriteAheadLog(Path(path) / store.WAL_FILE)
-            for record, vectors in service._wal.replay():
-                service._apply(record, vectors)
+            service.catalog.open_log()
         except BaseException:
-            # Not close(): a half-replayed state must not be saved over the log.
+            # The catalog closed itself without saving: a half-replayed state must not be saved over the log.
             service._closed = True
             service.batcher.close()
-            if service._wal is not None:
-                service._wal.close()
             raise
-        service._replaying = False
         return service
 
     def save(self) -> None:
@@ -286,19 +223,7 @@ class Service:
         """
         if self.path is None:
             raise ValueError("this service has no index folder to save to; use Service.open(path)")
-        with self._write_lock:
-            self._save_locked()
-
-    def _save_locked(self) -> None:
-        if self.path is None or self._wal is None:
-            raise ValueError("this service has no index folder to save to; use Service.open(path)")
-        n = self._next_key
-        ids = [self._ids.get(k) for k in range(n)]
-        titles = [self._titles.get(k) for k in range(n)]
-        meta = dict(self._meta)
-        meta.update(format=store.INDEX_DIR_FORMAT, count=len(self.index), version=self.index_version)
-        store.write_snapshot(self.path, self.index, ids, titles, meta)
-        self._wal.truncate()
+        self.catalog.save()
 
     def close(self) -> None:
         """Finish queued work, save logged writes into the folder, and close the log."""
@@ -306,11 +231,7 @@ class Service:
             return
         self._closed = True
         self.batcher.close()
-        if self._wal is not None:
-            with self._write_lock:
-                if self._wal.records:
-                    self._save_locked()
-                self._wal.close()
+        self.catalog.close()
 
     def __enter__(self) -> Service:
         return self
@@ -319,6 +240,16 @@ class Service:
         self.close()
 
     # ------------------------------------------------------------------ reads
+    @property
+    def index_version(self) -> int:
+        """Count of writes applied to the folder since it was built; every answer carries it."""
+        return self.catalog.version
+
+    @property
+    def path(self) -> Path | None:
+        """The index folder, or ``None`` for a service not opened from one."""
+        return self.catalog.path
+
     @property
     def dim(self) -> int:
         """Length of the vectors."""
@@ -363,18 +294,16 @@ class Service:
         QueueFull
             If the queue cannot take the texts to encode.
         """
-        from simsearch.encoders.text import _check_texts
-
-        items = _check_texts(texts)
+        items = check_texts(texts)
         on_miss = self.on_miss if on_miss is None else on_miss
         if on_miss not in _ON_MISS:
             raise ValueError(f"on_miss must be 'wait' or 'async', got {on_miss!r}")
         deadline = self._deadline(timeout)
         n = len(items)
         if n == 0:
-            return _done(EmbedResult(np.empty((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool)))
+            return done(EmbedResult(np.empty((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool)))
         if self.cache is None:
-            return _chain(self._submit(items, deadline), lambda v: EmbedResult(v, np.zeros(n, dtype=bool)))
+            return chain(self._submit(items, deadline), lambda v: EmbedResult(v, np.zeros(n, dtype=bool)))
         keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in items]
         found = self.cache.get_many(self._namespace, keys)
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -386,13 +315,13 @@ class Service:
                 out[row] = vec
         missing = np.array([v is None for v in found], dtype=bool)
         if not first_row:
-            return _done(EmbedResult(out, missing))
+            return done(EmbedResult(out, missing))
         miss_keys = list(first_row)
         miss_texts = [items[first_row[k]] for k in miss_keys]
         if on_miss == "async":
             self._compute_later(miss_keys, miss_texts)
             out[missing] = np.nan
-            return _done(EmbedResult(out, missing))
+            return done(EmbedResult(out, missing))
 
         def fill(vectors: np.ndarray) -> EmbedResult:
             self.cache.put_many(self._namespace, miss_keys, vectors)
@@ -401,7 +330,7 @@ class Service:
                 out[row] = fresh[keys[row]]
             return EmbedResult(out, np.zeros(n, dtype=bool))
 
-        return _chain(self._submit(miss_texts, deadline), fill)
+        return chain(self._submit(miss_texts, deadline), fill)
 
     def _submit(self, texts: list[str], deadline: float | None) -> Future:
         try:
@@ -470,9 +399,7 @@ class Service:
             # The batcher enforces the deadline; the small grace lets it answer first.
             return future.result(None if seconds is None else seconds + 0.05)
         except FutureTimeout:
-            future.cancel()
-            self._count("deadline_exceeded")
-            raise DeadlineExceeded(f"no result within the timeout of {seconds * 1000:g} ms; the request was dropped") from None
+            raise self._drop(future, seconds) from None
         except DeadlineExceeded:
             self._count("deadline_exceeded")
             raise
@@ -490,12 +417,16 @@ class Service:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), None if seconds is None else seconds + 0.05)
         except asyncio.TimeoutError:
-            future.cancel()
-            self._count("deadline_exceeded")
-            raise DeadlineExceeded(f"no result within the timeout of {seconds * 1000:g} ms; the request was dropped") from None
+            raise self._drop(future, seconds) from None
         except DeadlineExceeded:
             self._count("deadline_exceeded")
             raise
+
+    def _drop(self, future: Future, seconds: float) -> DeadlineExceeded:
+        """Cancel ``future``, whose timeout passed, and return the error to raise."""
+        future.cancel()
+        self._count("deadline_exceeded")
+        return DeadlineExceeded(f"no result within the timeout of {seconds * 1000:g} ms; the request was dropped")
 
     def _deadline(self, timeout: float | None) -> float | None:
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
@@ -544,11 +475,7 @@ class Service:
         TypeError
             Non-float values.
         """
-        q = np.array(as_float_matrix(queries, "queries", self.dim), dtype=np.float32, copy=True)
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
-        if q.shape[0] and not norms.all():
-            raise ValueError(f"queries[{int(np.argmin(norms[:, 0]))}] is a zero vector; it has no direction to search")
-        return q / norms
+        return l2_normalize(as_float_matrix(queries, "queries", self.dim), "queries")
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> SearchResult:
         """Search with unit query vectors of shape (n, dim), float32 (see :meth:`query_vectors`)."""
@@ -561,8 +488,7 @@ class Service:
             for key, score in zip(row_keys, row_scores):
                 if key == NO_ID:
                     break
-                key = int(key)
-                row.append(Hit(self._ids[key], self._titles.get(key), float(score)))
+                row.append(self.catalog.hit(int(key), float(score)))
             hits.append(row)
         return SearchResult(hits, version)
 
@@ -628,101 +554,48 @@ class Service:
             If an id is already in the index or repeats (a ``ValueError``).
         TypeError, ValueError
             Ids of the wrong type, empty titles, wrong vector dimension.
+        ClosedError
+            If the service is closed (a ``RuntimeError``).
         """
-        from simsearch.encoders.text import _check_texts
-
-        ids = list(ids)
-        titles = _check_texts(titles)
+        titles = check_texts(titles, "titles")
+        ids = self.catalog.check_ids(ids)
         if len(titles) != len(ids):
             raise ValueError(f"got {len(ids)} ids and {len(titles)} titles; give one title per id")
-        for i, item_id in enumerate(ids):
-            _check_id(item_id, self._id_kind, f"ids[{i}]")
-        if len(set(ids)) != len(ids):
-            raise DuplicateIdError("ids repeats an id")
         if vectors is None:
             vecs = self._encode_batch(titles) if ids else np.empty((0, self.dim), np.float32)
         else:
-            vecs = self.query_vectors(vectors)
+            vecs = l2_normalize(as_float_matrix(vectors, "vectors", self.dim), "vectors")
             if len(vecs) != len(ids):
                 raise ValueError(f"got {len(vecs)} vectors for {len(ids)} ids")
-        if not ids:
-            return WriteResult(0, self.index_version)
-        with self._write_lock:
-            self._check_open()
-            present = [i for i in ids if i in self._key_of]
-            if present:
-                raise DuplicateIdError(f"id {present[0]!r} is already in the index")
-            keys = list(range(self._next_key, self._next_key + len(ids)))
-            record = {"op": "add", "keys": keys, "ids": ids, "titles": titles, "version": self.index_version + 1}
-            self._log(record, vecs)
-            self._apply(record, vecs)
-            return WriteResult(len(ids), self.index_version)
+        return self.catalog.add(ids, titles, vecs)
 
     def remove(self, ids: Sequence[Any]) -> WriteResult:
         """Remove items by id; durable once this returns (for a service opened from a folder).
 
+        Parameters
+        ----------
+        ids : sequence of int or str
+            Ids of items in the index.
+
+        Returns
+        -------
+        WriteResult
+
         Raises
         ------
-        KeyError
-            If an id is not in the index (nothing is removed then).
+        UnknownIdError
+            If an id is not in the index (a ``KeyError``; nothing is removed then).
+        ClosedError
+            If the service is closed.
         """
-        ids = list(ids)
-        if not ids:
-            return WriteResult(0, self.index_version)
-        with self._write_lock:
-            self._check_open()
-            unknown = [i for i in ids if i not in self._key_of]
-            if unknown:
-                raise KeyError(f"unknown id {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-            keys = sorted({self._key_of[i] for i in ids})
-            record = {"op": "remove", "keys": keys, "version": self.index_version + 1}
-            self._log(record, None)
-            self._apply(record, None)
-            return WriteResult(len(keys), self.index_version)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("the service is closed")
-
-    def _log(self, record: dict[str, Any], vectors: np.ndarray | None) -> None:
-        if self._wal is not None:
-            self._wal.append(record, vectors)
-
-    def _apply(self, record: dict[str, Any], vectors: np.ndarray | None) -> None:
-        """Apply a logged write; idempotent, so replaying it over a newer snapshot is harmless."""
-        keys = np.asarray(record["keys"], dtype=np.uint64)
-        if record["op"] == "add":
-            for key, item_id, title in zip(record["keys"], record["ids"], record["titles"]):
-                # Names first: a search that finds the key must find its id.
-                self._ids[key], self._titles[key] = item_id, title
-                self._key_of[item_id] = key
-            new = ~self.index.contains(keys)
-            if new.any():
-                self.index.add(vectors[new], ids=keys[new])
-            self._next_key = max(self._next_key, int(keys.max()) + 1)
-        elif record["op"] == "remove":
-            present = self.index.contains(keys)
-            if present.any():
-                self.index.remove(keys[present])
-            for key in record["keys"]:
-                self._key_of.pop(self._ids.get(key), None)
-        else:
-            raise ValueError(f"unknown write-ahead log record {record['op']!r}")
-        # The record names the version it makes; max() keeps a replay over a
-        # snapshot that already counted it from counting it twice.
-        self.index_version = max(self.index_version, int(record.get("version", self.index_version + 1)))
-        if self._wal is not None and self._wal.records >= self.snapshot_every and not self._replaying:
-            self._save_locked()
-
+        return self.catalog.remove(ids)
 
 
 def check_k(k: Any) -> int:
-    """``k`` as an int in 1..MAX_K, or a ValueError/TypeError naming it."""
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    if not 1 <= k <= MAX_K:
+    """``k`` as an int in 1..MAX_K (a service answers at most 1000 hits a query), or a ValueError/TypeError naming it."""
+    if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and not 1 <= k <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-    return int(k)
+    return _check_k_range(k)
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -743,53 +616,3 @@ def _text_list(texts: Any, name: str) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a sequence of str, got a single str; wrap it in a list")
     return list(texts)
-
-
-def _id_kind(ids: Any) -> str | None:
-    for item_id in ids:
-        return "str" if isinstance(item_id, str) else "int"
-    return None
-
-
-def _check_id(item_id: Any, kind: str | None, name: str) -> None:
-    if kind == "str" or (kind is None and isinstance(item_id, str)):
-        if not isinstance(item_id, str) or not item_id:
-            raise TypeError(f"{name} must be a non-empty str (the catalog's ids are strings), got {item_id!r}")
-        return
-    if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
-        raise TypeError(f"{name} must be an int (the catalog's ids are integers), got {item_id!r}")
-    if not -(2**63) <= int(item_id) < 2**63:
-        raise ValueError(f"{name} = {item_id} does not fit in a signed 64-bit integer")
-
-
-def _done(value: Any) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
-def _chain(inner: Future, then: Callable[[Any], Any]) -> Future:
-    """A future of ``then(inner.result())``; cancelling it cancels ``inner``."""
-    outer: Future = Future()
-
-    def relay(f: Future) -> None:
-        if f.cancelled():
-            outer.cancel()
-            return
-        err = f.exception()
-        if err is not None:
-            if outer.set_running_or_notify_cancel():
-                outer.set_exception(err)
-            return
-        try:
-            value = then(f.result())
-        except BaseException as e:
-            if outer.set_running_or_notify_cancel():
-                outer.set_exception(e)
-            return
-        if outer.set_running_or_notify_cancel():
-            outer.set_result(value)
-
-    inner.add_done_callback(relay)
-    outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
-    return outer
