@@ -56,6 +56,9 @@ __all__ = [
     "write_manifest",
     "read_manifest",
     "check_version",
+    "cache_dir",
+    "move",
+    "safe_member",
 ]
 
 _HASH_CHUNK = 1 << 20

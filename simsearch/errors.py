@@ -24,6 +24,7 @@ __all__ = [
     "QueueFull",
     "DeadlineExceeded",
     "ClosedError",
+    "LoadError",
 ]
 
 
