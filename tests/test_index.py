@@ -299,10 +299,10 @@ def test_removed_slots_are_reused(data: tuple[np.ndarray, np.ndarray]) -> None:
     x, q = data
     index = simsearch.Index(48, num_threads=2)
     index.add(x[:3000])
-    slots = index._impl.n_slots
+    slots = index._impl.core.n_slots
     index.remove(np.arange(1500))
     new_ids = index.add(x[3000:4500], ids=np.arange(10_000, 11_500))
-    assert index._impl.n_slots == slots  # no growth: every new vector took a freed slot
+    assert index._impl.core.n_slots == slots  # no growth: every new vector took a freed slot
     assert len(index) == 3000
     live = np.concatenate([np.arange(1500, 3000), np.arange(3000, 4500)])
     live_ids = np.concatenate([np.arange(1500, 3000), new_ids.astype(np.int64)])
@@ -408,7 +408,7 @@ def test_get_vectors(data: tuple[np.ndarray, np.ndarray], built: simsearch.Index
 def test_memory_per_vector_is_compact() -> None:
     index = simsearch.Index(384, train_size=1000)
     index.add(normalize(clustered(5000, 384)))
-    assert not index._impl.has_floats  # quantizer frozen: the float copies are gone
+    assert not index._impl.core.has_floats  # quantizer frozen: the float copies are gone
     per_vector = index.memory_bytes / len(index)
     # 384 code bytes + links + label + id map; float32 alone would be 1,536
     assert per_vector < 620
@@ -448,7 +448,7 @@ def test_save_after_removal_and_reuse(tmp_path: Path, data: tuple[np.ndarray, np
     loaded = simsearch.Index.load(tmp_path / "a")
     assert 50 not in loaded and len(loaded) == 900
     loaded.add(x[1000:1100])
-    assert loaded._impl.n_slots == 1000  # the freed slots survived the file
+    assert loaded._impl.core.n_slots == 1000  # the freed slots survived the file
 
 
 def _flip_byte(path: Path, offset: int) -> None:
