@@ -15,6 +15,7 @@ from simsearch import _core, _fileio
 from simsearch._validation import NO_ID
 from simsearch.errors import CorruptFileError, DimensionError, DuplicateIdError, UnknownIdError
 from simsearch.index.core import available_isas
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -33,7 +33,7 @@ from simsearch.index.hnswlib_backend import HnswlibBackend
 from simsearch.index.native import MAGIC as NATIVE_MAGIC
 from simsearch.index.native import NativeBackend
 
-__all__ = ["Backend", "BACKENDS", "NativeBackend", "HnswlibBackend", "FaissBackend", "make_backend", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "FaissBackend", "HnswlibBackend", "NativeBackend", "make_backend", "open_backend"]
 
 
 class Backend(Protocol):

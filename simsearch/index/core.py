@@ -489,4 +489,4 @@ def _no_rows(k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.empty((0, k), dtype=np.uint64), np.empty((0, k), dtype=np.float32)
 
 
-__all__ = ["Index", "available_isas", "NO_ID"]
+__all__ = ["NO_ID", "Index", "available_isas"]
