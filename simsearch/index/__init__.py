@@ -1,4 +1,13 @@
-"""Vector indexes: the native int8 HNSW index and the hnswlib/faiss backends."""
+"""Vector indexes: the native int8 HNSW index and the hnswlib/faiss backends.
+
+- :mod:`~simsearch.index.core`: :class:`Index`, the one facade users call;
+- :mod:`~simsearch.index.backends`: the backend protocol, the registry, opening files;
+- :mod:`~simsearch.index.native`: the compiled core adapted to the protocol;
+- :mod:`~simsearch.index.container`: what the hnswlib and faiss backends share;
+- :mod:`~simsearch.index.hnswlib_backend`, :mod:`~simsearch.index.faiss_backend`:
+  those backends, with the bound checks their libraries' files pass before loading;
+- :mod:`~simsearch.index.attributes`: attribute and filter checks.
+"""
 
 from simsearch.index.core import Index
 
