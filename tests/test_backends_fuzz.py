@@ -24,6 +24,7 @@ import simsearch
 from simsearch import _fileio
 
 DIM, M, N = 8, 6, 400
+Mutation = Callable[[dict[str, Any], bytearray], None]  # mutate(json_header, blob) in place
 _RESERVED = ("format_version", "sections")
 
 # hnswlib's saveIndex header: (offset, struct format) of each field.
@@ -69,7 +70,7 @@ def _base_index(backend: str, tmp_path: Path) -> Path:
     return path
 
 
-def _rewrite(src: Path, dst: Path, blob_name: str, mutate: Callable[[dict[str, Any], bytearray], None]) -> Path:
+def _rewrite(src: Path, dst: Path, blob_name: str, mutate: Mutation) -> Path:
     """Copy ``src`` to ``dst`` with ``mutate(header, blob)`` applied and every checksum recomputed."""
     header, sections = _fileio.read_container(src)
     header = {k: v for k, v in header.items() if k not in _RESERVED}
@@ -86,7 +87,7 @@ def _put(blob: bytearray, offset: int, fmt: str, value: Any) -> None:
         struct.pack_into(fmt, blob, offset, value)
 
 
-def _random_bytes(rng: np.random.Generator, size: int, n: int = 10) -> list[Callable[[dict[str, Any], bytearray], None]]:
+def _random_bytes(rng: np.random.Generator, size: int, n: int = 10) -> list[Mutation]:
     """``n`` mutations that each overwrite 3 random bytes anywhere in the blob."""
     out = []
     for _ in range(n):
@@ -108,11 +109,11 @@ def _hnswlib_layout(blob: bytes) -> dict[str, Any]:
     return {"count": count, "per": per, "label": label, "upper": upper}
 
 
-def _hnswlib_mutations(rng: np.random.Generator, blob0: bytes) -> list[Callable[[dict[str, Any], bytearray], None]]:
+def _hnswlib_mutations(rng: np.random.Generator, blob0: bytes) -> list[Mutation]:
     lay = _hnswlib_layout(blob0)
     count, per, upper = lay["count"], lay["per"], lay["upper"]
     level0_only = next(i for i in range(count) if all(u[0] != i for u in upper))
-    out: list[Callable[[dict[str, Any], bytearray], None]] = []
+    out: list[Mutation] = []
     for offset, fmt in _HNSW_FIELDS.values():
         values = {"<Q": (2**40, 0, 3), "<i": (2**20, 0, 3), "<I": (2**20, 0, 3), "<d": (float("nan"), 0.0, 3.0)}[fmt]
         for value in values:
@@ -139,7 +140,7 @@ def _hnswlib_mutations(rng: np.random.Generator, blob0: bytes) -> list[Callable[
     return out
 
 
-def _faiss_mutations(rng: np.random.Generator, blob0: bytes) -> list[Callable[[dict[str, Any], bytearray], None]]:
+def _faiss_mutations(rng: np.random.Generator, blob0: bytes) -> list[Mutation]:
     # Offsets of faiss's IndexHNSWSQ serialization: 4-byte fourcc, then the index header.
     hdr = 4 + 4 + 8 + 8 + 8 + 1 + 4
     spans, pos = {}, hdr
@@ -153,7 +154,7 @@ def _faiss_mutations(rng: np.random.Generator, blob0: bytes) -> list[Callable[[d
     nb_at, n_nb, _ = spans["neighbors"]
     levels = np.frombuffer(blob0, "<i4", n_levels, levels_at + 8)
     low = int(np.flatnonzero(levels == 1)[0])
-    out: list[Callable[[dict[str, Any], bytearray], None]] = [
+    out: list[Mutation] = [
         lambda h, b: _put(b, 4, "<i", DIM + 1),  # d
         lambda h, b: _put(b, 8, "<q", N * 4),  # ntotal
         lambda h, b: _put(b, hdr - 4, "<i", 7),  # metric type

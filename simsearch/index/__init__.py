@@ -6,7 +6,10 @@
 - :mod:`~simsearch.index.container`: what the hnswlib and faiss backends share;
 - :mod:`~simsearch.index.hnswlib_backend`, :mod:`~simsearch.index.faiss_backend`:
   those backends, with the bound checks their libraries' files pass before loading;
-- :mod:`~simsearch.index.attributes`: attribute and filter checks.
+- :mod:`~simsearch.index.attributes`, :mod:`~simsearch.index.ids`: the checks of
+  attributes, filters and ids that every index facade applies;
+- :mod:`~simsearch.index.folder`: the index folder (index file, items table, meta)
+  the CLI and the service share.
 """
 
 from simsearch.index.core import Index

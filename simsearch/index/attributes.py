@@ -9,6 +9,7 @@ and handed to the index as C-contiguous int32 columns and plain lists.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,32 @@ from simsearch._validation import as_ids
 #: The "missing" marker of rows added without an attribute; never a valid value.
 INT32_MIN = -(2**31)
 
-__all__ = ["INT32_MIN", "check_attribute_values", "check_attributes", "check_filter"]
+__all__ = ["INT32_MIN", "Attributes", "Filter", "check_attribute_values", "check_attributes", "check_filter"]
+
+#: Checked attributes as the index takes them: names, and one int32 column of shape (n,) per name.
+Attributes = tuple[list[str], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A checked search filter and the policy that picks an exact scan or a filtered graph walk.
+
+    Attributes
+    ----------
+    allowed : np.ndarray of uint64, shape (m,), or None
+        Allowed ids, or None for attribute conditions.
+    conditions : list of (str, list of int)
+        Attribute conditions (AND of "value in list"); empty for an id list.
+    brute_fraction : float
+        Below this share of items passing, the allowed items are scanned exactly.
+    walk_cost : float
+        Distance computations each entry of a filtered walk's candidate list is taken to cost.
+    """
+
+    allowed: np.ndarray | None
+    conditions: list[tuple[str, list[int]]]
+    brute_fraction: float
+    walk_cost: float
 
 
 def check_attribute_values(name: str, values: Any, n: int | None) -> np.ndarray:
@@ -57,7 +83,7 @@ def check_attribute_values(name: str, values: Any, n: int | None) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def check_attributes(attributes: Mapping[str, Any] | None, n: int) -> tuple[list[str], list[np.ndarray]]:
+def check_attributes(attributes: Mapping[str, Any] | None, n: int) -> Attributes:
     """Split ``{name: values}`` into names and int32 columns of length ``n``; ``None`` gives two empty lists.
 
     Raises

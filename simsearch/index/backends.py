@@ -27,6 +27,7 @@ import numpy as np
 from simsearch import _fileio
 from simsearch._validation import NO_ID
 from simsearch.errors import CorruptFileError
+from simsearch.index.attributes import Attributes, Filter
 from simsearch.index.container import METRICS
 from simsearch.index.faiss_backend import FaissBackend
 from simsearch.index.hnswlib_backend import HnswlibBackend
@@ -72,26 +73,13 @@ class Backend(Protocol):
     def contains(self, ids: np.ndarray) -> np.ndarray: ...
     def ids(self) -> np.ndarray: ...
     def memory_bytes(self) -> int: ...
-    def add(
-        self,
-        vectors: np.ndarray,
-        ids: np.ndarray,
-        num_threads: int,
-        attribute_names: list[str],
-        attribute_columns: list[np.ndarray],
-    ) -> None: ...
+    def add(self, vectors: np.ndarray, ids: np.ndarray, num_threads: int, attributes: Attributes | None = None) -> None:
+        """``attributes``: as :func:`~simsearch.index.attributes.check_attributes` returns them (native only)."""
     def search(self, queries: np.ndarray, k: int, ef: int, num_threads: int) -> tuple[np.ndarray, np.ndarray]: ...
     def search_filtered(
-        self,
-        queries: np.ndarray,
-        k: int,
-        ef: int,
-        num_threads: int,
-        allowed: np.ndarray | None,
-        conditions: list[tuple[str, list[int]]],
-        brute_fraction: float,
-        walk_cost: float,
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+        self, queries: np.ndarray, k: int, ef: int, num_threads: int, filter: Filter
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Only ``filter``'s allowed items; native only (the others raise ``ValueError``)."""
     def search_exact(
         self, queries: np.ndarray, k: int, use_floats: bool, num_threads: int
     ) -> tuple[np.ndarray, np.ndarray]: ...

@@ -23,6 +23,7 @@ import numpy as np
 from simsearch import _fileio
 from simsearch._validation import NO_ID, check_ef, l2_normalize
 from simsearch.errors import CorruptFileError
+from simsearch.index.attributes import Attributes
 
 #: The search effort an index gets when none is given (and files saved before ``ef`` was stored).
 DEFAULT_EF = 64
@@ -111,10 +112,10 @@ class ContainerBackend:
         Candidate list size while building.
     ef : int, default 64
         Default search effort, saved with the index.
-    rescore, isa, train_size
-        Native options: ``rescore=True`` and an ``isa`` raise ``ValueError``;
-        ``train_size`` is ignored (faiss trains on its first batch, hnswlib
-        needs no training).
+    **native
+        The native index's options, which these backends do not have:
+        ``rescore=True`` and an ``isa`` raise ``ValueError``; ``train_size``
+        is ignored.
 
     Notes
     -----
@@ -130,21 +131,13 @@ class ContainerBackend:
     _live: IdTable  # the live ids (faiss: mapped to their slots)
 
     def __init__(
-        self,
-        dim: int,
-        metric: str,
-        M: int,
-        ef_construction: int,
-        *,
-        ef: int = DEFAULT_EF,
-        rescore: bool = False,
-        isa: str | None = None,
-        train_size: int | None = None,
+        self, dim: int, metric: str, M: int, ef_construction: int, *, ef: int = DEFAULT_EF, **native: Any
     ) -> None:
-        if rescore:
-            raise ValueError(f"rescore=True needs the native backend ({self.name} stores {self.dtype} vectors)")
-        if isa is not None:
-            raise ValueError("isa applies to the native backend only")
+        self.rescore = bool(native.pop("rescore", False))
+        self.set_isa(native.pop("isa", None))
+        native.pop("train_size", None)  # faiss trains on its first batch; hnswlib needs no training
+        if native:
+            raise TypeError(f"unexpected index options {sorted(native)}")
         self.dim, self.metric, self.M, self.ef_construction = dim, metric, M, ef_construction
         self.ef = ef
         self._next_id = 0
@@ -193,14 +186,7 @@ class ContainerBackend:
         return self._live.keys.copy()
 
     # --------------------------------------------------------------- work
-    def add(
-        self,
-        vectors: np.ndarray,
-        ids: np.ndarray,
-        num_threads: int,
-        attribute_names: list[str] | tuple[()] = (),
-        attribute_columns: list[np.ndarray] | tuple[()] = (),
-    ) -> None:
+    def add(self, vectors: np.ndarray, ids: np.ndarray, num_threads: int, attributes: Attributes | None = None) -> None:
         """Insert float32 ``vectors`` of shape (n, dim) under new uint64 ``ids`` of shape (n,).
 
         Raises
@@ -208,7 +194,7 @@ class ContainerBackend:
         ValueError
             If attributes are given (they need the native backend).
         """
-        if attribute_names:
+        if attributes and attributes[0]:
             raise ValueError("attributes need the native backend")
         ids = np.asarray(ids, dtype=np.uint64)
         if ids.size == 0:

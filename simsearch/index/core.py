@@ -14,11 +14,13 @@ from typing import Any, Literal
 import numpy as np
 
 from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int
-from simsearch.errors import DimensionError, DuplicateIdError, UnknownIdError
+from simsearch.errors import DimensionError, UnknownIdError
+from simsearch.index.attributes import Filter
 from simsearch.index.attributes import check_attributes as _check_attributes
 from simsearch.index.attributes import check_filter as _check_filter
 from simsearch.index.backends import Backend, make_backend, open_backend
 from simsearch.index.container import DEFAULT_EF
+from simsearch.index.ids import contains_one, ids_to_add, ids_to_remove
 from simsearch.index.native import available_isas
 
 Metric = Literal["cosine", "ip", "l2"]
@@ -196,18 +198,15 @@ class Index:
         return len(self._impl)
 
     def __contains__(self, id_: Any) -> bool:
-        try:
-            ids = as_ids(id_, "id")
-        except (TypeError, ValueError):
-            return False
-        return ids.size == 1 and bool(self.contains(ids)[0])
+        return contains_one(self.contains, id_)
 
     def contains(self, ids: Any) -> np.ndarray:
-        """Membership of each id.
+        """Whether each id is in the index (removed ids are not).
 
         Parameters
         ----------
         ids : array-like of int, shape (n,)
+            Unsigned 64-bit ids; a scalar is one id.
 
         Returns
         -------
@@ -259,23 +258,10 @@ class Index:
         """
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
-        if ids is None:
-            start = self._impl.next_auto_id
-            if start + n >= int(NO_ID):
-                raise ValueError("automatic ids are exhausted; pass ids explicitly")
-            id_arr = np.arange(start, start + n, dtype=np.uint64)
-        else:
-            id_arr = as_ids(ids, "ids", n)
+        id_arr = ids_to_add(ids, n, self._impl.next_auto_id, self._impl.contains)
         if n == 0:
             return id_arr
-        if np.unique(id_arr).size != n:
-            values, counts = np.unique(id_arr, return_counts=True)
-            raise DuplicateIdError(f"ids contains duplicate id {int(values[counts > 1][0])}")
-        present = self._impl.contains(id_arr)
-        if np.any(present):
-            raise DuplicateIdError(f"id {int(id_arr[np.argmax(present)])} is already in the index")
-        names, columns = _check_attributes(attributes, n)
-        self._impl.add(x, id_arr, self.num_threads, names, columns)
+        self._impl.add(x, id_arr, self.num_threads, _check_attributes(attributes, n))
         return id_arr
 
     def remove(self, ids: Any) -> None:
@@ -288,11 +274,9 @@ class Index:
         ValueError
             If ids repeats an id.
         """
-        id_arr = as_ids(ids)
+        id_arr = ids_to_remove(ids)
         if id_arr.size == 0:
             return
-        if np.unique(id_arr).size != id_arr.size:
-            raise ValueError("ids contains duplicates")
         self._check_known(id_arr)
         self._impl.remove(id_arr)
 
@@ -355,10 +339,8 @@ class Index:
             return _no_rows(k)
         if filter is None:
             return self._impl.search(q, k, ef, self.num_threads)
-        allowed, conditions = _check_filter(filter)
-        return self._impl.search_filtered(
-            q, k, ef, self.num_threads, allowed, conditions, self.filter_brute_fraction, self.filter_walk_cost
-        )
+        checked = Filter(*_check_filter(filter), self.filter_brute_fraction, self.filter_walk_cost)
+        return self._impl.search_filtered(q, k, ef, self.num_threads, checked)
 
     def search_exact(self, queries: Any, k: int = 10, use_floats: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force search over the stored codes (or, with ``use_floats``, the float originals).

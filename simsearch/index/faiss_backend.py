@@ -143,7 +143,9 @@ class FaissBackend(ContainerBackend):
         live_ids = np.sort(slot_ids[live])
         if live_ids.size > 1 and (np.diff(live_ids) == 0).any():
             raise corrupt(path, "the id table repeats a live id")
-        check_faiss_blob(blob, dim=self.dim, metric=self.metric, M=self.M, ef_construction=self.ef_construction, ntotal=n, path=path)
+        check_faiss_blob(
+            blob, dim=self.dim, metric=self.metric, M=self.M, ef_construction=self.ef_construction, ntotal=n, path=path
+        )
         try:
             self._index = faiss.deserialize_index(np.ascontiguousarray(blob))
         except RuntimeError as err:
@@ -223,7 +225,8 @@ def _parse(blob: np.ndarray, path: str) -> dict[str, Any]:
     def index_header(prefix: str) -> None:
         # d (int), ntotal (int64), two unused int64, is_trained (bool), metric_type (int)
         d, ntotal, _, _, is_trained, metric = r.take("iqqqBi")
-        out.update({f"{prefix}d": d, f"{prefix}ntotal": ntotal, f"{prefix}is_trained": is_trained, f"{prefix}metric": metric})
+        fields = {"d": d, "ntotal": ntotal, "is_trained": is_trained, "metric": metric}
+        out.update({prefix + name: value for name, value in fields.items()})
         if metric > 1:  # a metric_arg float would follow; ours are inner product (0) and L2 (1)
             raise corrupt(path, f"faiss index has metric type {metric}, expected inner product or L2")
 
@@ -246,7 +249,9 @@ def _parse(blob: np.ndarray, path: str) -> dict[str, Any]:
     return out
 
 
-def check_faiss_blob(blob: np.ndarray, *, dim: int, metric: str, M: int, ef_construction: int, ntotal: int, path: str) -> None:
+def check_faiss_blob(
+    blob: np.ndarray, *, dim: int, metric: str, M: int, ef_construction: int, ntotal: int, path: str
+) -> None:
     """Check a serialized faiss ``IndexHNSWSQ`` against our header before faiss reads it.
 
     The parameters must match our header and a fresh index of the same

@@ -260,7 +260,9 @@ def check_hnswlib_blob(
     }
     for field, value in want.items():
         if got[field] != value:
-            raise corrupt(path, f"hnswlib graph field {field} is {got[field]}, expected {value} for dim {dim} and M {M}")
+            raise corrupt(
+                path, f"hnswlib graph field {field} is {got[field]}, expected {value} for dim {dim} and M {M}"
+            )
     mult = got["mult"]
     if not (math.isfinite(mult) and math.isclose(mult, 1.0 / math.log(M), rel_tol=1e-9)):
         raise corrupt(path, f"hnswlib graph field mult is {mult}, expected 1/log(M) = {1.0 / math.log(M):.6g}")
@@ -275,7 +277,8 @@ def check_hnswlib_blob(
     records = np.asarray(blob[_HEADER.size : end0]).reshape(count, per_element)
     n_links = records[:, 0:2].copy().view("<u2").ravel()
     if count and int(n_links.max()) > 2 * M:
-        raise corrupt(path, f"hnswlib graph element {int(np.argmax(n_links > 2 * M))} has more than {2 * M} level-0 links")
+        bad = int(np.argmax(n_links > 2 * M))
+        raise corrupt(path, f"hnswlib graph element {bad} has more than {2 * M} level-0 links")
     links = records[:, 4:links0].copy().view("<u4")
     used = np.arange(2 * M) < n_links[:, None]
     if (links[used] >= count).any():
@@ -296,7 +299,10 @@ def check_hnswlib_blob(
         pos += 4
         if nbytes:
             if nbytes % per_level or pos + nbytes > size:
-                raise corrupt(path, f"hnswlib graph element {i} has {nbytes} bytes of upper levels, not a whole number of levels inside the graph")
+                raise corrupt(
+                    path, f"hnswlib graph element {i} has {nbytes} bytes of upper levels: "
+                    f"not whole levels of {per_level} bytes, or past the end"
+                )
             levels[i] = nbytes // per_level
             starts.append(pos)
             owners.append(i)

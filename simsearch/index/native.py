@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from simsearch.index.attributes import Attributes, Filter
 from simsearch.index.container import DEFAULT_EF
 
 #: The binding's integer code of each metric.
@@ -73,10 +74,10 @@ class NativeBackend:
         isa: str | None = None,
         train_size: int = 20000,
     ) -> None:
-        self._init(
-            _core().NativeIndex(dim, METRIC_CODES[metric], M, ef_construction, bool(rescore), isa or "", _SEED, train_size),
-            ef,
+        core = _core().NativeIndex(
+            dim, METRIC_CODES[metric], M, ef_construction, bool(rescore), isa or "", _SEED, train_size
         )
+        self._init(core, ef)
 
     def _init(self, core: Any, ef: int) -> None:
         self.core = core  #: the binding's ``NativeIndex`` (for tests and diagnostics)
@@ -163,32 +164,19 @@ class NativeBackend:
         return self.core.ids()
 
     # --------------------------------------------------------------- work
-    def add(
-        self,
-        vectors: np.ndarray,
-        ids: np.ndarray,
-        num_threads: int,
-        attribute_names: list[str] | tuple[()] = (),
-        attribute_columns: list[np.ndarray] | tuple[()] = (),
-    ) -> None:
-        self.core.add(vectors, ids, num_threads, list(attribute_names), list(attribute_columns))
+    def add(self, vectors: np.ndarray, ids: np.ndarray, num_threads: int, attributes: Attributes | None = None) -> None:
+        names, columns = attributes or ([], [])
+        self.core.add(vectors, ids, num_threads, names, columns)
 
     def search(self, queries: np.ndarray, k: int, ef: int, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
         return self.core.search(queries, k=k, ef=ef, rescore=self.rescore, num_threads=num_threads)
 
     def search_filtered(
-        self,
-        queries: np.ndarray,
-        k: int,
-        ef: int,
-        num_threads: int,
-        allowed: np.ndarray | None,
-        conditions: list[tuple[str, list[int]]],
-        brute_fraction: float,
-        walk_cost: float,
+        self, queries: np.ndarray, k: int, ef: int, num_threads: int, filter: Filter
     ) -> tuple[np.ndarray, np.ndarray]:
+        f = filter
         return self.core.search_filtered(
-            queries, k, ef, self.rescore, num_threads, allowed, conditions, brute_fraction, walk_cost
+            queries, k, ef, self.rescore, num_threads, f.allowed, f.conditions, f.brute_fraction, f.walk_cost
         )
 
     def search_exact(
