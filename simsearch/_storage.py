@@ -250,6 +250,39 @@ def move(src: PathLike, dst: PathLike) -> None:
     fsync_dir(Path(dst).parent)
 
 
+# ------------------------------------------------------------ scratch files
+@contextlib.contextmanager
+def scratch_path(suffix: str = "", data: Any = None) -> Iterator[str]:
+    """Yield a unique temporary file name for a library that reads or writes only by path.
+
+    For hand-offs such as hnswlib's ``save_index(path)`` / ``load_index(path)``:
+    the file lives in the system's temporary folder and is removed when the
+    block ends, so nothing is fsync-ed. Never publish it; use
+    :func:`atomic_write_path` for files that must survive.
+
+    Parameters
+    ----------
+    suffix : str
+        Suffix of the temporary name.
+    data : bytes-like, optional
+        Written to the file before it is yielded.
+
+    Yields
+    ------
+    str
+        The file's path.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="simsearch-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if data is not None:
+                f.write(memoryview(data).cast("B"))
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 # -------------------------------------------------------------- hashing, locks
 def sha256_file(path: PathLike) -> str:
     """Return the sha256 hex digest of a file, memoised by path, size and mtime."""

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from simsearch import _fileio
+from simsearch._validation import NO_ID
 from simsearch.index.backends import FaissBackend, HnswlibBackend
 
-MISSING = np.uint64(2**64 - 1)
+MISSING = NO_ID
 BACKENDS = [HnswlibBackend, FaissBackend]
 METRICS = ["cosine", "ip", "l2"]
 DIM = 24
@@ -290,7 +291,7 @@ def test_load_rejects_another_backends_file(saved: str) -> None:
 def test_container_round_trip(tmp_path) -> None:
     sections = {
         "floats": np.arange(12, dtype=np.float32).reshape(3, 4),
-        "ids": np.array([0, 2**64 - 1], dtype=np.uint64),
+        "ids": np.array([0, NO_ID], dtype=np.uint64),
         "flags": np.array([True, False, True]),
         "empty": np.empty((0, 5), dtype=np.int16),
         "blob": b"\x00\x01raw bytes",
@@ -319,3 +320,46 @@ def test_container_refuses_what_it_cannot_store(tmp_path) -> None:
     with pytest.raises(TypeError, match="JSON"):
         _fileio.write_container(tmp_path / "c", {"dim": np.float32(1)}, {})
     assert os.listdir(tmp_path) == []
+
+
+def test_missing_id_is_a_deprecated_alias_of_no_id() -> None:
+    from simsearch.index import backends
+
+    with pytest.warns(DeprecationWarning, match="NO_ID"):
+        assert backends.MISSING_ID == NO_ID
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_ef_next_id_and_ids_round_trip(backend_cls: type, metric: str, tmp_path) -> None:
+    index = backend_cls(DIM, metric, 16, 64, ef=123)
+    base = clustered(300, seed=8, normalize=False)
+    index.add(base, id_of(np.arange(300)), 1)
+    index.remove(id_of([299]))  # the largest id ever added is gone, its successor is not reused
+    index.save(str(tmp_path / "ix"))
+    loaded = backend_cls.load(str(tmp_path / "ix"))
+    assert loaded.ef == 123
+    assert loaded.next_auto_id == index.next_auto_id == int(id_of([299])[0]) + 1
+    np.testing.assert_array_equal(loaded.ids(), np.sort(id_of(np.arange(299))))
+
+
+def test_files_without_ef_or_next_id_get_the_defaults(backend_cls: type, tmp_path) -> None:
+    index, _ = build(backend_cls, "l2", n=200)
+    index.remove(id_of([199]))
+    index.save(str(tmp_path / "new"))
+    header, sections = _fileio.read_container(str(tmp_path / "new"))
+    old = {k: v for k, v in header.items() if k not in ("format_version", "sections", "ef", "next_id")}
+    _fileio.write_container(tmp_path / "old", old, sections)  # what simsearch wrote before it stored them
+    loaded = backend_cls.load(str(tmp_path / "old"))
+    assert loaded.ef == 64
+    # past every id the file names: hnswlib remembers removed ids, faiss its tombstoned slots
+    assert loaded.next_auto_id == int(id_of([199])[0]) + 1
+
+
+def test_cosine_backends_normalize_and_refuse_zero_vectors(backend_cls: type) -> None:
+    index = backend_cls(DIM, "cosine", 16, 64)
+    base = clustered(300, seed=9, normalize=False) * 5
+    index.add(base, id_of(np.arange(300)), 1)
+    _, scores = index.search(base[:5], 1, 32, 1)
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=0.02)  # cosine of each vector with itself
+    with pytest.raises(ValueError, match="row 1 has norm 0"):
+        index.add(np.vstack([base[:1], np.zeros((1, DIM), np.float32)]), id_of([500, 501]), 1)

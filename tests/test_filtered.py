@@ -198,7 +198,7 @@ def test_compact_gives_memory_back_and_keeps_recall() -> None:
     vec_before = index.get_vectors([1, 7999])
     index.compact()
     assert index.memory_bytes <= 0.6 * before
-    assert len(index) == 4000 and index._impl.n_slots == 4000
+    assert len(index) == 4000 and index._impl.core.n_slots == 4000
     kept = np.arange(1, 8000, 2)
     assert not index.contains(removed).any() and index.contains(kept).all()
     fresh = simsearch.Index(32, num_threads=2, train_size=2000)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import simsearch
-from simsearch import _core
+from simsearch import _core, _fileio
+from simsearch._validation import NO_ID
+from simsearch.errors import CorruptFileError, DimensionError, DuplicateIdError, UnknownIdError
 from simsearch.index.core import available_isas
 
-NO_ID = np.uint64(2**64 - 1)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -299,10 +300,10 @@ def test_removed_slots_are_reused(data: tuple[np.ndarray, np.ndarray]) -> None:
     x, q = data
     index = simsearch.Index(48, num_threads=2)
     index.add(x[:3000])
-    slots = index._impl.n_slots
+    slots = index._impl.core.n_slots
     index.remove(np.arange(1500))
     new_ids = index.add(x[3000:4500], ids=np.arange(10_000, 11_500))
-    assert index._impl.n_slots == slots  # no growth: every new vector took a freed slot
+    assert index._impl.core.n_slots == slots  # no growth: every new vector took a freed slot
     assert len(index) == 3000
     live = np.concatenate([np.arange(1500, 3000), np.arange(3000, 4500)])
     live_ids = np.concatenate([np.arange(1500, 3000), new_ids.astype(np.int64)])
@@ -408,7 +409,7 @@ def test_get_vectors(data: tuple[np.ndarray, np.ndarray], built: simsearch.Index
 def test_memory_per_vector_is_compact() -> None:
     index = simsearch.Index(384, train_size=1000)
     index.add(normalize(clustered(5000, 384)))
-    assert not index._impl.has_floats  # quantizer frozen: the float copies are gone
+    assert not index._impl.core.has_floats  # quantizer frozen: the float copies are gone
     per_vector = index.memory_bytes / len(index)
     # 384 code bytes + links + label + id map; float32 alone would be 1,536
     assert per_vector < 620
@@ -448,7 +449,7 @@ def test_save_after_removal_and_reuse(tmp_path: Path, data: tuple[np.ndarray, np
     loaded = simsearch.Index.load(tmp_path / "a")
     assert 50 not in loaded and len(loaded) == 900
     loaded.add(x[1000:1100])
-    assert loaded._impl.n_slots == 1000  # the freed slots survived the file
+    assert loaded._impl.core.n_slots == 1000  # the freed slots survived the file
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -557,3 +558,98 @@ def test_backends_share_the_api(tmp_path: Path, backend: str, data: tuple[np.nda
 def test_float32_dtype_selects_the_float_graph() -> None:
     index = simsearch.Index(8, dtype="float32")
     assert index.backend == "hnswlib" and index.dtype == "float32"
+
+
+# --------------------------------------------------------------------------- typed errors, ef and ids through files
+
+
+def test_errors_are_typed(tmp_path: Path, built: simsearch.Index, data: tuple[np.ndarray, np.ndarray]) -> None:
+    _, q = data
+    with pytest.raises(DimensionError, match="dimension 47, the index has 48"):
+        built.search(q[:, :47])
+    with pytest.raises(DimensionError, match="dimension 47"):
+        built.add(q[:1, :47])
+    with pytest.raises(UnknownIdError, match="unknown id 999999") as info:
+        built.remove([999_999])
+    assert isinstance(info.value, KeyError) and str(info.value) == "unknown id 999999"
+    with pytest.raises(UnknownIdError, match="unknown id 999999"):
+        built.get_vectors([3, 999_999])
+    with pytest.raises(DuplicateIdError, match="id 0 is already in the index"):
+        built.add(q[:1], ids=[0])
+    built.save(tmp_path / "ix")
+    with pytest.raises(DimensionError, match="dimension 48, expected 64"):
+        simsearch.Index.load(tmp_path / "ix", dim=64)
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes((tmp_path / "ix").read_bytes()[:-1000])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        simsearch.Index.load(damaged)
+    (tmp_path / "foreign").write_bytes(b"GIF89a" + b"\0" * 100)
+    with pytest.raises(CorruptFileError, match="not a simsearch index file"):
+        simsearch.Index.load(tmp_path / "foreign")
+    _fileio.write_container(tmp_path / "annoy", {"backend": "annoy"}, {})
+    with pytest.raises(CorruptFileError, match="unknown backend 'annoy'"):
+        simsearch.Index.load(tmp_path / "annoy")
+
+
+@pytest.mark.parametrize("backend", ["native", "hnswlib"])
+def test_absurd_k_is_refused_before_anything_is_allocated(backend: str, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    index = simsearch.Index(48, backend=backend)
+    index.add(x[:100])
+    for method in (index.search, index.search_exact) if backend == "native" else (index.search,):
+        with pytest.raises(ValueError, match="too large"):
+            method(q[:1], k=2**62)
+
+
+@pytest.mark.parametrize("backend", ["native", "hnswlib", "faiss"])
+def test_ef_is_checked_clamped_and_saved(tmp_path: Path, backend: str, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    with pytest.raises(TypeError, match="ef must be an integer"):
+        simsearch.Index(48, backend=backend, ef=1.5)  # type: ignore[arg-type]
+    index = simsearch.Index(48, backend=backend, ef=80, num_threads=1)
+    assert index.ef == 80
+    with pytest.raises(ValueError, match="ef must be positive"):
+        index.ef = 0
+    with pytest.raises(ValueError, match="too large"):
+        index.search(q[:1], ef=2**40)
+    index.add(x[:500])
+    ids, _ = index.search(q[:5], k=60, ef=5)  # ef below k is raised to k: the rows fill up
+    assert (ids != NO_ID).all()
+    index.ef = 77
+    index.save(tmp_path / "ix")
+    loaded = simsearch.Index.load(tmp_path / "ix")
+    native_without_ef = backend == "native" and not hasattr(_core.NativeIndex, "ef")
+    assert loaded.ef == (64 if native_without_ef else 77)  # the native file stores ef once the core does
+
+
+@pytest.mark.parametrize("backend", ["native", "hnswlib", "faiss"])
+def test_everything_saved_comes_back(tmp_path: Path, backend: str, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = data
+    index = simsearch.Index(48, metric="ip", backend=backend, M=12, ef_construction=50, num_threads=1)
+    index.add(x[:100])
+    index.remove([99])
+    index.save(tmp_path / "ix")
+    loaded = simsearch.Index.load(tmp_path / "ix", num_threads=1)
+    fields = ("dim", "metric", "dtype", "backend", "M", "ef_construction", "rescore", "isa", "attribute_names")
+    assert {f: getattr(loaded, f) for f in fields} == {f: getattr(index, f) for f in fields}
+    np.testing.assert_array_equal(np.sort(loaded.ids()), np.arange(99))
+    assert loaded.add(x[100:102]).tolist() == [100, 101]  # automatic ids continue past every id used
+
+
+@pytest.mark.parametrize("backend", ["hnswlib", "faiss"])
+def test_native_only_features_say_so(backend: str, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    x, q = data
+    index = simsearch.Index(48, backend=backend)
+    index.add(x[:50])
+    for call, words in [
+        (lambda: index.search(q[:1], filter=[1]), "filter needs the native backend"),
+        (lambda: index.search_exact(q[:1]), "search_exact needs the native backend"),
+        (lambda: index.compact(), "compact needs the native backend"),
+        (lambda: index.add(x[50:51], attributes={"shop": [1]}), "attributes need the native backend"),
+        (lambda: simsearch.Index(48, backend=backend, isa="scalar"), "isa applies to the native backend only"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            call()
+    with pytest.raises(ValueError, match="rescore=True needs the native backend"):
+        index.rescore = True
+    assert index.attribute_names == [] and len(index) == 50

@@ -1,4 +1,9 @@
-"""``simsearch.Index``: one API over the native int8 HNSW and the hnswlib/faiss backends."""
+"""``simsearch.Index``: one API over the native int8 HNSW and the hnswlib/faiss backends.
+
+The facade checks what the user passes (shapes, dtypes, ids, ``k``, ``ef``,
+attributes and filters) and hands the work to a backend through the protocol
+of :mod:`simsearch.index.backends`; it never asks which backend it holds.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_positive_int
+from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int
+from simsearch.errors import DimensionError, UnknownIdError
+from simsearch.index.attributes import Filter
+from simsearch.index.attributes import check_attributes as _check_attributes
+from simsearch.index.attributes import check_filter as _check_filter
+from simsearch.index.backends import Backend, make_backend, open_backend
+from simsearch.index.container import DEFAULT_EF
+from simsearch.index.ids import contains_one, ids_to_add, ids_to_remove
+from simsearch.index.native import available_isas
 
 Metric = Literal["cosine", "ip", "l2"]
-_METRICS = {"cosine": 0, "ip": 1, "l2": 2}
-_BACKEND_DTYPES = {"native": ("int8",), "hnswlib": ("float32",), "faiss": ("int8",)}
-_NATIVE_MAGIC = b"SIMSIDX1"
-
-
-def _core() -> Any:
-    from simsearch import _core
-
-    return _core
-
-
-def available_isas() -> list[str]:
-    """Kernels this CPU can run, best first (e.g. ``["avx512vnni", "avx2", "scalar"]``)."""
-    return list(_core().available_isas())
 
 
 def _default_threads() -> int:
@@ -69,6 +68,7 @@ class Index:
         available to the process.
     ef : int, default 64
         Default search-time candidate list size (``search(ef=...)`` overrides).
+        Saved with the index and read back by :meth:`load`.
     isa : str or None
         Force a kernel (``"avx512vnni"``, ``"avx2"``, ``"scalar"``); None
         reads the ``SIMSEARCH_ISA`` environment variable, else picks the best
@@ -106,81 +106,113 @@ class Index:
         backend: Literal["native", "hnswlib", "faiss"] = "native",
         num_threads: int | None = None,
         *,
-        ef: int = 64,
+        ef: int = DEFAULT_EF,
         isa: str | None = None,
         train_size: int = 20000,
     ) -> None:
-        self.dim = check_positive_int(dim, "dim")
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
-        if backend not in _BACKEND_DTYPES:
-            raise ValueError(f"backend must be one of {sorted(_BACKEND_DTYPES)}, got {backend!r}")
-        if dtype is not None and dtype not in ("int8", "float32"):
-            raise ValueError(f"dtype must be 'int8' or 'float32', got {dtype!r}")
-        if backend == "native" and dtype == "float32":
-            backend = "hnswlib"  # the native graph stores int8 codes; float32 storage is hnswlib's
-        if dtype is None:
-            dtype = _BACKEND_DTYPES[backend][0]  # type: ignore[assignment]
-        if dtype not in _BACKEND_DTYPES[backend]:
-            raise ValueError(f"backend {backend!r} stores {_BACKEND_DTYPES[backend][0]} vectors, not {dtype}")
-        if rescore and backend != "native":
-            raise ValueError("rescore=True needs the native backend (hnswlib already stores float32)")
-        self.metric: Metric = metric
-        self.dtype = dtype
-        self.M = check_positive_int(M, "M")
-        if self.M < 2:
+        M = check_positive_int(M, "M")
+        if M < 2:
             raise ValueError(f"M must be at least 2, got {M}")
-        self.ef_construction = check_positive_int(ef_construction, "ef_construction")
-        self.rescore = bool(rescore)
-        self.backend = backend
+        impl = make_backend(
+            backend,
+            dtype,
+            check_positive_int(dim, "dim"),
+            metric,
+            M,
+            check_positive_int(ef_construction, "ef_construction"),
+            ef=check_ef(ef),
+            rescore=bool(rescore),
+            isa=isa,
+            train_size=check_positive_int(train_size, "train_size"),
+        )
+        self._setup(impl, num_threads)
+
+    def _setup(self, impl: Backend, num_threads: int | None) -> None:
+        self._impl = impl
         self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
-        self.ef = check_positive_int(ef, "ef")
+        #: Filtered search scans the allowed items exactly below this share of the index.
         self.filter_brute_fraction = 0.02
+        #: Distance computations each entry of a filtered walk's candidate list is taken to cost.
         self.filter_walk_cost = 16.0
-        if backend == "native":
-            self._impl = _core().NativeIndex(
-                self.dim, _METRICS[metric], self.M, self.ef_construction, self.rescore, isa or "", 0x5EED5EED,
-                check_positive_int(train_size, "train_size"),
-            )
-        else:
-            if isa is not None:
-                raise ValueError("isa applies to the native backend only")
-            self._impl = _make_backend(backend, self.dim, metric, self.M, self.ef_construction)
-        self._next_id = 0
 
     # ------------------------------------------------------------------ info
     @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._impl.dim
+
+    @property
+    def metric(self) -> Metric:
+        """``"cosine"``, ``"ip"`` or ``"l2"``."""
+        return self._impl.metric  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> str:
+        """How vectors are stored: ``"int8"`` (native, faiss) or ``"float32"`` (hnswlib)."""
+        return self._impl.dtype
+
+    @property
+    def backend(self) -> str:
+        """``"native"``, ``"hnswlib"`` or ``"faiss"``."""
+        return self._impl.name
+
+    @property
+    def M(self) -> int:
+        """Graph degree."""
+        return self._impl.M
+
+    @property
+    def ef_construction(self) -> int:
+        """Candidate list size while building."""
+        return self._impl.ef_construction
+
+    @property
+    def ef(self) -> int:
+        """Default search effort (``search(ef=...)`` overrides); saved with the index."""
+        return self._impl.ef
+
+    @ef.setter
+    def ef(self, value: int) -> None:
+        self._impl.ef = check_ef(value)
+
+    @property
+    def rescore(self) -> bool:
+        """Whether searches re-rank candidates with the float32 originals (native, built with ``rescore=True``)."""
+        return self._impl.rescore
+
+    @rescore.setter
+    def rescore(self, value: bool) -> None:
+        self._impl.rescore = bool(value)
+
+    @property
     def isa(self) -> str:
         """Kernel in use: ``"avx512vnni"``, ``"avx2"`` or ``"scalar"`` (native), else the backend name."""
-        return self._impl.isa if self.backend == "native" else self.backend
+        return self._impl.isa
 
     @property
     def memory_bytes(self) -> int:
         """Bytes of index memory (memory-mapped sections excluded)."""
-        return int(self._impl.memory_bytes) if self.backend == "native" else int(self._impl.memory_bytes())
+        return self._impl.memory_bytes()
 
     def __len__(self) -> int:
-        return int(self._impl.size) if self.backend == "native" else len(self._impl)
+        return len(self._impl)
 
     def __contains__(self, id_: Any) -> bool:
-        try:
-            ids = as_ids(id_, "id")
-        except (TypeError, ValueError):
-            return False
-        return ids.size == 1 and bool(self.contains(ids)[0])
+        return contains_one(self.contains, id_)
 
     def contains(self, ids: Any) -> np.ndarray:
-        """Membership of each id.
+        """Whether each id is in the index (removed ids are not).
 
         Parameters
         ----------
         ids : array-like of int, shape (n,)
+            Unsigned 64-bit ids; a scalar is one id.
 
         Returns
         -------
         np.ndarray of bool, shape (n,)
         """
-        return np.asarray(self._impl.contains(as_ids(ids)), dtype=bool)
+        return self._impl.contains(as_ids(ids))
 
     def __repr__(self) -> str:
         return (
@@ -199,8 +231,8 @@ class Index:
             ``dim`` is one vector.
         ids : array-like of int, shape (n,), optional
             Unsigned 64-bit ids, unique and not already in the index
-            (2**64-1 is reserved). By default, ids continue from the largest
-            id ever added.
+            (2**64-1, :data:`~simsearch._validation.NO_ID`, is reserved). By
+            default, ids continue from the largest id ever added.
         attributes : mapping of str to array-like of int, shape (n,), optional
             Small integer attributes to filter on (category, brand, seller),
             values in int32 except -2**31 (the "missing" marker that rows
@@ -213,38 +245,23 @@ class Index:
 
         Raises
         ------
+        DimensionError
+            (a ``ValueError``) Vectors of the wrong dimension.
+        DuplicateIdError
+            (a ``ValueError``) Ids repeated in the batch or already present.
         ValueError
-            Wrong dimension, NaN/inf, zero vectors under cosine, ids of the
-            wrong length, duplicate ids or ids already present. Nothing is
-            added when a check fails.
+            NaN/inf, zero vectors under cosine, ids of the wrong length,
+            attributes on a backend other than native. Nothing is added when
+            a check fails.
         TypeError
             Non-float vectors or non-integer ids.
         """
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
-        if ids is None:
-            start = int(self._impl.next_auto_id) if self.backend == "native" else self._next_id
-            if start + n >= 2**64 - 1:
-                raise ValueError("automatic ids are exhausted; pass ids explicitly")
-            id_arr = np.arange(start, start + n, dtype=np.uint64)
-        else:
-            id_arr = as_ids(ids, "ids", n)
+        id_arr = ids_to_add(ids, n, self._impl.next_auto_id, self._impl.contains)
         if n == 0:
             return id_arr
-        if np.unique(id_arr).size != n:
-            values, counts = np.unique(id_arr, return_counts=True)
-            raise ValueError(f"ids contains duplicate id {int(values[counts > 1][0])}")
-        present = self._impl.contains(id_arr)
-        if np.any(present):
-            raise ValueError(f"id {int(id_arr[np.argmax(present)])} is already in the index")
-        if self.backend == "native":
-            names, columns = _check_attributes(attributes, n)
-            self._impl.add(x, id_arr, self.num_threads, names, columns)
-        else:
-            if attributes:
-                raise ValueError("attributes need the native backend")
-            self._impl.add(x, id_arr, self.num_threads)
-        self._next_id = max(self._next_id, int(id_arr.max()) + 1)
+        self._impl.add(x, id_arr, self.num_threads, _check_attributes(attributes, n))
         return id_arr
 
     def remove(self, ids: Any) -> None:
@@ -252,20 +269,15 @@ class Index:
 
         Raises
         ------
-        KeyError
-            If any id is not in the index (nothing is removed then).
+        UnknownIdError
+            (a ``KeyError``) If any id is not in the index (nothing is removed then).
         ValueError
             If ids repeats an id.
         """
-        id_arr = as_ids(ids)
+        id_arr = ids_to_remove(ids)
         if id_arr.size == 0:
             return
-        if np.unique(id_arr).size != id_arr.size:
-            raise ValueError("ids contains duplicates")
-        present = self._impl.contains(id_arr)
-        if not np.all(present):
-            missing = id_arr[~present]
-            raise KeyError(f"unknown id {int(missing[0])}" + (f" (and {missing.size - 1} more)" if missing.size > 1 else ""))
+        self._check_known(id_arr)
         self._impl.remove(id_arr)
 
     # ------------------------------------------------------------------ reads
@@ -279,7 +291,8 @@ class Index:
         queries : array-like of shape (n, dim), float
             A 1-D array of length ``dim`` is one query.
         k : int, default 10
-            Neighbours per query. May exceed ``len(self)``: rows are padded.
+            Neighbours per query, at most 2**24. May exceed ``len(self)``:
+            rows are padded.
         ef : int, optional
             Candidate list size (at least k is used); larger is slower and
             more accurate. Defaults to ``self.ef``.
@@ -303,43 +316,44 @@ class Index:
         Returns
         -------
         ids : np.ndarray of uint64, shape (n, k)
-            Best first; ``2**64-1`` pads rows with fewer than k results.
+            Best first; ``2**64-1`` (:data:`~simsearch._validation.NO_ID`)
+            pads rows with fewer than k results.
         scores : np.ndarray of float32, shape (n, k)
             Similarity for cosine/ip (higher first), squared distance for l2
             (lower first); NaN where the id is padding.
+
+        Raises
+        ------
+        DimensionError
+            (a ``ValueError``) Queries of the wrong dimension.
+        ValueError
+            ``k`` or ``ef`` not positive or absurdly large, NaN/inf queries,
+            a filter on a backend other than native.
+        TypeError
+            Non-integer ``k``/``ef``, non-float queries.
         """
-        k = check_positive_int(k, "k")
-        ef = self.ef if ef is None else check_positive_int(ef, "ef")
+        k = check_k(k)
+        ef = self._search_ef(ef, k)
         q = self._prepare(queries, "queries")
         if q.shape[0] == 0:
-            return np.empty((0, k), dtype=np.uint64), np.empty((0, k), dtype=np.float32)
-        if filter is not None:
-            if self.backend != "native":
-                raise ValueError("filter needs the native backend")
-            allowed, conditions = _check_filter(filter)
-            return self._impl.search_filtered(
-                q, k, max(ef, k), self.rescore, self.num_threads, allowed, conditions, self.filter_brute_fraction,
-                self.filter_walk_cost,
-            )
-        if self.backend == "native":
-            ids, scores = self._impl.search(q, k, max(ef, k), self.rescore, self.num_threads)
-        else:
-            ids, scores = self._impl.search(q, k, max(ef, k), self.num_threads)
-        return ids, scores
+            return _no_rows(k)
+        if filter is None:
+            return self._impl.search(q, k, ef, self.num_threads)
+        checked = Filter(*_check_filter(filter), self.filter_brute_fraction, self.filter_walk_cost)
+        return self._impl.search_filtered(q, k, ef, self.num_threads, checked)
 
     def search_exact(self, queries: Any, k: int = 10, use_floats: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force search over the stored codes (or float originals).
+        """Brute-force search over the stored codes (or, with ``use_floats``, the float originals).
 
         The reference for telling the recall lost to int8 codes from the
-        recall lost to the graph. Native backend only. Same returns as ``search``.
+        recall lost to the graph. Native backend only; ``use_floats`` needs
+        ``rescore=True``. Same returns as :meth:`search`.
         """
-        if self.backend != "native":
-            raise ValueError("search_exact needs the native backend")
-        k = check_positive_int(k, "k")
+        k = check_k(k)
         q = self._prepare(queries, "queries")
         if q.shape[0] == 0:
-            return np.empty((0, k), dtype=np.uint64), np.empty((0, k), dtype=np.float32)
-        return self._impl.search(q, k, k, bool(use_floats), self.num_threads, True)
+            return _no_rows(k)
+        return self._impl.search_exact(q, k, bool(use_floats), self.num_threads)
 
     def get_vectors(self, ids: Any) -> np.ndarray:
         """Stored vectors (float32 originals when kept, else decoded from the codes).
@@ -351,14 +365,12 @@ class Index:
 
         Raises
         ------
-        KeyError
-            If any id is not in the index.
+        UnknownIdError
+            (a ``KeyError``) If any id is not in the index.
         """
         id_arr = as_ids(ids)
-        present = self._impl.contains(id_arr)
-        if not np.all(present):
-            raise KeyError(f"unknown id {int(id_arr[~present][0])}")
-        return np.asarray(self._impl.get_vectors(id_arr), dtype=np.float32)
+        self._check_known(id_arr)
+        return self._impl.get_vectors(id_arr)
 
     def compact(self) -> None:
         """Rebuild without removed items and give their memory back.
@@ -367,19 +379,15 @@ class Index:
         build of the survivors gets. Other calls on this index wait while it
         runs. Native backend only.
         """
-        if self.backend != "native":
-            raise ValueError("compact needs the native backend")
         self._impl.compact(self.num_threads)
 
     @property
     def attribute_names(self) -> list[str]:
-        """Names of the attributes stored with the vectors (native backend)."""
-        return list(self._impl.attribute_names) if self.backend == "native" else []
+        """Names of the attributes stored with the vectors (native backend; empty otherwise)."""
+        return self._impl.attribute_names
 
     def ids(self) -> np.ndarray:
-        """All live ids, shape (len(self),), uint64 (native backend)."""
-        if self.backend != "native":
-            raise ValueError("ids() needs the native backend")
+        """All live ids, shape (len(self),), uint64."""
         return self._impl.ids()
 
     # ------------------------------------------------------------------ files
@@ -403,7 +411,7 @@ class Index:
         num_threads: int | None = None,
         isa: str | None = None,
     ) -> Index:
-        """Open an index saved by :meth:`save`.
+        """Open an index saved by :meth:`save`, with every saved field (``ef`` included).
 
         Parameters
         ----------
@@ -417,131 +425,50 @@ class Index:
         verify : bool, default True
             Check every section's checksum and every link (reads the whole
             file once). ``False`` skips that for instant opening of trusted files.
+        num_threads : int, optional
+            As for the constructor (not saved: it belongs to the machine).
+        isa : str, optional
+            As for the constructor (native files only).
 
         Raises
         ------
+        CorruptFileError
+            (a ``ValueError``) Foreign, truncated, corrupt or newer-version file.
+        DimensionError
+            (a ``ValueError``) The file's dimension is not ``dim``.
         ValueError
-            Foreign, truncated, corrupt or newer-version file; dim/metric mismatch.
+            The file's metric is not ``metric``.
         OSError
             The file cannot be read.
         """
         p = os.fspath(path)
-        with open(p, "rb") as f:
-            magic = f.read(8)
         self = cls.__new__(cls)
-        if magic == _NATIVE_MAGIC:
-            impl = _core().NativeIndex.load(p, bool(mmap), bool(verify), isa or "")
-            self._impl = impl
-            self.backend = "native"
-            self.dtype = "int8"
-            self.dim = int(impl.dim)
-            self.metric = {v: k for k, v in _METRICS.items()}[int(impl.metric)]  # type: ignore[assignment]
-            self.M = int(impl.M)
-            self.ef_construction = int(impl.ef_construction)
-            self.rescore = bool(impl.keep_floats)
-        else:
-            from simsearch import _fileio
-
-            if magic != _fileio.MAGIC:
-                raise ValueError(f"{p!r} is not a simsearch index file (bad magic)")
-            self._impl = _load_backend(p, bool(mmap))
-            self.backend = self._impl.name
-            self.dtype = _BACKEND_DTYPES[self.backend][0]
-            self.dim = int(self._impl.dim)
-            self.metric = self._impl.metric
-            self.M = int(self._impl.M)
-            self.ef_construction = int(self._impl.ef_construction)
-            self.rescore = False
+        self._setup(open_backend(p, mmap=bool(mmap), verify=bool(verify), isa=isa), num_threads)
         if dim is not None and self.dim != dim:
-            raise ValueError(f"{p!r} holds an index of dimension {self.dim}, expected {dim}")
+            raise DimensionError(f"{p!r} holds an index of dimension {self.dim}, expected {dim}")
         if metric is not None and self.metric != metric:
             raise ValueError(f"{p!r} holds an index with metric {self.metric!r}, expected {metric!r}")
-        self.num_threads = _default_threads() if num_threads is None else check_positive_int(num_threads, "num_threads")
-        self.ef = 64
-        self.filter_brute_fraction = 0.02
-        self.filter_walk_cost = 16.0
-        self._next_id = 0
         return self
 
     # ------------------------------------------------------------------ helpers
     def _prepare(self, x: Any, name: str) -> np.ndarray:
-        arr = as_float_matrix(x, name, self.dim)
-        # the native core normalizes for cosine itself (and refuses zero vectors)
-        if self.metric == "cosine" and arr.shape[0] and self.backend != "native":
-            norms = np.linalg.norm(arr, axis=1)
-            if not np.all(norms > 0):
-                raise ValueError(f"{name} row {int(np.argmin(norms > 0))} has zero norm; cosine is undefined for it")
-            arr = arr / norms[:, None]
-        return arr
+        # float32 (n, dim); the backend normalizes for cosine itself
+        return as_float_matrix(x, name, self.dim)
+
+    def _search_ef(self, ef: int | None, k: int) -> int:
+        """The one place ``ef`` is checked and clamped: at least ``k``, or the walk returns fewer."""
+        return max(self.ef if ef is None else check_ef(ef), k)
+
+    def _check_known(self, ids: np.ndarray) -> None:
+        present = self._impl.contains(ids)
+        if not np.all(present):
+            missing = ids[~present]
+            more = f" (and {missing.size - 1} more)" if missing.size > 1 else ""
+            raise UnknownIdError(f"unknown id {int(missing[0])}{more}")
 
 
-_INT32_MIN = -(2**31)
+def _no_rows(k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((0, k), dtype=np.uint64), np.empty((0, k), dtype=np.float32)
 
 
-def _check_attribute_values(name: str, values: Any, n: int | None) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(f"attribute {name!r} must be 1-D, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise TypeError(
-            f"attribute {name!r} has dtype {arr.dtype}; expected small integers (map strings to ints first)"
-        )
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"attribute {name!r} has length {arr.shape[0]}, expected {n} (one per vector)")
-    if arr.size and (arr.min() <= _INT32_MIN or arr.max() > 2**31 - 1):
-        raise ValueError(f"attribute {name!r} has values outside -2**31+1 .. 2**31-1")
-    return np.ascontiguousarray(arr, dtype=np.int32)
-
-
-def _check_attributes(attributes: Mapping[str, Any] | None, n: int) -> tuple[list[str], list[np.ndarray]]:
-    if not attributes:
-        return [], []
-    if not isinstance(attributes, Mapping):
-        raise TypeError(f"attributes must be a mapping of name to integer array, got {type(attributes).__name__}")
-    names, columns = [], []
-    for name, values in attributes.items():
-        if not isinstance(name, str) or not name or "\0" in name:
-            raise ValueError(f"attribute names must be non-empty strings, got {name!r}")
-        names.append(name)
-        columns.append(_check_attribute_values(name, values, n))
-    return names, columns
-
-
-def _check_filter(filter: Any) -> tuple[np.ndarray | None, list[tuple[str, list[int]]]]:
-    if isinstance(filter, Mapping):
-        if not filter:
-            raise ValueError("filter is an empty mapping; pass None for no filter")
-        conditions = []
-        for name, values in filter.items():
-            if not isinstance(name, str):
-                raise TypeError(f"filter keys must be attribute names, got {name!r}")
-            if type(values) is int and -(2**31) < values < 2**31:  # the common case, without numpy
-                conditions.append((name, [values]))
-            else:
-                conditions.append((name, _check_attribute_values(name, values, None).tolist()))
-        return None, conditions
-    return as_ids(filter, "filter"), []
-
-
-def _make_backend(backend: str, dim: int, metric: str, M: int, ef_construction: int) -> Any:
-    from simsearch.index import backends
-
-    cls = backends.HnswlibBackend if backend == "hnswlib" else backends.FaissBackend
-    return cls(dim, metric, M, ef_construction)
-
-
-def _load_backend(path: str, mmap: bool) -> Any:
-    from simsearch import _fileio
-    from simsearch.index import backends
-
-    name = _fileio.read_header(path).get("backend")
-    if name == "hnswlib":
-        return backends.HnswlibBackend.load(path, mmap=mmap)
-    if name == "faiss":
-        return backends.FaissBackend.load(path, mmap=mmap)
-    raise ValueError(f"{path!r} names an unknown backend {name!r}")
-
-
-__all__ = ["Index", "available_isas", "NO_ID"]
+__all__ = ["NO_ID", "Index", "available_isas"]
