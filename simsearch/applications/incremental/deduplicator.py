@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from simsearch import _tables
 from simsearch._validation import check_k, check_positive_int
