@@ -105,7 +105,7 @@ def test_calibrate_maximizes_f1(encoder, catalog, offers):
     scores = m.score_pairs(pairs, offers)
     ref = best_f1_threshold(scores, pairs.column("label").to_numpy())
     assert cal == ref
-    assert cal.f1 >= 0.85 and cal.n_pairs == pairs.num_rows
+    assert cal.f1 >= 0.85 and cal.n_labelled == pairs.num_rows
     assert m.threshold_ == cal.threshold
     after = m.match(offers)
     assert after.column("is_match").to_pylist() == [s >= cal.threshold for s in after.column("score").to_pylist()]

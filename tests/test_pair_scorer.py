@@ -272,7 +272,7 @@ def test_save_load_round_trip(learned, slice_, tmp_path):
         f.write(b"x")
     with pytest.raises(CorruptFileError, match="checksum of pair_scorer.skops"):
         CatalogMatcher.load(tmp_path / "m")
-    (tmp_path / "m" / "matcher.json").write_text(json.dumps(manifest))
+    (tmp_path / "m" / "matcher.json").write_text(json.dumps({**manifest, "format_version": 2}))
     with pytest.raises(CorruptFileError, match="pair_scorer.skops' does not match its checksum"):
         CatalogMatcher.load(tmp_path / "m")
 
