@@ -206,6 +206,7 @@ def test_groups_tables_name_the_id_column_alike():
 
 
 @pytest.mark.slow  # Ray Data starts its own workers
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own, as in test_ray.py
 def test_ray_engine_matches_one_process(tmp_path):
     from simsearch._tables import read_table, write_table
     from simsearch.cli import demo_sample_path

@@ -627,15 +627,11 @@ class CatalogMatcher:
     # -- files -------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted matcher to a new directory (see :mod:`~simsearch.applications.saved_matcher`).
+        """Write the fitted matcher to the new folder ``path``; nothing is pickled.
 
-        The directory holds ``matcher.json`` (format name and version, the
-        matcher's parameters, threshold, calibration, feature config and the
-        SHA-256 of every other file), ``encoder/`` (the text model),
-        ``index.bin``, ``catalog.simspy`` (catalog vectors), ``catalog.parquet``
-        (ids, titles, feature columns) and, after :meth:`fit_pairs`,
-        ``pair_scorer.skops``. Nothing is pickled. It is written beside
-        ``path`` and renamed into place when complete.
+        The folder format (manifest with checksums, the encoder, the index,
+        the catalog, the pair scorer) is :mod:`~simsearch.applications.saved_matcher`;
+        it is built beside ``path`` and renamed into place when complete.
 
         Raises
         ------
@@ -651,11 +647,7 @@ class CatalogMatcher:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, progress: bool | None = None, num_threads: int | None = None) -> CatalogMatcher:
-        """Open a matcher written by :meth:`save`.
-
-        Every file's SHA-256 is checked against ``matcher.json``; the lexical
-        model is refit on the saved catalog titles (deterministic), so scores
-        equal those of the saved matcher.
+        """Open a matcher written by :meth:`save`; it scores as the saved one did.
 
         Parameters
         ----------
@@ -668,9 +660,8 @@ class CatalogMatcher:
         Raises
         ------
         ValueError
-            Not a matcher directory (no or foreign ``matcher.json``), a newer
-            format version, or a file whose checksum does not match
-            (:class:`~simsearch.errors.CorruptFileError`,
+            Not a matcher folder, a newer format version, or a file whose
+            checksum does not match (:class:`~simsearch.errors.CorruptFileError`,
             :class:`~simsearch.errors.FormatVersionError`).
         """
         return read_matcher(cls, path, progress=progress, num_threads=num_threads)
