@@ -19,14 +19,7 @@ from simsearch._validation import NO_ID
 from simsearch.applications import ThresholdChoice, choose_threshold, recall_at_k
 from simsearch.applications.lexical import LexicalModel
 from simsearch.errors import NotFittedError
-
-
-def clustered(n_groups: int = 20, size: int = 3, dim: int = 16, noise: float = 0.02, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_groups, dim))
-    x = np.repeat(centres, size, axis=0) + noise * rng.standard_normal((n_groups * size, dim))
-    order = rng.permutation(len(x))
-    return x[order].astype(np.float32), np.repeat(np.arange(n_groups), size)[order]
+from test_dedup import clustered  # the shared synthetic groups (tests/ is on sys.path)
 
 
 # -- recall@k -------------------------------------------------------------------

@@ -21,6 +21,7 @@ all load their input with :func:`load_items`, join it with :func:`self_join`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -62,8 +63,6 @@ DEFAULT_TEXT_THRESHOLD = 0.5
 DEFAULT_VECTOR_THRESHOLD = 0.9
 #: Least search effort of a candidate search when the user gave none.
 MIN_EF = 64
-#: Pair scores lie in about [-1.2, 1.2] (see PairScoring); thresholds are checked against this range.
-SCORE_RANGE = (-2.0, 2.0)
 
 
 class Duplicates(NamedTuple):
@@ -100,8 +99,16 @@ def default_thresholds(lexical_text: bool) -> list[float]:
 
 
 def check_score(value: Any, name: str = "threshold") -> float:
-    """A pair-score threshold as a finite float (pair scores lie in about [-1.2, 1.2])."""
-    return check_threshold(value, name, low=SCORE_RANGE[0], high=SCORE_RANGE[1])
+    """A pair-score threshold as a finite float.
+
+    Any finite value is accepted: pair scores lie in about [-1.2, 1.2] with
+    the default :class:`PairScoring`, but its bonus and penalties are the
+    user's to set.
+    """
+    try:
+        return check_threshold(value, name, low=-math.inf, high=math.inf)
+    except ValueError:
+        raise ValueError(f"{name} must be a finite number, got {value}") from None
 
 
 def check_max_group_size(value: Any) -> int | None:
