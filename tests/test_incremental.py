@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simsearch import Deduplicator, find_duplicates
-from simsearch.errors import FormatVersionError, NotFittedError
+from simsearch.errors import FormatVersionError
 from simsearch.applications import incremental, pairwise_precision_recall
 from simsearch.applications._items import default_encoder
 from simsearch.cli import demo_sample_path, main

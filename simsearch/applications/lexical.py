@@ -37,8 +37,23 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold  # noqa: F401 - importable from here too
+from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
 from simsearch.errors import NotFittedError
+
+__all__ = [
+    "LexicalModel",
+    "PairScoring",
+    "TextFeatures",
+    "TitleFacts",
+    "best_f1_threshold",  # lives in metrics.py; importable from here as before
+    "code_relation",
+    "extract_facts",
+    "hybrid_vectors",
+    "measures_conflict",
+    "normalize_title",
+    "rowwise_dot",
+    "rule_adjustment",
+]
 
 # Units that follow a number in product titles. Longer spellings come first so
 # that the alternation prefers them ("mhz" before "m").
