@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simsearch import Deduplicator, find_duplicates
+from simsearch.errors import FormatVersionError
 from simsearch.applications import incremental, pairwise_precision_recall
 from simsearch.applications._items import default_encoder
 from simsearch.cli import demo_sample_path, main
@@ -33,15 +34,15 @@ def angles(degrees: list[float], z: float = 0.0) -> np.ndarray:
 
 
 def labels_of(groups: pa.Table, ids: list) -> np.ndarray:
-    g = dict(zip(groups.column("item_id").to_pylist(), groups.column("group_id").to_pylist()))
+    g = dict(zip(groups.column("id").to_pylist(), groups.column("group_id").to_pylist()))
     return np.array([g[i] for i in ids])
 
 
 def check_change_table(before: pa.Table, after: pa.Table, changes: pa.Table) -> None:
     """Every id change of an old item, every new and removed item is in the table; nothing else."""
-    old = dict(zip(before.column("item_id").to_pylist(), before.column("group_id").to_pylist()))
-    new = dict(zip(after.column("item_id").to_pylist(), after.column("group_id").to_pylist()))
-    rows = {r["item_id"]: r for r in changes.to_pylist()}
+    old = dict(zip(before.column("id").to_pylist(), before.column("group_id").to_pylist()))
+    new = dict(zip(after.column("id").to_pylist(), after.column("group_id").to_pylist()))
+    rows = {r["id"]: r for r in changes.to_pylist()}
     assert len(rows) == changes.num_rows  # one row per item
     for item, gid in new.items():
         if item not in old:
@@ -61,7 +62,7 @@ def test_fit_equals_find_duplicates():
     dedup = Deduplicator(threshold=0.9, max_group_size=20, progress=False).fit(x, ids=ids)
     _, ref = find_duplicates(x, threshold=0.9, ids=ids, max_group_size=20, include_singletons=True, progress=False)
     ours = labels_of(dedup.groups_, ids.tolist())
-    theirs = labels_of(ref.rename_columns(["item_id", "group_id", *ref.column_names[2:]]), ids.tolist())
+    theirs = labels_of(ref, ids.tolist())  # one name for the id column in both groups tables
     assert pairwise_precision_recall(theirs, ours) == (1.0, 1.0)
     assert dedup.groups_.num_rows == 600 and dedup.n_items_ == 600
     assert dedup.groups_.schema.field("group_id").type == pa.int64()
@@ -93,14 +94,14 @@ def test_merge_keeps_the_older_id_and_removing_the_bridge_splits():
     assert labels_of(dedup.groups_, ids).tolist() == [0, 0, 1, 1, 2, 2]
 
     changes = dedup.update(angles([15]), new_ids=["x"])
-    got = {r["item_id"]: (r["old_group"], r["new_group"], r["event"]) for r in changes.to_pylist()}
+    got = {r["id"]: (r["old_group"], r["new_group"], r["event"]) for r in changes.to_pylist()}
     assert got == {"b1": (1, 0, "merged"), "b2": (1, 0, "merged"), "x": (None, 0, "joined")}
     assert labels_of(dedup.groups_, ids).tolist() == [0, 0, 0, 0, 2, 2]
 
     before = dedup.groups_
     changes = dedup.update(removed_ids=["x"])
     check_change_table(before, dedup.groups_, changes)
-    got = {r["item_id"]: (r["old_group"], r["new_group"], r["event"]) for r in changes.to_pylist()}
+    got = {r["id"]: (r["old_group"], r["new_group"], r["event"]) for r in changes.to_pylist()}
     # Nothing above the threshold holds A and B together any more: the part
     # holding the group's first item keeps its id, the other gets a fresh one.
     assert got == {"x": (0, None, "removed"), "b1": (0, 3, "split"), "b2": (0, 3, "split")}
@@ -110,10 +111,11 @@ def test_new_items_alone_form_new_groups_and_unchanged_groups_keep_ids():
     x = np.vstack([angles([0, 1]), angles([0, 1], z=5.0)])
     dedup = Deduplicator(threshold=0.95, k=5, progress=False).fit(x, ids=[1, 2, 3, 4])
     changes = dedup.update(angles([90, 91]), new_ids=[5, 6])
-    assert changes.to_pylist() == [
-        {"item_id": 5, "old_group": None, "new_group": 2, "event": "new_group"},
-        {"item_id": 6, "old_group": None, "new_group": 2, "event": "new_group"},
+    assert changes.select(["id", "old_group", "new_group", "event"]).to_pylist() == [
+        {"id": 5, "old_group": None, "new_group": 2, "event": "new_group"},
+        {"id": 6, "old_group": None, "new_group": 2, "event": "new_group"},
     ]
+    assert changes.column("item_id").equals(changes.column("id"))  # the deprecated copy
     changes = dedup.update(angles([200]), new_ids=[7])
     assert changes.column("event").to_pylist() == ["new_group"]
     assert labels_of(dedup.groups_, [1, 2, 3, 4, 5, 6, 7]).tolist() == [0, 0, 1, 1, 2, 2, 3]
@@ -175,9 +177,10 @@ def test_an_interrupted_save_leaves_the_previous_state(tmp_path, monkeypatch):
     back = Deduplicator.load(path)
     assert back.groups_.equals(saved) and back.n_items_ == 250
     monkeypatch.undo()
-    dedup.save(path)  # the next save succeeds and clears the half-written version
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith("v")) == ["v000001"]  # nothing half-written left
+    dedup.save(path)  # the next save succeeds
     assert Deduplicator.load(path).groups_.equals(dedup.groups_)
-    assert sorted(p.name for p in path.iterdir() if p.name.startswith("v")) == ["v000003"]
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith("v")) == ["v000002"]
 
 
 def test_an_update_failing_midway_changes_nothing(monkeypatch):
@@ -188,7 +191,7 @@ def test_an_update_failing_midway_changes_nothing(monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(incremental, "knn_pairs", crash)
+    monkeypatch.setattr(incremental.deduplicator, "knn_pairs", crash)
     with pytest.raises(KeyboardInterrupt):
         dedup.update(x[250:], new_ids=np.arange(250, 300), removed_ids=[0, 1])
     assert dedup.groups_.equals(before) and len(dedup._index) == n_index
@@ -240,7 +243,7 @@ def test_state_folder_checks(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
     (path / "CURRENT").write_text(f"{folder.name} {digest}\n")
-    with pytest.raises(ValueError, match="format version 2.*upgrade"):
+    with pytest.raises(FormatVersionError, match="format_version 3.*upgrade"):
         Deduplicator.load(path)
     # A corrupted file is refused by its checksum.
     dedup.save(path)
@@ -284,7 +287,7 @@ def test_titles_end_to_end_with_the_real_encoder(tmp_path):
     before = dedup.groups_
     changes = dedup.update(rest, removed_ids=table.column("id").to_pylist()[:3])
     check_change_table(before, dedup.groups_, changes)
-    ids = dedup.groups_.column("item_id").to_pylist()
+    ids = dedup.groups_.column("id").to_pylist()
     p, r = pairwise_precision_recall(labels_of(full.groups_, ids), labels_of(dedup.groups_, ids))
     assert 2 * p * r / (p + r) >= 0.9  # 0.94 measured: the full run sees other kNN pairs and IDF
     truth = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))

@@ -18,6 +18,7 @@ import pytest
 from simsearch import CatalogMatcher
 from simsearch._tables import MissingColumnError, read_table
 from simsearch.applications import PairScoring, best_f1_threshold
+from simsearch.errors import NotFittedError
 from simsearch.cli import demo_sample_path
 
 DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -104,7 +105,7 @@ def test_calibrate_maximizes_f1(encoder, catalog, offers):
     scores = m.score_pairs(pairs, offers)
     ref = best_f1_threshold(scores, pairs.column("label").to_numpy())
     assert cal == ref
-    assert cal.f1 >= 0.85 and cal.n_pairs == pairs.num_rows
+    assert cal.f1 >= 0.85 and cal.n_labelled == pairs.num_rows
     assert m.threshold_ == cal.threshold
     after = m.match(offers)
     assert after.column("is_match").to_pylist() == [s >= cal.threshold for s in after.column("score").to_pylist()]
@@ -147,7 +148,7 @@ def test_bad_input(encoder, matcher, tmp_path):
         CatalogMatcher(encoder).fit(pa.table({"id": pa.array([], pa.int64()), "title": pa.array([], pa.string())}))
     with pytest.raises(FileNotFoundError):
         CatalogMatcher(encoder).fit(tmp_path / "nope.csv")
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         CatalogMatcher(encoder).match({"id": [1], "title": ["x"]})
     with pytest.raises(MissingColumnError, match="no column 'title'"):
         matcher.match({"id": [1], "name": ["x"]})

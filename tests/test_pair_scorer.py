@@ -17,6 +17,7 @@ import pytest
 
 from simsearch import CatalogMatcher
 from simsearch._tables import MissingColumnError
+from simsearch.errors import CorruptFileError, FormatVersionError
 from simsearch.applications import FeatureConfig, PairScorer
 from simsearch.applications.lexical import LexicalModel
 from simsearch.applications.pair_scorer import BASE_FEATURES, PairSide, best_candidate_scores, pair_features
@@ -134,13 +135,13 @@ def test_load_refuses_foreign_and_newer_directories(tmp_path):
     with pytest.raises(ValueError, match="not a saved CatalogMatcher: it has no matcher.json"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text(json.dumps({"format": "something-else", "format_version": 1}))
-    with pytest.raises(ValueError, match="its format is 'something-else'"):
+    with pytest.raises(ValueError, match="format 'something-else'"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text(json.dumps({"format": "simsearch-catalog-matcher", "format_version": 7}))
-    with pytest.raises(ValueError, match="format version 7; this simsearch reads versions 1 to 1: upgrade"):
+    with pytest.raises(FormatVersionError, match="format_version 7; this simsearch reads \\[1, 2\\].*upgrade"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text("{not json")
-    with pytest.raises(ValueError, match="is not a CatalogMatcher manifest"):
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
         CatalogMatcher.load(tmp_path)
 
 
@@ -241,7 +242,7 @@ def test_match_schema_and_explanations(learned, slice_):
 def test_save_load_round_trip(learned, slice_, tmp_path):
     learned.save(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / "matcher.json").read_text())
-    assert manifest["format_version"] == 1 and "pair_scorer.skops" in manifest["files"]
+    assert manifest["format_version"] == 2 and "pair_scorer.skops" in manifest["checksums"]
     assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in (tmp_path / "m").rglob("*"))
     loaded = CatalogMatcher.load(tmp_path / "m", progress=False)
     assert loaded.threshold_ == learned.threshold_
@@ -254,15 +255,25 @@ def test_save_load_round_trip(learned, slice_, tmp_path):
     with pytest.raises(FileExistsError):
         learned.save(tmp_path / "m")
     # a newer version or a changed file is refused
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (tmp_path / "m" / "matcher.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="format version 2"):
+    with pytest.raises(FormatVersionError, match="format_version 3"):
         CatalogMatcher.load(tmp_path / "m")
-    manifest["format_version"] = 1
-    (tmp_path / "m" / "matcher.json").write_text(json.dumps(manifest))
+    # a folder of format version 1 (checksums under "files", the calibration's n_pairs) still loads
+    old = {**manifest, "format_version": 1, "files": manifest["checksums"]}
+    del old["checksums"]
+    if old["calibration"] is not None:
+        old["calibration"] = {k: old["calibration"][k] for k in ("threshold", "f1", "precision", "recall", "n_positive")}
+        old["calibration"]["n_pairs"] = manifest["calibration"]["n_labelled"]
+    (tmp_path / "m" / "matcher.json").write_text(json.dumps(old))
+    old_loaded = CatalogMatcher.load(tmp_path / "m", progress=False)
+    assert old_loaded.match(listings).equals(a) and old_loaded.threshold_ == learned.threshold_
     with open(tmp_path / "m" / "pair_scorer.skops", "ab") as f:
         f.write(b"x")
-    with pytest.raises(ValueError, match="checksum of pair_scorer.skops"):
+    with pytest.raises(CorruptFileError, match="checksum of pair_scorer.skops"):
+        CatalogMatcher.load(tmp_path / "m")
+    (tmp_path / "m" / "matcher.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(CorruptFileError, match="pair_scorer.skops' does not match its checksum"):
         CatalogMatcher.load(tmp_path / "m")
 
 

@@ -18,9 +18,9 @@ from simsearch.applications.lexical import (
     LexicalModel,
     PairScoring,
     TextFeatures,
-    cross_scores,
     hybrid_vectors,
-    score_pairs,
+    rowwise_dot,
+    rule_adjustment,
 )
 
 # The encoder refuses empty titles; an empty title still needs a row. Its
@@ -106,6 +106,22 @@ class Items:
         features = lexical.transform(list(texts))
         return cls(vectors, features, hybrid_vectors(vectors, features.projection, scoring.vector_weight))
 
+    def concat(self, new: Items) -> Items:
+        """These items followed by ``new`` (both with or both without lexical features)."""
+        old = self
+        vectors = np.vstack([old.vectors, new.vectors])
+        search = np.vstack([old.search, new.search])
+        if old.features is None or new.features is None:
+            return Items(vectors, None, search)
+        import scipy.sparse as sp
+
+        features = TextFeatures(
+            sp.vstack([old.features.tfidf, new.features.tfidf], format="csr"),
+            old.features.facts + new.features.facts,
+            np.vstack([old.features.projection, new.features.projection]),
+        )
+        return Items(vectors, features, search)
+
     def pair_scores(
         self,
         other: Items,
@@ -114,10 +130,38 @@ class Items:
         scoring: PairScoring,
         floor: float | None = None,
     ) -> np.ndarray:
-        """Exact scores of ``(self[rows_self[i]], other[rows_other[i]])``, shape (m,), float32."""
-        return score_pairs(
-            scoring, self.vectors, self.features, rows_self, other.vectors, other.features, rows_other, floor
-        )
+        """Exact pair scores of ``(self[rows_self[i]], other[rows_other[i]])``.
+
+        Without lexical features on either side the score is the embedding
+        inner product alone.
+
+        Parameters
+        ----------
+        other : Items
+        rows_self, rows_other : ndarray of shape (m,), int
+        scoring : PairScoring
+        floor : float, optional
+            Pairs whose weighted cosines plus the largest bonus stay below
+            ``floor`` cannot reach it, so their code rules are not evaluated (a
+            speed-up only: such scores come back without the rules' adjustments).
+
+        Returns
+        -------
+        ndarray of shape (m,), float32
+        """
+        rows_self = np.asarray(rows_self, dtype=np.int64)
+        rows_other = np.asarray(rows_other, dtype=np.int64)
+        vec = rowwise_dot(self.vectors, rows_self, other.vectors, rows_other)
+        left, right = self.features, other.features
+        if left is None or right is None:
+            return vec
+        lex = rowwise_dot(left.tfidf, rows_self, right.tfidf, rows_other)
+        w = scoring.vector_weight
+        score = (w * vec + (1.0 - w) * lex).astype(np.float32)
+        todo = np.arange(len(score)) if floor is None else np.flatnonzero(score + scoring.max_bonus >= floor)
+        for i in todo:
+            score[i] += rule_adjustment(scoring, left.facts[rows_self[i]], right.facts[rows_other[i]])
+        return score
 
     def cross_scores(
         self,
@@ -127,10 +171,41 @@ class Items:
         scoring: PairScoring,
         cache: dict[tuple[int, int], float] | None = None,
     ) -> np.ndarray:
-        """Scores of every pair across two row lists, shape (len(rows_self), len(rows_other))."""
-        return cross_scores(
-            scoring, self.vectors, self.features, rows_self, other.vectors, other.features, rows_other, cache
-        )
+        """Scores of every pair across two row lists, as :meth:`pair_scores` would give.
+
+        Parameters
+        ----------
+        other : Items
+        rows_self, rows_other : ndarray of int
+        scoring : PairScoring
+        cache : dict, optional
+            ``(row_self, row_other) -> rule adjustment``, filled and reused:
+            group refinement asks for the same pairs again and again.
+
+        Returns
+        -------
+        ndarray of shape (len(rows_self), len(rows_other)), float32
+        """
+        vec = self.vectors[rows_self] @ other.vectors[rows_other].T
+        left, right = self.features, other.features
+        if left is None or right is None:
+            return vec
+        lex = (left.tfidf[rows_self] @ right.tfidf[rows_other].T).toarray()
+        w = scoring.vector_weight
+        out = (w * vec + (1.0 - w) * lex).astype(np.float32)
+        for i, ra in enumerate(rows_self.tolist()):
+            fa = left.facts[ra]
+            if not fa.codes and not fa.measures:
+                continue
+            for j, rb in enumerate(rows_other.tolist()):
+                key = (ra, rb)
+                adj = cache.get(key) if cache is not None else None
+                if adj is None:
+                    adj = rule_adjustment(scoring, fa, right.facts[rb])
+                    if cache is not None:
+                        cache[key] = adj
+                out[i, j] += adj
+        return out
 
 
 def build_index(

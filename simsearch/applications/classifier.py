@@ -13,7 +13,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from simsearch._validation import NO_ID, check_k, check_texts
 from simsearch.applications._items import Items, build_index, unit_rows
+from simsearch.applications.candidates import chosen_ef, search_ef
 from simsearch.applications.lexical import LexicalModel, PairScoring
 
 # Cosine distances below this count as exact matches for "distance" weights.
@@ -94,13 +96,8 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     # -- input -----------------------------------------------------------
 
     def _texts(self, X: Any) -> list[str]:
-        if isinstance(X, str):
-            raise TypeError("X must be a sequence of texts, got a single str: wrap it in a list")
-        texts = list(X)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"X[{i}] is {type(t).__name__}; with an encoder X must hold texts")
-        return texts
+        # Empty titles are allowed: the encoder gives them a placeholder row.
+        return check_texts(X, "X", allow_empty_strings=True)
 
     def _items(self, X: Any, fitting: bool) -> Items:
         """Encode ``X`` (texts) or validate it (vectors) into unit rows."""
@@ -165,9 +162,10 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             n_cand = min(max(3 * (k + extra), 30), n_fit)
         else:
             n_cand = min(k + extra, n_fit)
-        found, sims = self.index_.search(items.search, k=n_cand, ef=max(2 * n_cand, 64))
+        ef = search_ef(chosen_ef(None, self.index_params), n_cand)
+        found, sims = self.index_.search(items.search, k=n_cand, ef=ef)
         rows = found.astype(np.int64)
-        missing = found == np.uint64(2**64 - 1)
+        missing = found == NO_ID
         rows[missing] = -1
         if self._train is not None:  # exact similarity on the candidates
             flat = rows.reshape(-1)
@@ -206,9 +204,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             Rows of the training data.
         """
         check_is_fitted(self)
-        k = self.k if n_neighbors is None else n_neighbors
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"n_neighbors must be a positive integer, got {k!r}")
+        k = self.k if n_neighbors is None else check_k(n_neighbors, "n_neighbors")
         limit = self.n_samples_fit_ - (1 if X is None else 0)
         if k > limit:
             raise ValueError(f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = {limit}")

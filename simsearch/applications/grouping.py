@@ -127,15 +127,10 @@ def group_pairs(
     if initial is not None and len(initial) != n:
         raise ValueError(f"initial has {len(initial)} labels, expected one per item ({n})")
     if not refine:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         if initial is not None:
             seed_a, seed_b = _seed_links(np.asarray(initial))
             rows_a, rows_b = np.r_[rows_a, seed_a], np.r_[rows_b, seed_b]
-        graph = coo_matrix((np.ones(len(rows_a), dtype=np.int8), (rows_a, rows_b)), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
-        return _smallest_member_labels(comp)
+        return connected_components(n, rows_a, rows_b)
     if cross_score is None and link_threshold is not None:
         raise ValueError("refine with a link_threshold needs cross_score")
     cap = np.inf if max_group_size is None else max_group_size
@@ -164,6 +159,31 @@ def group_pairs(
         root = uf.union(a, b)
         version[root] += 1
     return _smallest_member_labels(uf.labels())
+
+
+def connected_components(n: int, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """Connected components (single linkage) of ``n`` items joined by pairs.
+
+    Parameters
+    ----------
+    n : int
+        Number of items (rows ``0..n-1``).
+    rows_a, rows_b : ndarray of shape (m,), int
+        The pairs.
+
+    Returns
+    -------
+    labels : ndarray of shape (n,), int64
+        The smallest row of each item's component.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as components
+
+    rows_a = np.asarray(rows_a, dtype=np.int64)
+    rows_b = np.asarray(rows_b, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(rows_a), dtype=np.int8), (rows_a, rows_b)), shape=(n, n))
+    _, comp = components(graph, directed=False)
+    return _smallest_member_labels(comp)
 
 
 def _seed_links(initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,24 @@ from typing import Any
 
 import numpy as np
 
+from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
+from simsearch.errors import NotFittedError
+
+__all__ = [
+    "LexicalModel",
+    "PairScoring",
+    "TextFeatures",
+    "TitleFacts",
+    "best_f1_threshold",  # lives in metrics.py; importable from here as before
+    "code_relation",
+    "extract_facts",
+    "hybrid_vectors",
+    "measures_conflict",
+    "normalize_title",
+    "rowwise_dot",
+    "rule_adjustment",
+]
+
 # Units that follow a number in product titles. Longer spellings come first so
 # that the alternation prefers them ("mhz" before "m").
 _UNITS = (
@@ -312,7 +330,7 @@ class LexicalModel:
         idf : ndarray of shape (len(terms),), float
         """
         if self.vectorizer_ is None:
-            raise RuntimeError("LexicalModel.vocabulary called before fit")
+            raise NotFittedError("this LexicalModel is not fitted: call fit(texts) before vocabulary()")
         vocab = self.vectorizer_.vocabulary_
         terms = [""] * len(vocab)
         for term, column in vocab.items():
@@ -354,7 +372,7 @@ class LexicalModel:
         TextFeatures
         """
         if self.vectorizer_ is None:
-            raise RuntimeError("LexicalModel.transform called before fit")
+            raise NotFittedError("this LexicalModel is not fitted: call fit(texts) before transform()")
         tfidf = self.vectorizer_.transform(texts).tocsr()
         return TextFeatures(tfidf=tfidf, facts=[extract_facts(t) for t in texts], projection=self._project(tfidf))
 
@@ -433,50 +451,6 @@ def rowwise_dot(a: Any, rows_a: np.ndarray, b: Any, rows_b: np.ndarray, chunk: i
     return out
 
 
-def score_pairs(
-    scoring: PairScoring,
-    left_vectors: np.ndarray,
-    left: TextFeatures | None,
-    rows_left: np.ndarray,
-    right_vectors: np.ndarray,
-    right: TextFeatures | None,
-    rows_right: np.ndarray,
-    floor: float | None = None,
-) -> np.ndarray:
-    """Exact pair scores of ``(left[rows_left[i]], right[rows_right[i]])``.
-
-    Without lexical features (``left`` or ``right`` is None) the score is the
-    embedding inner product alone.
-
-    Parameters
-    ----------
-    scoring : PairScoring
-    left_vectors, right_vectors : ndarray of shape (n, dim), float32, unit rows
-    left, right : TextFeatures or None
-    rows_left, rows_right : ndarray of shape (m,), int
-    floor : float, optional
-        Pairs whose weighted cosines plus the largest bonus stay below ``floor``
-        cannot reach it, so their code rules are not evaluated (a speed-up only:
-        such scores come back without the rules' adjustments).
-
-    Returns
-    -------
-    ndarray of shape (m,), float32
-    """
-    rows_left = np.asarray(rows_left, dtype=np.int64)
-    rows_right = np.asarray(rows_right, dtype=np.int64)
-    vec = rowwise_dot(left_vectors, rows_left, right_vectors, rows_right)
-    if left is None or right is None:
-        return vec
-    lex = rowwise_dot(left.tfidf, rows_left, right.tfidf, rows_right)
-    w = scoring.vector_weight
-    score = (w * vec + (1.0 - w) * lex).astype(np.float32)
-    todo = np.arange(len(score)) if floor is None else np.flatnonzero(score + scoring.max_bonus >= floor)
-    for i in todo:
-        score[i] += rule_adjustment(scoring, left.facts[rows_left[i]], right.facts[rows_right[i]])
-    return score
-
-
 def rule_adjustment(scoring: PairScoring, a: TitleFacts, b: TitleFacts) -> float:
     """What the code and measure rules add to the weighted cosines of one pair."""
     if not (a.codes and b.codes) and not (a.measures and b.measures):
@@ -492,138 +466,16 @@ def rule_adjustment(scoring: PairScoring, a: TitleFacts, b: TitleFacts) -> float
     return adjustment
 
 
-def cross_scores(
-    scoring: PairScoring,
-    left_vectors: np.ndarray,
-    left: TextFeatures | None,
-    rows_left: np.ndarray,
-    right_vectors: np.ndarray,
-    right: TextFeatures | None,
-    rows_right: np.ndarray,
-    cache: dict[tuple[int, int], float] | None = None,
-) -> np.ndarray:
-    """Scores of every pair across two row lists, as :func:`score_pairs` would give.
+def __getattr__(name: str) -> Any:
+    # Deprecated names: the threshold-choice type and function moved to metrics.py.
+    if name == "Calibration":
+        import warnings
 
-    Parameters
-    ----------
-    cache : dict, optional
-        ``(row_left, row_right) -> rule adjustment``, filled and reused: group
-        refinement asks for the same pairs again and again.
-
-    Returns
-    -------
-    ndarray of shape (len(rows_left), len(rows_right)), float32
-    """
-    vec = left_vectors[rows_left] @ right_vectors[rows_right].T
-    if left is None or right is None:
-        return vec
-    lex = (left.tfidf[rows_left] @ right.tfidf[rows_right].T).toarray()
-    w = scoring.vector_weight
-    out = (w * vec + (1.0 - w) * lex).astype(np.float32)
-    for i, ra in enumerate(rows_left.tolist()):
-        fa = left.facts[ra]
-        if not fa.codes and not fa.measures:
-            continue
-        for j, rb in enumerate(rows_right.tolist()):
-            key = (ra, rb)
-            adj = cache.get(key) if cache is not None else None
-            if adj is None:
-                adj = rule_adjustment(scoring, fa, right.facts[rb])
-                if cache is not None:
-                    cache[key] = adj
-            out[i, j] += adj
-    return out
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A threshold chosen on labelled data and the quality there.
-
-    Attributes
-    ----------
-    threshold : float
-        Pairs scoring at least this are matches.
-    f1, precision, recall : float
-        On the labelled pairs at that threshold.
-    n_pairs, n_positive : int
-        How many labelled pairs, and how many of them matches.
-    """
-
-    threshold: float
-    f1: float
-    precision: float
-    recall: float
-    n_pairs: int
-    n_positive: int
-
-
-def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Calibration:
-    """The threshold that maximizes pairwise F1, with precision and recall there.
-
-    Every distinct score is tried (a pair is a match when ``score >= threshold``);
-    among equal F1 the highest threshold wins, the more cautious choice. The
-    returned threshold is halfway between the chosen score and the next lower
-    one, so that a slightly different score of the same pair does not flip it.
-
-    Parameters
-    ----------
-    scores : ndarray of shape (n,), float
-    labels : ndarray of shape (n,), {0, 1} or bool
-    weights : ndarray of shape (n,), float, optional
-        How many pairs each labelled pair stands for (the inverse of its
-        chance of being picked, for pairs sampled by stratum); precision,
-        recall and F1 are then weighted estimates. Default: 1 each.
-
-    Returns
-    -------
-    Calibration
-
-    Raises
-    ------
-    ValueError
-        If the arrays differ in length, are empty, hold NaN, the labels are
-        not 0/1 or hold no positive, or a weight is not positive.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D of one length, got {scores.shape} and {labels.shape}")
-    if len(scores) == 0:
-        raise ValueError("no labelled pairs to calibrate on")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores contain NaN or inf")
-    if labels.dtype != bool:
-        if not np.isin(labels, (0, 1)).all():
-            raise ValueError("labels must be 0 or 1")
-        labels = labels.astype(bool)
-    if weights is None:
-        weights = np.ones(len(scores))
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != scores.shape:
-        raise ValueError(f"weights has shape {weights.shape}, scores {scores.shape}")
-    if not (np.isfinite(weights).all() and (weights > 0).all()):
-        raise ValueError("weights must be finite and positive")
-    n_pos = int(labels.sum())
-    if n_pos == 0:
-        raise ValueError("labels hold no positive pair: a threshold cannot be chosen")
-    order = np.argsort(-scores, kind="stable")
-    s, y, w = scores[order], labels[order], weights[order]
-    tp = np.cumsum(w * y)
-    predicted = np.cumsum(w)
-    # Only the last position of each run of equal scores is a valid cut.
-    last = np.r_[s[1:] != s[:-1], True]
-    precision = tp / predicted
-    recall = tp / tp[-1]
-    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    f1 = np.where(last, f1, -1.0)
-    best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])  # highest threshold among ties
-    below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
-    threshold = float((s[best] + below) / 2)
-    return Calibration(
-        threshold=threshold,
-        f1=float(f1[best]),
-        precision=float(precision[best]),
-        recall=float(recall[best]),
-        n_pairs=len(s),
-        n_positive=n_pos,
-    )
+        warnings.warn(
+            "simsearch.applications.lexical.Calibration is deprecated; use "
+            "simsearch.applications.ThresholdChoice",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ThresholdChoice
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

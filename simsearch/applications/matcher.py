@@ -9,24 +9,24 @@ import numpy as np
 import pyarrow as pa
 
 from simsearch import _tables
+from simsearch._validation import check_k, check_positive_int
 from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar, unit_rows
-from simsearch.applications.dedup import DEFAULT_TEXT_THRESHOLD, DEFAULT_VECTOR_THRESHOLD
-from simsearch.applications.lexical import Calibration, LexicalModel, PairScoring, best_f1_threshold, hybrid_vectors
+from simsearch.applications.candidates import check_score, chosen_ef, cross_join, default_threshold
+from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
+from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
 from simsearch.applications.pair_scorer import (
     FeatureConfig,
     PairScorer,
     PairSide,
     best_candidate_scores,
+    labelled_pairs,
     pair_features,
+    text_pairs,
 )
+from simsearch.applications.saved_matcher import MANIFEST, MATCHER_FORMAT, MATCHER_FORMAT_VERSION, read_matcher, write_matcher
+from simsearch.errors import NotFittedError
 
-#: Directory format of :meth:`CatalogMatcher.save`.
-MATCHER_FORMAT = "simsearch-catalog-matcher"
-MATCHER_FORMAT_VERSION = 1
-MANIFEST = "matcher.json"
-# Files of a text model directory that a saved matcher keeps.
-_ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "vocab.txt", "1_Pooling", "modules.json", "simsearch_finetune.json")
+__all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "CatalogMatcher"]
 
 
 class CatalogMatcher:
@@ -88,7 +88,7 @@ class CatalogMatcher:
         Catalog size after ``fit``.
     threshold_ : float
         Threshold in use (after ``fit`` or ``calibrate``).
-    calibration_ : Calibration or None
+    calibration_ : ThresholdChoice or None
         Result of the last :meth:`calibrate` (or of :meth:`fit_pairs` on its
         validation pairs).
     pair_scorer_ : PairScorer or None
@@ -122,17 +122,17 @@ class CatalogMatcher:
         index_params: dict[str, Any] | None = None,
         batch_size: int = 4096,
         progress: bool | None = None,
+        ef: int | None = None,
     ) -> None:
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if n_candidates is not None and (not isinstance(n_candidates, (int, np.integer)) or n_candidates < k):
+        k = check_k(k)
+        if n_candidates is not None and check_k(n_candidates, "n_candidates") < k:
             raise ValueError(f"n_candidates must be an integer >= k ({k}), got {n_candidates!r}")
         if not 0.0 <= image_weight <= 1.0:
             raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
-        if threshold is not None and not np.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threshold is not None:
+            check_score(threshold)
+        check_positive_int(batch_size, "batch_size")
+        chosen_ef(ef, index_params)
         self.encoder = encoder
         self.threshold = threshold
         self.k = int(k)
@@ -147,7 +147,8 @@ class CatalogMatcher:
         self.index_params = index_params
         self.batch_size = batch_size
         self.progress = progress
-        self.calibration_: Calibration | None = None
+        self.ef = ef
+        self.calibration_: ThresholdChoice | None = None
         self.pair_scorer_: PairScorer | None = None
         self.feature_config_: FeatureConfig | None = None
 
@@ -213,11 +214,11 @@ class CatalogMatcher:
             return float(self.threshold)
         if self.pair_scorer_ is not None:
             return 0.5  # a calibrated probability
-        return DEFAULT_TEXT_THRESHOLD if self.lexical else DEFAULT_VECTOR_THRESHOLD
+        return default_threshold(self.lexical)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "index_"):
-            raise RuntimeError("this CatalogMatcher is not fitted yet: call fit(catalog) first")
+            raise NotFittedError("this CatalogMatcher is not fitted yet: call fit(catalog) first")
 
     def _images(self, table: pa.Table, name: str) -> np.ndarray:
         column = table.column(self.image_col)
@@ -259,7 +260,7 @@ class CatalogMatcher:
 
         Raises
         ------
-        RuntimeError
+        NotFittedError
             If called before :meth:`fit`.
         MissingColumnError, FileNotFoundError, ValueError
             Bad input, as in :meth:`fit`; an empty table gives an empty result.
@@ -412,7 +413,7 @@ class CatalogMatcher:
         return lt, listing_rows, product_rows
 
     def _product_rows(self, product_ids: list[Any]) -> np.ndarray:
-        if self._row_of is None:
+        if getattr(self, "_row_of", None) is None:
             self._row_of = {v: i for i, v in enumerate(self.product_ids_.to_pylist())}
         missing = [v for v in product_ids if v not in self._row_of]
         if missing:
@@ -429,7 +430,7 @@ class CatalogMatcher:
         product_col: str = "product_id",
         id_col: str | None = None,
         text_col: str | None = None,
-    ) -> Calibration:
+    ) -> ThresholdChoice:
         """Choose the threshold that maximizes F1 on labelled pairs.
 
         Parameters
@@ -442,7 +443,7 @@ class CatalogMatcher:
 
         Returns
         -------
-        Calibration
+        ThresholdChoice
             Threshold, F1, precision and recall there; it is also stored in
             ``calibration_`` and used by later :meth:`match` calls.
 
@@ -466,11 +467,7 @@ class CatalogMatcher:
     def _candidates(self, items: Items) -> tuple[np.ndarray, np.ndarray]:
         """(listing row, catalog row) of each listing's retrieved candidates, listing-major."""
         n_cand = min(self.n_candidates or max(4 * self.k, 20), self.n_products_)
-        found, _ = self.index_.search(items.search, k=n_cand, ef=max(2 * n_cand, 64))
-        rows = np.repeat(np.arange(len(items), dtype=np.int64), n_cand)
-        prods = found.reshape(-1)
-        valid = prods != np.uint64(2**64 - 1)
-        return rows[valid], prods[valid].astype(np.int64)
+        return cross_join(self.index_, items.search, n_cand, chosen_ef(self.ef, self.index_params))
 
     def _listing_side(self, table: pa.Table, text_col: str, items: Items) -> PairSide:
         texts = _tables.text_column(table, text_col, name="listings")
@@ -588,8 +585,8 @@ class CatalogMatcher:
         product_text = dict(zip(_tables.id_column(catalog_table, self.id_col, name="catalog").to_pylist(),
                                 _tables.text_column(catalog_table, self.text_col, name="catalog")))
         cols = (listing_col, product_col, label_col)
-        train = _labelled_pairs(pairs, cols, listing_text, product_text, "pairs")
-        valid = _labelled_pairs(valid_pairs, cols, listing_text, product_text, "valid_pairs") if valid_pairs is not None else None
+        train = labelled_pairs(pairs, cols, listing_text, product_text, "pairs")
+        valid = labelled_pairs(valid_pairs, cols, listing_text, product_text, "valid_pairs") if valid_pairs is not None else None
 
         encoder = default_encoder() if self.encoder is None else self.encoder
         self.finetune_dir_ = None
@@ -599,8 +596,8 @@ class CatalogMatcher:
             out = _new_model_dir() if finetune_dir is None else finetune_dir
             params = {"progress": self.progress, **(finetune_params or {})}
             self.finetune_dir_ = finetune_encoder(
-                encoder, _text_pairs(train, listing_text, product_text),
-                _text_pairs(valid, listing_text, product_text) if valid is not None else None, out=out, **params,
+                encoder, text_pairs(train, listing_text, product_text),
+                text_pairs(valid, listing_text, product_text) if valid is not None else None, out=out, **params,
             )
             encoder = TextEncoder(
                 model=self.finetune_dir_, precision=encoder.precision, max_length=encoder.max_length,
@@ -630,107 +627,27 @@ class CatalogMatcher:
     # -- files -------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted matcher to a new directory.
+        """Write the fitted matcher to the new folder ``path``; nothing is pickled.
 
-        The directory holds ``matcher.json`` (format name and version, the
-        matcher's parameters, threshold, calibration, feature config and the
-        SHA-256 of every other file), ``encoder/`` (the text model),
-        ``index.bin``, ``catalog.simspy`` (catalog vectors), ``catalog.parquet``
-        (ids, titles, feature columns) and, after :meth:`fit_pairs`,
-        ``pair_scorer.skops``. Nothing is pickled. It is written beside
-        ``path`` and renamed into place when complete.
+        The folder format (manifest with checksums, the encoder, the index,
+        the catalog, the pair scorer) is :mod:`~simsearch.applications.saved_matcher`;
+        it is built beside ``path`` and renamed into place when complete.
 
         Raises
         ------
-        RuntimeError
+        NotFittedError
             If the matcher is not fitted.
         ValueError
             If it uses images or an encoder other than :class:`~simsearch.TextEncoder`.
         FileExistsError
             If ``path`` exists.
         """
-        import hashlib
-        import json
-        import shutil
-        import tempfile
-        from pathlib import Path
-
-        import pyarrow.parquet as pq
-
-        from simsearch._fileio import write_container
-        from simsearch.encoders import TextEncoder
-        from simsearch.encoders._files import fsync_dir
-
         self._check_fitted()
-        if self.image_col:
-            raise ValueError("saving a matcher with images is not supported")
-        if not isinstance(self.encoder_, TextEncoder):
-            raise ValueError(f"save needs a TextEncoder, this matcher has {type(self.encoder_).__name__}")
-        path = Path(path).expanduser()
-        if path.exists():
-            raise FileExistsError(f"{str(path)!r} exists; save to a new path")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
-            source = self.encoder_.source.path
-            for f in sorted(source.rglob("*")):
-                rel = f.relative_to(source)
-                if f.is_file() and rel.parts[0] in _ENCODER_FILES:
-                    (tmp / "encoder" / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(f, tmp / "encoder" / rel)
-            self.index_.save(tmp / "index.bin")
-            write_container(tmp / "catalog.simspy", {"kind": "catalog-vectors"}, {"vectors": self.catalog_.vectors})
-            columns = {"id": self.product_ids_, "title": pa.array(self.catalog_texts_, type=pa.string())}
-            columns.update({f"feature:{c}": pa.array(v) for c, v in self.catalog_columns_.items()})
-            pq.write_table(pa.table(columns), tmp / "catalog.parquet")
-            if self.pair_scorer_ is not None:
-                self.pair_scorer_.save(tmp / "pair_scorer.skops")
-            files = {}
-            for f in sorted(tmp.rglob("*")):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                        files[f.relative_to(tmp).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
-            manifest = {
-                "format": MATCHER_FORMAT,
-                "format_version": MATCHER_FORMAT_VERSION,
-                "params": {
-                    "k": self.k, "id_col": self.id_col, "text_col": self.text_col, "lexical": self.lexical,
-                    "threshold": self.threshold, "n_candidates": self.n_candidates,
-                    "index_params": self.index_params, "batch_size": self.batch_size,
-                    "scoring": {
-                        "vector_weight": self.scoring.vector_weight, "code_bonus": self.scoring.code_bonus,
-                        "code_conflict_penalty": self.scoring.code_conflict_penalty,
-                        "measure_conflict_penalty": self.scoring.measure_conflict_penalty,
-                        "ngram_range": list(self.scoring.ngram_range), "projection_dim": self.scoring.projection_dim,
-                    },
-                },
-                "encoder": {
-                    "precision": self.encoder_.precision, "max_length": self.encoder_.max_length,
-                    "batch_size": self.encoder_.batch_size,
-                },
-                "threshold": self.threshold_,
-                "calibration": None if self.calibration_ is None else vars(self.calibration_).copy(),
-                "feature_config": None if self.feature_config_ is None else self.feature_config_.to_json(),
-                "files": files,
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            with open(tmp / MANIFEST, "rb") as fh:
-                os.fsync(fh.fileno())
-            fsync_dir(tmp)
-            os.rename(tmp, path)
-            fsync_dir(path.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_matcher(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, progress: bool | None = None, num_threads: int | None = None) -> CatalogMatcher:
-        """Open a matcher written by :meth:`save`.
-
-        Every file's SHA-256 is checked against ``matcher.json``; the lexical
-        model is refit on the saved catalog titles (deterministic), so scores
-        equal those of the saved matcher.
+        """Open a matcher written by :meth:`save`; it scores as the saved one did.
 
         Parameters
         ----------
@@ -743,108 +660,11 @@ class CatalogMatcher:
         Raises
         ------
         ValueError
-            Not a matcher directory (no or foreign ``matcher.json``), a newer
-            format version, or a file whose checksum does not match.
+            Not a matcher folder, a newer format version, or a file whose
+            checksum does not match (:class:`~simsearch.errors.CorruptFileError`,
+            :class:`~simsearch.errors.FormatVersionError`).
         """
-        import hashlib
-        import json
-        from pathlib import Path
-
-        import pyarrow.parquet as pq
-
-        from simsearch._fileio import read_container
-        from simsearch.encoders import TextEncoder
-        from simsearch.index import Index
-
-        path = Path(path).expanduser()
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError(f"{str(path)!r} is not a saved CatalogMatcher: it has no {MANIFEST}")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            fmt, version = manifest.get("format"), int(manifest.get("format_version", -1))
-        except (ValueError, AttributeError, TypeError) as err:
-            raise ValueError(f"{str(manifest_path)!r} is not a CatalogMatcher manifest: {err}") from err
-        if fmt != MATCHER_FORMAT:
-            raise ValueError(f"{str(path)!r} is not a saved CatalogMatcher: its format is {fmt!r}, expected {MATCHER_FORMAT!r}")
-        if version > MATCHER_FORMAT_VERSION or version < 1:
-            raise ValueError(
-                f"{str(path)!r} has matcher format version {version}; this simsearch reads versions 1 to "
-                f"{MATCHER_FORMAT_VERSION}: upgrade simsearch to load it"
-            )
-        for name, digest in manifest["files"].items():
-            f = path / name
-            if not f.is_file():
-                raise ValueError(f"{str(path)!r} is incomplete: {name} is missing")
-            if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
-                raise ValueError(f"{str(path)!r} is corrupt: the checksum of {name} does not match")
-        params = dict(manifest["params"])
-        scoring = dict(params.pop("scoring"))
-        scoring["ngram_range"] = tuple(scoring["ngram_range"])
-        enc = manifest["encoder"]
-        encoder = TextEncoder(
-            model=path / "encoder", precision=enc["precision"], max_length=enc["max_length"],
-            batch_size=enc["batch_size"], num_threads=num_threads,
-        )
-        m = cls(encoder, scoring=PairScoring(**scoring), progress=progress, **params)
-        if manifest["feature_config"] is not None:
-            m.feature_config_ = FeatureConfig.from_json(manifest["feature_config"])
-        if manifest["calibration"] is not None:
-            m.calibration_ = Calibration(**manifest["calibration"])
-        if (path / "pair_scorer.skops").is_file():
-            m.pair_scorer_ = PairScorer.load(path / "pair_scorer.skops")
-        _, sections = read_container(path / "catalog.simspy")
-        vectors = np.ascontiguousarray(sections["vectors"], dtype=np.float32)
-        table = pq.read_table(path / "catalog.parquet")
-        texts = [t or "" for t in table.column("title").to_pylist()]
-        m.encoder_ = encoder
-        m.product_ids_ = table.column("id").combine_chunks()
-        m.catalog_texts_ = texts
-        m.catalog_columns_ = {c: table.column(f"feature:{c}").to_pylist() for c in m._feature_columns()}
-        m.lexical_ = LexicalModel(m.scoring).fit(texts) if m.lexical else None
-        if m.lexical_ is not None:
-            features = m.lexical_.transform(texts)
-            m.catalog_ = Items(vectors, features, hybrid_vectors(vectors, features.projection, m.scoring.vector_weight))
-        else:
-            m.catalog_ = Items.from_vectors(vectors)
-        m.images_ = None
-        m.index_ = Index.load(path / "index.bin")
-        m.n_products_ = table.num_rows
-        m._row_of = None
-        m._catalog_side_cache = None
-        return m
-
-
-def _labelled_pairs(
-    pairs: Any, cols: tuple[str, str, str], listing_text: dict[Any, str], product_text: dict[Any, str], name: str
-) -> pa.Table:
-    """Read labelled pairs and check their labels and ids against the two tables."""
-    listing_col, product_col, label_col = cols
-    table = _tables.read_table(pairs, list(cols), name=name)
-    _tables.require_rows(table, name=name)
-    labels = table.column(label_col).to_pylist()
-    if any(v not in (0, 1) for v in labels):
-        bad = next(v for v in labels if v not in (0, 1))
-        raise ValueError(f"{name} column {label_col!r} must hold 0 or 1, found {bad!r}")
-    if len(set(labels)) < 2:
-        only = "matches (1)" if labels[0] == 1 else "non-matches (0)"
-        raise ValueError(f"{name} holds only {only}: learning needs both matches and non-matches")
-    for col, known, what in ((listing_col, listing_text, "listings"), (product_col, product_text, "catalog")):
-        missing = [v for v in table.column(col).to_pylist() if v not in known]
-        if missing:
-            raise ValueError(f"{name} name {len(missing)} {col} values not in {what}, e.g. {missing[:3]}")
-    return table
-
-
-def _text_pairs(table: pa.Table | None, listing_text: dict[Any, str], product_text: dict[Any, str]) -> list[tuple[str, str, int]] | None:
-    """(listing title, product title, label) of labelled id pairs; empty titles get a placeholder."""
-    if table is None:
-        return None
-    names = table.column_names
-    return [
-        (listing_text[a] or "untitled", product_text[b] or "untitled", int(y))
-        for a, b, y in zip(*(table.column(c).to_pylist() for c in names))
-    ]
+        return read_matcher(cls, path, progress=progress, num_threads=num_threads)
 
 
 def _new_model_dir() -> Any:

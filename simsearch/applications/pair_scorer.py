@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from simsearch import _tables
 from simsearch.applications.lexical import (
     TextFeatures,
     code_relation,
@@ -412,7 +414,7 @@ class PairScorer:
         """Write the fitted scorer with skops (no pickle), atomically."""
         import skops.io as sio
 
-        from simsearch.encoders._files import atomic_write_bytes
+        from simsearch._storage import atomic_write_bytes
 
         atomic_write_bytes(Path(path), sio.dumps(self.__dict__))
 
@@ -443,6 +445,38 @@ class PairScorer:
         return scorer
 
 
+def labelled_pairs(
+    pairs: Any, cols: tuple[str, str, str], listing_text: dict[Any, str], product_text: dict[Any, str], name: str
+) -> pa.Table:
+    """Read labelled pairs and check their labels and ids against the two tables."""
+    listing_col, product_col, label_col = cols
+    table = _tables.read_table(pairs, list(cols), name=name)
+    _tables.require_rows(table, name=name)
+    labels = table.column(label_col).to_pylist()
+    if any(v not in (0, 1) for v in labels):
+        bad = next(v for v in labels if v not in (0, 1))
+        raise ValueError(f"{name} column {label_col!r} must hold 0 or 1, found {bad!r}")
+    if len(set(labels)) < 2:
+        only = "matches (1)" if labels[0] == 1 else "non-matches (0)"
+        raise ValueError(f"{name} holds only {only}: learning needs both matches and non-matches")
+    for col, known, what in ((listing_col, listing_text, "listings"), (product_col, product_text, "catalog")):
+        missing = [v for v in table.column(col).to_pylist() if v not in known]
+        if missing:
+            raise ValueError(f"{name} name {len(missing)} {col} values not in {what}, e.g. {missing[:3]}")
+    return table
+
+
+def text_pairs(table: pa.Table | None, listing_text: dict[Any, str], product_text: dict[Any, str]) -> list[tuple[str, str, int]] | None:
+    """(listing title, product title, label) of labelled id pairs; empty titles get a placeholder."""
+    if table is None:
+        return None
+    names = table.column_names
+    return [
+        (listing_text[a] or "untitled", product_text[b] or "untitled", int(y))
+        for a, b, y in zip(*(table.column(c).to_pylist() for c in names))
+    ]
+
+
 __all__ = [
     "BASE_FEATURES",
     "FeatureConfig",
@@ -450,5 +484,7 @@ __all__ = [
     "PairSide",
     "as_number",
     "best_candidate_scores",
+    "labelled_pairs",
     "pair_features",
+    "text_pairs",
 ]

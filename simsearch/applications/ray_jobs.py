@@ -10,9 +10,12 @@ The steps of the one-machine commands, each moved to where it scales:
 2. **Build the shards.** The vectors go to a :class:`~simsearch.ray.RayIndex`
    (hash partition, one Ray actor per shard), in large batches: each shard
    saves itself after every batch it acknowledges.
-3. **Self-join shard by shard** (dedup). The items of one shard at a time are
-   searched against every shard; candidate pairs are scored exactly on the
-   caller, with the same scores and grouping as :func:`find_duplicates`.
+3. **Self-join shard by shard** (dedup, :func:`ray_join`). The items of one
+   shard at a time are searched against every shard; candidate pairs are
+   scored exactly on the caller into the same
+   :class:`~simsearch.applications.candidates.Candidates` as the in-process
+   join, so ``find_duplicates(path, engine="ray")`` groups them as it groups
+   its own.
 
 The caller connects to Ray (``ray.init()`` starts a local one, or joins the
 cluster named by ``RAY_ADDRESS``) unless it already is. The encoder must be
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,19 @@ import pyarrow as pa
 
 from simsearch import _tables
 from simsearch._validation import check_positive_int
+from simsearch._validation import check_k
 from simsearch.applications._items import Items, encode_texts, progress_bar, progress_enabled
-from simsearch.applications.dedup import (
+from simsearch.applications.candidates import (
+    Candidates,
     Duplicates,
-    _Candidates,
-    _check_threshold,
-    _result,
+    LoadedItems,
+    check_max_group_size,
+    check_score,
+    chosen_ef,
+    default_threshold,
     knn_pairs,
+    no_pairs,
+    unique_pairs,
 )
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 
@@ -205,51 +215,72 @@ def build_sharded_index(
     return index
 
 
-class _RayCandidates(_Candidates):
-    """The dedup's candidate pairs, encoded by Ray Data and joined on a sharded Ray index."""
+def ray_join(
+    path: str,
+    *,
+    k: int,
+    floor: float | None,
+    id_col: str = "id",
+    text_col: str = "title",
+    lexical: bool = True,
+    scoring: PairScoring,
+    index_params: dict[str, Any] | None = None,
+    batch_size: int = 10_000,
+    progress: bool | None = None,
+    ef: int | None = None,
+    n_shards: int = 4,
+    workers: int | None = None,
+    model: str | None = None,
+    precision: str = "int8",
+) -> Candidates:
+    """The candidate join of a Parquet/CSV file: encoded by Ray Data, joined on a sharded Ray index.
 
-    def __init__(self, path: str, *, n_shards: int, workers: int | None, model: str | None, precision: str, **kwargs: Any) -> None:
-        self.n_shards, self.workers, self.model, self.precision = n_shards, workers, model, precision
-        super().__init__(path, ids=None, encoder=None, **kwargs)
+    Parameters
+    ----------
+    path : str
+        Parquet (file or folder) or CSV with ``id_col`` and ``text_col``.
+    k, floor, id_col, text_col, lexical, scoring, index_params, batch_size, progress, ef
+        As :func:`~simsearch.applications.candidates.self_join`.
+    n_shards : int, default 4
+    workers : int, optional
+        Most encoding workers; default the CPUs of the Ray cluster less one.
+    model, precision
+        The encoder each worker loads (see :class:`~simsearch.TextEncoder`).
 
-    def _load(
-        self, data: Any, ids: Any, id_col: str, text_col: str, encoder: Any, lexical: bool, progress: bool | None
-    ) -> tuple[Items, pa.Array, bool]:
-        id_array, titles, vectors, _ = encode_table(
-            data, id_col=id_col, text_col=text_col, model=self.model, precision=self.precision,
-            workers=self.workers, progress=progress,
-        )  # fmt: skip
-        self.texts: list[str] | None = titles
-        self.lexical_model: LexicalModel | None = None
-        if not lexical:
-            return Items.from_vectors(vectors), id_array, True
+    Returns
+    -------
+    Candidates
+        ``index`` is None: the shards are closed after the join.
+    """
+    k = check_k(k)
+    ef = chosen_ef(ef, index_params)
+    ids, titles, vectors, _ = encode_table(
+        path, id_col=id_col, text_col=text_col, model=model, precision=precision, workers=workers, progress=progress
+    )
+    if lexical:
         # the lexical model needs every title (its vocabulary and IDF are global): fitted here, once
-        model = self.lexical_model = LexicalModel(self.scoring).fit(titles)
-        features = model.transform(titles)
-        return Items(vectors, features, hybrid_vectors(vectors, features.projection, self.scoring.vector_weight)), id_array, True
-
-    def _join(
-        self, k: int, index_params: dict[str, Any] | None, batch_size: int, progress: bool | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        items = self.items
-        n = len(items)
-        self.index: Any = None  # the shards live on Ray and are closed after the join
-        if n < 2:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, np.zeros(0, dtype=np.float32)
-        params = {"ef_construction": 100, **(index_params or {})}
-        index = build_sharded_index(items.search, self.n_shards, params, progress)
-        parts = []
-        try:
-            for shard in range(self.n_shards):
-                rows = np.sort(index.shard_ids(shard).astype(np.int64))
-                parts.append(knn_pairs(index, items, rows, k, self.scoring, self.floor, batch_size, progress))
-        finally:
-            index.close()
-        a, b, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        # a pair found from both ends, in two shards' passes: kept once
-        key, first = np.unique(a * n + b, return_index=True)
-        return key // n, key % n, s[first]
+        lexical_model = LexicalModel(scoring).fit(titles)
+        features = lexical_model.transform(titles)
+        items = Items(vectors, features, hybrid_vectors(vectors, features.projection, scoring.vector_weight))
+        loaded = LoadedItems(items, ids, titles, lexical_model)
+    else:
+        loaded = LoadedItems(Items.from_vectors(vectors), ids, titles)
+    floor = default_threshold(loaded.lexical_text) if floor is None else floor
+    n = len(loaded.items)
+    if n < 2:
+        return Candidates(loaded, scoring, floor, no_pairs())
+    params = {"ef_construction": 100, **(index_params or {})}
+    index = build_sharded_index(loaded.items.search, n_shards, params, progress)
+    parts = []
+    try:
+        for shard in range(n_shards):
+            rows = np.sort(index.shard_ids(shard).astype(np.int64))
+            parts.append(knn_pairs(index, loaded.items, rows, k, scoring, floor, batch_size, progress, ef))
+    finally:
+        index.close()
+    # a pair found from both ends, in two shards' passes: kept once
+    pairs = unique_pairs(n, *(np.concatenate([p[i] for p in parts]) for i in range(3)))
+    return Candidates(loaded, scoring, floor, pairs)
 
 
 def find_duplicates_on_ray(
@@ -272,40 +303,23 @@ def find_duplicates_on_ray(
     batch_size: int = 10_000,
     progress: bool | None = None,
 ) -> Duplicates:
-    """:func:`~simsearch.find_duplicates` of a Parquet/CSV file, run on Ray.
+    """Deprecated: use ``find_duplicates(path, engine="ray", ...)``.
 
-    Encoding runs in Ray Data workers, the index in ``n_shards`` Ray actors,
-    and the self-join shard by shard; scores, groups and the returned tables
-    are those of :func:`~simsearch.find_duplicates` (whose parameters these
-    are), up to the approximate search finding slightly different candidates.
-
-    Parameters
-    ----------
-    path : path-like
-        Parquet (file or folder) or CSV with ``id_col`` and ``text_col``.
-    model, precision
-        The encoder each worker loads (see :class:`~simsearch.TextEncoder`).
-    n_shards : int, default 4
-    workers : int, optional
-        Most encoding workers; default the CPUs of the Ray cluster less one.
-
-    Returns
-    -------
-    Duplicates
-        ``(pairs, groups)`` as :func:`~simsearch.find_duplicates`.
+    The same join (:func:`ray_join`) and grouping as that call.
     """
-    if threshold is not None:
-        threshold = _check_threshold(threshold)
-    if max_group_size is not None and (not isinstance(max_group_size, (int, np.integer)) or max_group_size < 2):
-        raise ValueError(f"max_group_size must be an integer >= 2 or None, got {max_group_size!r}")
-    cands = _RayCandidates(
-        os.fspath(path), n_shards=n_shards, workers=workers, model=model, precision=precision,
-        k=k, floor=threshold,
-        id_col=id_col, text_col=text_col, lexical=lexical, scoring=scoring, index_params=index_params,
-        batch_size=batch_size, progress=progress,
+    warnings.warn(
+        "find_duplicates_on_ray is deprecated; use find_duplicates(path, engine='ray', ...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    threshold = None if threshold is None else check_score(threshold)
+    max_group_size = check_max_group_size(max_group_size)
+    cands = ray_join(
+        os.fspath(path), k=k, floor=threshold, id_col=id_col, text_col=text_col, lexical=lexical,
+        scoring=scoring if scoring is not None else PairScoring(), index_params=index_params, batch_size=batch_size,
+        progress=progress, n_shards=n_shards, workers=workers, model=model, precision=precision,
     )  # fmt: skip
-    labels, hit = cands.group(cands.floor, refine, max_group_size)
-    return _result(cands, labels, hit, include_singletons)
+    return cands.duplicates(cands.floor, refine, max_group_size, include_singletons)
 
 
-__all__ = ["encode_table", "build_sharded_index", "find_duplicates_on_ray"]
+__all__ = ["build_sharded_index", "encode_table", "find_duplicates_on_ray", "ray_join"]

@@ -25,7 +25,6 @@ on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,70 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import _tables
-from simsearch.applications.lexical import best_f1_threshold
+from simsearch._validation import check_positive_int
+from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold, f1_of
 
 #: Columns a labels file must have; ``weight`` and ``stratum`` are read when present.
 LABEL_COLUMNS = ("id_a", "id_b", "label")
-
-
-@dataclass(frozen=True)
-class ReviewCalibration:
-    """A threshold recalibrated from reviewed pairs, with its estimated quality.
-
-    Attributes
-    ----------
-    threshold : float
-        The new threshold: pairs scoring at least this are duplicates.
-    previous_threshold : float
-        The threshold in use before.
-    method : {"max_f1", "target_precision"}
-    target_precision : float or None
-    f1, precision, recall : float
-        Weighted estimates over the candidate pairs at ``threshold``.
-    precision_interval, recall_interval : tuple of float
-        Bootstrap confidence intervals (``confidence`` level).
-    confidence : float
-    n_labelled, n_positive : int
-        Labelled pairs used, and how many were duplicates.
-    """
-
-    threshold: float
-    previous_threshold: float
-    method: str
-    target_precision: float | None
-    f1: float
-    precision: float
-    precision_interval: tuple[float, float]
-    recall: float
-    recall_interval: tuple[float, float]
-    confidence: float
-    n_labelled: int
-    n_positive: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready fields."""
-        out = asdict(self)
-        out["precision_interval"] = list(self.precision_interval)
-        out["recall_interval"] = list(self.recall_interval)
-        return out
-
-    @classmethod
-    def from_dict(cls, fields: dict[str, Any]) -> ReviewCalibration:
-        """Inverse of :meth:`to_dict`."""
-        values = dict(fields)
-        values["precision_interval"] = tuple(values["precision_interval"])
-        values["recall_interval"] = tuple(values["recall_interval"])
-        return cls(**values)
-
-    def summary(self) -> str:
-        """One line for people: the threshold and the estimates with their intervals."""
-        level = f"{self.confidence:.0%}"
-        return (
-            f"threshold {self.previous_threshold:.3f} -> {self.threshold:.3f} ({self.method}, "
-            f"{self.n_labelled} labels, {self.n_positive} duplicates): precision {self.precision:.3f} "
-            f"[{self.precision_interval[0]:.3f}, {self.precision_interval[1]:.3f}], recall {self.recall:.3f} "
-            f"[{self.recall_interval[0]:.3f}, {self.recall_interval[1]:.3f}] ({level} intervals), F1 {self.f1:.3f}"
-        )
 
 
 def sample_review_pairs(
@@ -125,8 +65,7 @@ def sample_review_pairs(
         Candidate pairs each picked pair stands for (``N_h / n_h``).
     """
     scores = np.asarray(scores, dtype=np.float64)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_positive_int(n, "n")
     m = len(scores)
     if m == 0:
         raise ValueError("there are no candidate pairs to review")
@@ -251,7 +190,7 @@ def calibrate(
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
-) -> ReviewCalibration:
+) -> ThresholdChoice:
     """Recalibrate the threshold on labelled pairs and estimate its quality.
 
     Parameters
@@ -274,7 +213,9 @@ def calibrate(
 
     Returns
     -------
-    ReviewCalibration
+    ThresholdChoice
+        ``method`` is ``"max_f1"`` or ``"target_precision"``; the intervals,
+        ``confidence`` and ``previous_threshold`` are set.
 
     Raises
     ------
@@ -292,20 +233,19 @@ def calibrate(
         threshold, method = _precision_threshold(scores, labels, weights, target_precision), "target_precision"
     precision, recall = _weighted_pr(scores, labels, weights, threshold)
     p_lo, p_hi, r_lo, r_hi = _bootstrap(scores, labels, weights, np.asarray(strata), threshold, confidence, n_boot, seed)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return ReviewCalibration(
+    return ThresholdChoice(
         threshold=float(threshold),
-        previous_threshold=float(previous_threshold),
-        method=method,
-        target_precision=None if target_precision is None else float(target_precision),
-        f1=float(f1),
+        f1=float(f1_of(precision, recall)),
         precision=float(precision),
-        precision_interval=(float(p_lo), float(p_hi)),
         recall=float(recall),
-        recall_interval=(float(r_lo), float(r_hi)),
-        confidence=float(confidence),
         n_labelled=int(len(scores)),
         n_positive=int(labels.sum()),
+        method=method,
+        previous_threshold=float(previous_threshold),
+        target_precision=None if target_precision is None else float(target_precision),
+        precision_interval=(float(p_lo), float(p_hi)),
+        recall_interval=(float(r_lo), float(r_hi)),
+        confidence=float(confidence),
     )
 
 
@@ -370,3 +310,17 @@ def _bootstrap(
     p_lo, p_hi = np.percentile(precision, [tail, 100 - tail])
     r_lo, r_hi = np.percentile(recall, [tail, 100 - tail])
     return float(p_lo), float(p_hi), float(r_lo), float(r_hi)
+
+
+def __getattr__(name: str) -> Any:
+    # Deprecated name: one threshold-choice type for every application.
+    if name == "ReviewCalibration":
+        import warnings
+
+        warnings.warn(
+            "ReviewCalibration is deprecated; use simsearch.applications.ThresholdChoice",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ThresholdChoice
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,210 @@
+"""How an update regroups the rows it touches, and how group ids follow the groups.
+
+- :func:`regroup`: the groups that new items touch (through a pair at or
+  above the threshold), seeded as they are, and the new items are merged over
+  the new items' pairs by the strongest-first, average-linkage rule of
+  :func:`~simsearch.applications.grouping.group_pairs`; a group that lost
+  members splits where no pair at or above the threshold holds it together;
+  a new threshold regroups everything.
+- :func:`cut_large_groups`: a group over the size cap is cut at its weakest
+  bridge, the weakest edge of its maximum spanning tree.
+- :func:`assign_ids`: each old id goes, oldest first, to the cluster holding
+  most of its members if that cluster has no id yet; other clusters get fresh
+  ids. It also lists the change events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from simsearch.applications.grouping import CrossScore, connected_components, group_pairs
+
+__all__ = ["assign_ids", "cut_large_groups", "regroup"]
+
+
+def regroup(
+    cross: CrossScore,
+    alive: np.ndarray,
+    old_group: np.ndarray,
+    prev_group: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+    new_rows: np.ndarray,
+    removed_rows: np.ndarray,
+    threshold: float,
+    grouped_at: float,
+    next_group: int,
+    cap: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster labels of every row and the mask of rows whose group may have changed.
+
+    Parameters
+    ----------
+    cross : callable
+        Scores every pair across two row lists (see :func:`group_pairs`).
+    alive : ndarray of shape (n,), bool
+        Live rows after the update.
+    old_group : ndarray of shape (n,), int64
+        Group id of each row before the update; -1 for new and removed rows.
+    prev_group : ndarray of shape (n_before,), int64
+        The group ids as stored before the update (removed rows included).
+    edges : tuple of ndarray
+        ``(rows_a, rows_b, scores)`` of every live candidate pair.
+    new_rows, removed_rows : ndarray of int64
+    threshold : float
+        The threshold in use; ``grouped_at`` is the one the groups were made
+        at (a change regroups everything).
+    next_group : int
+        The next unused group id.
+    cap : int or None
+        ``max_group_size``.
+
+    Returns
+    -------
+    cluster : ndarray of shape (n,), int64
+        Cluster label per row (not yet group ids; see :func:`assign_ids`).
+    affected : ndarray of shape (n,), bool
+    """
+    n = len(alive)
+    a, b, s = edges
+    hit = s >= threshold
+    a, b, s = a[hit], b[hit], s[hit]
+    if threshold != grouped_at:
+        # A new threshold: regroup everything from the stored pairs.
+        cluster = group_pairs(n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap)
+        affected = alive.copy()
+    else:
+        # Seeds: the current groups, new items alone; dead rows alone.
+        cluster = np.where(old_group >= 0, old_group, next_group + np.arange(n))
+        affected = np.zeros(n, dtype=bool)
+        lost = np.unique(prev_group[removed_rows])
+        if lost.size:
+            # Groups that lost members split where nothing above the threshold holds them.
+            in_lost = alive & np.isin(old_group, lost)
+            inner = in_lost[a] & in_lost[b] & (old_group[a] == old_group[b])
+            comp = connected_components(n, a[inner], b[inner])
+            cluster = np.where(in_lost, next_group + n + comp, cluster)
+            affected |= in_lost
+        is_new = np.zeros(n, dtype=bool)
+        is_new[new_rows] = True
+        touching = is_new[a] | is_new[b]
+        seeds = np.unique(np.r_[cluster[a[touching]], cluster[b[touching]], cluster[new_rows]])
+        region = np.flatnonzero(alive & np.isin(cluster, seeds))
+        if region.size:
+            local = np.full(n, -1, dtype=np.int64)
+            local[region] = np.arange(region.size)
+            # Only pairs of a new item: pairs between old groups were weighed
+            # when those groups formed, and re-weighing them every update
+            # would cost as much as the new work (a merge of two old groups
+            # goes through the new item that bridges them).
+            inside = touching & (local[a] >= 0) & (local[b] >= 0)
+            labels = group_pairs(
+                region.size,
+                local[a[inside]],
+                local[b[inside]],
+                s[inside],
+                cross_score=lambda x, y: cross(region[x], region[y]),
+                link_threshold=threshold,
+                max_group_size=cap,
+                initial=cluster[region],
+            )
+            cluster[region] = 3 * n + next_group + region[labels]
+            affected[region] = True
+    if cap is not None:
+        affected |= cut_large_groups(cluster, alive, a, b, s, cap)
+    return cluster, affected & alive
+
+
+def cut_large_groups(
+    cluster: np.ndarray, alive: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray, cap: int
+) -> np.ndarray:
+    """Cut groups larger than ``cap`` at their weakest bridge until none is; returns the rows touched."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    touched = np.zeros(len(cluster), dtype=bool)
+    fresh = int(cluster.max()) + 1 if len(cluster) else 0
+    values, counts = np.unique(cluster[alive], return_counts=True)
+    todo = [np.flatnonzero(alive & (cluster == v)) for v in values[counts > cap]]
+    while todo:
+        members = todo.pop()
+        touched[members] = True
+        local = np.full(len(cluster), -1, dtype=np.int64)
+        local[members] = np.arange(len(members))
+        inside = (local[a] >= 0) & (local[b] >= 0)
+        la, lb, ls = local[a[inside]], local[b[inside]], s[inside].astype(np.float64)
+        m = len(members)
+        # Maximum spanning tree by a minimum one over (top - score) > 0.
+        top = (ls.max() if len(ls) else 0.0) + 1.0
+        tree = minimum_spanning_tree(coo_matrix((top - ls, (la, lb)), shape=(m, m))).tocoo()
+        if tree.nnz:
+            weakest = int(np.argmax(tree.data))  # the largest (top - score): the weakest edge
+            keep = np.ones(tree.nnz, dtype=bool)
+            keep[weakest] = False
+            part = connected_components(m, tree.row[keep], tree.col[keep])
+        else:
+            part = np.arange(m) % 2  # no pair at all: cut anywhere
+        for p in np.unique(part):
+            rows = members[part == p]
+            cluster[rows] = fresh
+            fresh += 1
+            if len(rows) > cap:
+                todo.append(rows)
+    return touched
+
+
+def assign_ids(
+    cluster: np.ndarray, affected: np.ndarray, old_group: np.ndarray, prev_group: np.ndarray, next_group: int
+) -> tuple[np.ndarray, int, tuple[list[int], list[Any], list[Any], list[str]]]:
+    """Give the affected clusters group ids, oldest id first, and list the changes.
+
+    Each old id among the affected rows goes to the cluster holding most of its
+    members (ties: the cluster of its first row) unless that cluster already
+    has an id; clusters left without one get fresh ids in row order.
+    """
+    n = len(cluster)
+    group = np.r_[prev_group, np.full(n - len(prev_group), -1, dtype=np.int64)]
+    rows = np.flatnonzero(affected)
+    if rows.size == 0:
+        return group, next_group, ([], [], [], [])
+    clusters = cluster[rows]
+    olds = old_group[rows]
+    given: dict[int, int] = {}  # cluster -> id
+    majority: dict[int, int] = {}  # old id -> its majority cluster
+    has_old = olds >= 0
+    if has_old.any():
+        pair = np.stack([olds[has_old], clusters[has_old]], axis=1)
+        uniq, first, counts = np.unique(pair, axis=0, return_index=True, return_counts=True)
+        # Per old id: most members first, then the cluster of its earliest row.
+        order = np.lexsort((rows[has_old][first], -counts, uniq[:, 0]))
+        for g, c in uniq[order].tolist():
+            if g in majority:
+                continue
+            majority[g] = c
+            if c not in given:
+                given[c] = g
+    assigned = set(given.values())
+    # Fresh ids for the rest, in order of each cluster's first row.
+    _, first_rows = np.unique(clusters, return_index=True)
+    for i in np.sort(first_rows):
+        c = int(clusters[i])
+        if c not in given:
+            given[c] = next_group
+            next_group += 1
+    has_old_cluster = set(clusters[has_old].tolist())
+    out_rows, out_old, out_new, out_event = [], [], [], []
+    for r, c, g in zip(rows.tolist(), clusters.tolist(), olds.tolist()):
+        gid = given[c]
+        group[r] = gid
+        if g < 0:
+            out_rows.append(r)
+            out_old.append(None)
+            out_new.append(gid)
+            out_event.append("joined" if c in has_old_cluster else "new_group")
+        elif gid != g:
+            out_rows.append(r)
+            out_old.append(g)
+            out_new.append(gid)
+            out_event.append("merged" if g not in assigned and majority.get(g) == c else "split")
+    return group, next_group, (out_rows, out_old, out_new, out_event)
