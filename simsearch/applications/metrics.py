@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "mean_group_f1",
     "pairwise_precision_recall",
     "recall_at_k",
+    "match_recall_at_k",
 ]
 
 
@@ -322,3 +324,28 @@ def recall_at_k(found: Any, truth: Any, k: int) -> float:
         # A true id counts once if it appears anywhere in the same row of found.
         hits += int(((tt[:, :, None] == ff[:, None, :]).any(axis=2) & (tt != NO_ID)).sum())
     return hits / total
+
+
+def match_recall_at_k(true_pairs: set[tuple[Any, Any]], found: Iterable[tuple[Any, Any, int]], ks: Iterable[int]) -> dict[str, float]:
+    """Share of listings whose true product is among their first ``k`` matches, for each ``k``.
+
+    Parameters
+    ----------
+    true_pairs : set of (listing_id, product_id)
+        The right answers; every listing in them counts, found or not.
+    found : iterable of (listing_id, product_id, rank)
+        The matches, rank 1 the best.
+    ks : iterable of int
+        The cut-offs.
+
+    Returns
+    -------
+    dict
+        ``"recall@K"`` -> float in [0, 1].
+    """
+    listings = {a for a, _ in true_pairs}
+    best: dict[Any, int] = {}
+    for lid, pid, rank in found:
+        if (lid, pid) in true_pairs:
+            best[lid] = min(rank, best.get(lid, rank))
+    return {f"recall@{r}": sum(1 for lid in listings if best.get(lid, 10**9) <= r) / len(listings) for r in ks}

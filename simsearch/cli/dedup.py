@@ -46,32 +46,25 @@ def run(args: argparse.Namespace) -> None:
     if args.removed:
         raise CommandError("--removed needs --state DIR (the state the items are removed from)")
     lexical = not args.no_lexical
-    threshold = args.threshold
+    ray = args.engine == "ray"
+    # On Ray the workers build their own encoders from --model/--precision.
+    common: dict[str, Any] = dict(
+        k=args.k, id_col=args.id_col, text_col=args.text_col, encoder=None if ray else _common.encoder(args),
+        lexical=lexical, max_group_size=args.max_group_size, progress=_common.progress(args), engine=args.engine,
+    )  # fmt: skip
+    if ray:
+        common.update(n_shards=args.shards, workers=args.workers, model=args.model, precision=args.precision)
     if args.label_col:
-        choice = choose_threshold(
-            args.items, None, label_col=args.label_col, k=args.k, id_col=args.id_col, text_col=args.text_col,
-            encoder=_common.encoder(args), lexical=lexical, progress=_common.progress(args),
-        )  # fmt: skip
+        # one candidate join: the threshold is chosen on it and the groups come from it
+        choice = choose_threshold(args.items, None, label_col=args.label_col, **common)
         print(
             f"threshold {choice.threshold:.3f} chosen from {args.label_col!r}: mean F1 {choice.mean_f1:.3f}, "
             f"pairwise precision {choice.precision:.3f}, recall {choice.recall:.3f}",
             file=sys.stderr,
         )
-        threshold = choice.threshold
-    if args.engine == "ray":
-        from simsearch.applications.ray_jobs import find_duplicates_on_ray
-
-        pairs, groups = find_duplicates_on_ray(
-            args.items, threshold=threshold, k=args.k, id_col=args.id_col, text_col=args.text_col, model=args.model,
-            precision=args.precision, lexical=lexical, max_group_size=args.max_group_size, n_shards=args.shards,
-            workers=args.workers, progress=_common.progress(args),
-        )  # fmt: skip
+        pairs, groups = choice.duplicates
     else:
-        pairs, groups = find_duplicates(
-            args.items, threshold=threshold, k=args.k, id_col=args.id_col, text_col=args.text_col,
-            encoder=_common.encoder(args), lexical=lexical, max_group_size=args.max_group_size,
-            progress=_common.progress(args),
-        )  # fmt: skip
+        pairs, groups = find_duplicates(args.items, threshold=args.threshold, **common)
     n_groups = len(set(groups.column("group_id").to_pylist()))
     print(f"{pairs.num_rows} duplicate pairs, {n_groups} groups holding {groups.num_rows} items", file=sys.stderr)
     if args.groups:
@@ -114,7 +107,7 @@ def _run_state(args: argparse.Namespace) -> None:
         groups = dedup.groups_
         changes = pa.table(
             {
-                "item_id": groups.column("item_id"),
+                "id": groups.column("id"),
                 "old_group": pa.nulls(groups.num_rows, pa.int64()),
                 "new_group": groups.column("group_id"),
                 "event": pa.array(["new_group"] * groups.num_rows),

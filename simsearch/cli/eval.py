@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -85,6 +83,7 @@ def run_dedup(args: argparse.Namespace) -> None:
 def run_match(args: argparse.Namespace) -> None:
     """``simsearch eval match``: recall@1, @5 and @k of :class:`~simsearch.CatalogMatcher` against true pairs."""
     from simsearch.applications import CatalogMatcher
+    from simsearch.applications.metrics import match_recall_at_k
 
     truth = _tables.read_table(args.truth, [args.truth_listing_col, args.truth_product_col], name=args.truth)
     matcher = CatalogMatcher(
@@ -97,33 +96,9 @@ def run_match(args: argparse.Namespace) -> None:
     if not true_pairs:
         raise CommandError(f"{args.truth} is empty: it has no rows")
     found_rows = zip(found.column("listing_id").to_pylist(), found.column("product_id").to_pylist(), found.column("rank").to_pylist())
-    recall = recall_at_k(true_pairs, found_rows, sorted({1, min(5, args.k), args.k}))
+    recall = match_recall_at_k(true_pairs, found_rows, sorted({1, min(5, args.k), args.k}))
     print(json.dumps({"task": "match", "listings": len({a for a, _ in true_pairs}), **_common.rounded(recall)}))
 
-
-def recall_at_k(true_pairs: set[tuple[Any, Any]], found: Iterable[tuple[Any, Any, int]], ks: Iterable[int]) -> dict[str, float]:
-    """Share of listings whose true product is among their first ``k`` matches, for each ``k``.
-
-    Parameters
-    ----------
-    true_pairs : set of (listing_id, product_id)
-        The right answers; every listing in them counts, found or not.
-    found : iterable of (listing_id, product_id, rank)
-        The matches, rank 1 the best.
-    ks : iterable of int
-        The cut-offs.
-
-    Returns
-    -------
-    dict
-        ``"recall@K"`` -> float in [0, 1].
-    """
-    listings = {a for a, _ in true_pairs}
-    best: dict[Any, int] = {}
-    for lid, pid, rank in found:
-        if (lid, pid) in true_pairs:
-            best[lid] = min(rank, best.get(lid, rank))
-    return {f"recall@{r}": sum(1 for lid in listings if best.get(lid, 10**9) <= r) / len(listings) for r in ks}
 
 
 def run_index(args: argparse.Namespace) -> None:

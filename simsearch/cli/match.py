@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     matcher.fit(catalog)
     if args.pairs:
         cal = matcher.calibrate(args.pairs, args.listings, **_common.listing_columns(args))
-        print(f"calibrated threshold {cal.threshold:.3f}: F1 {cal.f1:.3f}, precision {cal.precision:.3f}, recall {cal.recall:.3f} on {cal.n_pairs} pairs", file=sys.stderr)
+        print(f"calibrated threshold {cal.threshold:.3f}: F1 {cal.f1:.3f}, precision {cal.precision:.3f}, recall {cal.recall:.3f} on {cal.n_labelled} pairs", file=sys.stderr)
     table = matcher.match(args.listings, **_common.listing_columns(args))
     _common.write_or_print(table, args.out)
 

@@ -75,5 +75,5 @@ def run_train_matcher(args: argparse.Namespace) -> None:
     matcher.save(args.out)
     cal = matcher.calibration_
     if cal is not None:
-        print(f"threshold {cal.threshold:.3f}: F1 {cal.f1:.3f}, precision {cal.precision:.3f}, recall {cal.recall:.3f} on the {cal.n_pairs} validation pairs", file=sys.stderr)
+        print(f"threshold {cal.threshold:.3f}: F1 {cal.f1:.3f}, precision {cal.precision:.3f}, recall {cal.recall:.3f} on the {cal.n_labelled} validation pairs", file=sys.stderr)
     print(f"saved the matcher to {args.out}; use it with: simsearch match {args.out} LISTINGS", file=sys.stderr)
