@@ -79,8 +79,6 @@ def _crc32(buf: np.ndarray) -> int:
     return crc
 
 
-# Kept for callers that have not moved to simsearch._storage yet.
-_fsync_dir = fsync_dir
 
 
 def write_container(

@@ -266,10 +266,8 @@ def test_container_errors_are_typed(tmp_path: Path) -> None:
 
 def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from simsearch.cache import EmbeddingCache
-    from simsearch.encoders import _files
 
     monkeypatch.setenv("SIMSEARCH_CACHE", os.fspath(tmp_path / "cache"))
     assert _storage.cache_dir() == tmp_path / "cache"
-    assert _files.cache_dir is _storage.cache_dir  # the old import path still works
     with EmbeddingCache() as cache:
         assert Path(cache.path) == tmp_path / "cache" / "embeddings.sqlite"

@@ -672,7 +672,7 @@ def _new_model_dir() -> Any:
     import tempfile
     from pathlib import Path
 
-    from simsearch.encoders._files import cache_dir
+    from simsearch._storage import cache_dir
 
     root = cache_dir() / "finetuned"
     root.mkdir(parents=True, exist_ok=True)
