@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from simsearch._storage import atomic_write, fsync_dir
+from simsearch._storage import atomic_write
 from simsearch.errors import CorruptFileError, FormatVersionError
 
 MAGIC = b"SIMSPY01"
