@@ -1059,6 +1059,173 @@ def run_crash_points(target: str, work: Path, *, open_timeout: float = 120.0) ->
     return result
 
 
+
+# ------------------------------------------------------------------ overload
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m simsearch.cli serve`` on 127.0.0.1 and a free port, started outside the checkout.
+
+    While it loads, every ``/readyz`` answer is kept in ``starting`` (status
+    code and ``Retry-After``), so a test can check what a starting server says.
+    """
+
+    def __init__(self, index: Path, log: Path, *args: str, ready_timeout: float = 180.0) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.starting: list[tuple[int, str | None]] = []
+        self._log = open(log, "wb")
+        command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(index), "--port", str(self.port), *args]
+        # cwd: `python -m` puts the working directory first on sys.path, where a
+        # source checkout would shadow the simsearch under test.
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=simsearch_env(), cwd=log.parent)
+        end = time.monotonic() + ready_timeout
+        while True:
+            if self.process.poll() is not None:
+                self._log.close()
+                raise AssertionError(f"the server exited with {self.process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                r = httpx.get(f"{self.url}/readyz", timeout=5)
+                if r.status_code == 200:
+                    break
+                self.starting.append((r.status_code, r.headers.get("retry-after")))
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end:
+                self.stop()
+                raise AssertionError(f"the server was not ready within {ready_timeout:.0f} s: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (from /proc)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self._log.close()
+
+
+@dataclasses.dataclass
+class LoadResult:
+    """What a load run got back.
+
+    Attributes
+    ----------
+    codes : Counter
+        Status code -> count (``"transport"`` for connection errors and client timeouts).
+    latencies_s : list of float
+        Latency of each 200 answer.
+    missing_retry_after : int
+        429 and 503 answers without a ``Retry-After`` header.
+    sent, seconds : int, float
+        Requests sent, and the wall time they took.
+    """
+
+    codes: Counter
+    latencies_s: list[float]
+    missing_retry_after: int
+    sent: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """200 answers per second."""
+        return self.codes.get(200, 0) / self.seconds if self.seconds else 0.0
+
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies_s, 99) * 1000) if self.latencies_s else float("nan")
+
+
+def _search(client: Any, text: str) -> tuple[Any, float]:
+    start = time.perf_counter()
+    try:
+        r = client.post("/v1/search", json={"query": text, "k": 3})
+    except Exception:  # noqa: BLE001 - httpx.TransportError and its kin: counted, not raised
+        return None, time.perf_counter() - start
+    return r, time.perf_counter() - start
+
+
+def closed_loop(url: str, seconds: float, threads: int = 4, prefix: str = "rate") -> LoadResult:
+    """Each of ``threads`` sends one search after the other for ``seconds``: the sustainable rate."""
+    return _load(url, seconds, threads, None, prefix)
+
+
+def open_loop(url: str, rate: float, seconds: float, threads: int = 32, prefix: str = "load", max_requests: int = 4000) -> LoadResult:
+    """Send searches at ``rate`` per second whatever the answers take (at most ``max_requests``)."""
+    return _load(url, seconds, threads, rate, prefix, max_requests)
+
+
+def _load(url: str, seconds: float, threads: int, rate: float | None, prefix: str, max_requests: int = 100_000) -> LoadResult:
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    codes: Counter = Counter()
+    latencies: list[float] = []
+    missing = [0]
+    lock = threading.Lock()
+    counter = [0]
+
+    def record(r: Any, took: float) -> None:
+        with lock:
+            if r is None:
+                codes["transport"] += 1
+                return
+            codes[r.status_code] += 1
+            if r.status_code == 200:
+                latencies.append(took)
+            if r.status_code in (429, 503) and "retry-after" not in r.headers:
+                missing[0] += 1
+
+    def text() -> str:
+        with lock:
+            counter[0] += 1
+            return f"{prefix} {counter[0]} stainless steel kettle {counter[0] * 7919 % 1000}"  # unique: no cache hits
+
+    limits = httpx.Limits(max_connections=threads * 2, max_keepalive_connections=threads * 2)
+    with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
+        start = time.monotonic()
+        end = start + seconds
+        if rate is None:
+
+            def worker() -> None:
+                while time.monotonic() < end:
+                    record(*_search(client, text()))
+
+            workers = [threading.Thread(target=worker) for _ in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                n = min(max_requests, int(rate * seconds))
+                for i in range(n):
+                    delay = start + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    pool.submit(lambda: record(*_search(client, text())))
+        took = time.monotonic() - start
+    return LoadResult(codes, latencies, missing[0], sum(codes.values()), took)
+
 if __name__ == "__main__":
     if sys.argv[1] == "fuzz-batch":
         _fuzz_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
