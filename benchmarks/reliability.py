@@ -40,11 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,9 +55,7 @@ except ImportError:  # pragma: no cover - before benchmarks/_common.py exists
     sys.path.append(str(HERE.parent))
 sys.path.append(str(HERE.parent / "tests"))  # the fault harness is shared with the tests
 
-import numpy as np  # noqa: E402
-
-import _faults  # noqa: E402
+import _faults
 
 SECTIONS = ("fuzz", "concurrency", "kills", "overload", "deps")
 
@@ -213,7 +209,7 @@ def concurrency(work: Path, seconds: float, runs: int, seed: int) -> dict[str, A
     for run in range(runs):
         command = [sys.executable, "-c", _CONCURRENCY_CHILD, str(seconds), str(seed + run), str(work / f"concurrent-{run}.ssi")]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, env=_faults.simsearch_env(), cwd=work)
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 60, env=_faults.simsearch_env(), cwd=work)
         except subprocess.TimeoutExpired:
             out["deadlocks"] += 1
             out["examples"].append(f"run {run}: no answer {seconds + 60:.0f} s after a {seconds:.0f} s run (deadlock)")
@@ -308,9 +304,8 @@ def overload(work: Path, seconds: float) -> dict[str, Any]:
 # -------------------------------------------------------------- dependencies
 
 _REDIS_CHILD = r'''
-import json, os, signal, subprocess, sys, threading, time
+import json, os, signal, subprocess, sys, time
 import numpy as np
-sys.path.insert(0, sys.argv[2])
 import _faults
 from simsearch import Index
 from simsearch.cache import RedisEmbeddingCache
@@ -327,17 +322,8 @@ def start():
             time.sleep(0.05)
     raise RuntimeError("redis-server did not start")
 
-def timed(fn, watchdog=20.0):
-    box = {}
-    def run():
-        t = time.monotonic()
-        try:
-            fn(); box["outcome"] = "ok"
-        except Exception as err:
-            box["outcome"] = f"{type(err).__module__}.{type(err).__name__}: {str(err)[:120]}"
-        box["s"] = round(time.monotonic() - t, 2)
-    th = threading.Thread(target=run, daemon=True); th.start(); th.join(watchdog)
-    return box if box else {"outcome": "hang", "s": watchdog}
+def timed(fn):
+    return _faults.watchdog(fn, 20.0)
 
 out = {}
 server = start()
@@ -360,22 +346,14 @@ os._exit(0)
 '''
 
 _RAY_CHILD = r'''
-import json, os, signal, sys, threading, time
+import json, os, signal, sys, time
 import numpy as np
 import ray
+import _faults
 from simsearch import ShardedIndex
 
-def timed(fn, watchdog=60.0):
-    box = {}
-    def run():
-        t = time.monotonic()
-        try:
-            fn(); box["outcome"] = "ok"
-        except Exception as err:
-            box["outcome"] = f"{type(err).__module__}.{type(err).__name__}: {str(err)[:160]}"
-        box["s"] = round(time.monotonic() - t, 2)
-    th = threading.Thread(target=run, daemon=True); th.start(); th.join(watchdog)
-    return box if box else {"outcome": "hang", "s": watchdog}
+def timed(fn):
+    return _faults.watchdog(fn, 60.0)
 
 ray.init(num_cpus=2, include_dashboard=False, logging_level="error", log_to_driver=False)
 out = {}
@@ -397,12 +375,12 @@ os._exit(0)
 
 def deps(work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    runs = (("redis", [sys.executable, "-c", _REDIS_CHILD, str(_faults.free_port()), str(HERE.parent / "tests")], 180),
+    runs = (("redis", [sys.executable, "-c", _REDIS_CHILD, str(_faults.free_port())], 180),
             ("ray", [sys.executable, "-c", _RAY_CHILD], 400))
     for name, command, limit in runs:
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=limit, env=_faults.simsearch_env(), cwd=work)
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=limit, env=_faults.simsearch_env(), cwd=work)
             if done.returncode == 0 and done.stdout.strip():
                 out[name] = json.loads(done.stdout.strip().splitlines()[-1])
             else:

@@ -88,6 +88,25 @@ class FakeEncoder:
         return out
 
 
+def watchdog(fn: Callable[[], Any], seconds: float) -> dict[str, Any]:
+    """Call ``fn`` in a daemon thread; ``{"outcome": "ok" | "module.Error: message" | "hang", "s": seconds taken}``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        start = time.monotonic()
+        try:
+            fn()
+            box["outcome"] = "ok"
+        except Exception as err:  # noqa: BLE001 - reported, whatever it is
+            box["outcome"] = f"{type(err).__module__}.{type(err).__name__}: {str(err)[:160]}"
+        box["s"] = round(time.monotonic() - start, 2)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return box if "s" in box else {"outcome": "hang", "s": seconds}
+
+
 def vectors(start: int, stop: int, dim: int) -> np.ndarray:
     """Deterministic float32 vectors of ids ``start..stop-1``, shape (stop - start, dim)."""
     out = np.empty((stop - start, dim), dtype=np.float32)
@@ -414,7 +433,7 @@ def load_dedup(path: str, mode: str) -> None:
     from simsearch import Deduplicator
 
     d = Deduplicator.load(path, progress=False)
-    d.groups_
+    assert d.groups_.num_rows == d.n_items_
     d.pairs()
     d.update(vectors(900, 903, d._dim), new_ids=[10_000, 10_001, 10_002])
 
@@ -634,7 +653,7 @@ def run_fuzz(
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=workdir)
         lines: queue.Queue[bytes | None] = queue.Queue()
 
-        def pump(stream: Any = child.stdout) -> None:
+        def pump(stream: Any = child.stdout, lines: queue.Queue[bytes | None] = lines) -> None:
             for line in stream:
                 lines.put(line)
             lines.put(None)
@@ -698,7 +717,7 @@ def _fuzz_child(name: str, mode: str, cases_file: str, start: int) -> None:
         try:
             fuzzer.load_case(cases[i]["path"], mode)
             report: dict[str, Any] = {"outcome": "accepted", "type": None, "message": ""}
-        except BaseException as err:  # noqa: BLE001 - every rejection is reported, whatever it is
+        except BaseException as err:  # every rejection is reported, whatever it is
             if isinstance(err, KeyboardInterrupt):
                 raise
             report = {
@@ -728,7 +747,7 @@ KILL_TARGETS = tuple(_KILL_SPECS)
 
 class _Log:
     def __init__(self, path: Path) -> None:
-        self._f = open(path, "a", buffering=1)
+        self._f = open(path, "a", buffering=1)  # noqa: SIM115 - open for the child's life
 
     def __call__(self, **fields: Any) -> None:
         self._f.write(json.dumps({**fields, "t": time.monotonic()}) + "\n")
@@ -852,7 +871,7 @@ def kill_child(target: str, work: str, log_path: str, acked: list[int], crash_at
     try:
         # crash points: a snapshot on every service write, so that each write crosses the snapshot code
         state = _kill_open(target, Path(work), log, acked, create, 4 if crash_at is None else 1)
-    except BaseException as err:
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, whatever it is
         log(open_error=f"{type(err).__module__}.{type(err).__qualname__}: {err}"[:500])
         raise SystemExit(3) from None
     gen = _current_gen(log_path)
@@ -967,7 +986,7 @@ def run_kills(target: str, work: Path, kills: int, *, seed: int = 0, open_timeou
         committed = opened["opened"]
         # Let 1-3 writes complete, then kill inside a later one at a random fraction of its duration.
         target_gen = committed + rng.randint(1, 3)
-        begun = _wait_for(log_path, lambda r: r.get("begin") == target_gen, p, open_timeout)
+        begun = _wait_for(log_path, lambda r, g=target_gen: r.get("begin") == g, p, open_timeout)
         if begun is not None:
             typical = float(np.median(write_s)) if write_s else 0.05
             time.sleep(rng.uniform(0.0, typical * 1.2))
@@ -1034,7 +1053,7 @@ def run_crash_points(target: str, work: Path, *, open_timeout: float = 120.0) ->
     spec = _KILL_SPECS[target]
     acked = list(range(spec["base"], spec["base"] + committed * spec["step"])) if target == "service_add" else []
     for n in range(1, count + 1):
-        opened, records, code = child(n, n, acked)
+        opened, records, _ = child(n, n, acked)
         result.kills += 1
         commits = [r["committed"] for r in records if "committed" in r]
         point = next((r for r in records if "crash_point" in r), None)
@@ -1084,7 +1103,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.starting: list[tuple[int, str | None]] = []
-        self._log = open(log, "wb")
+        self._log = open(log, "wb")  # noqa: SIM115 - open for the server's life
         command = [sys.executable, "-m", "simsearch.cli", "serve", "--index", str(index), "--port", str(self.port), *args]
         # cwd: `python -m` puts the working directory first on sys.path, where a
         # source checkout would shadow the simsearch under test.
@@ -1175,8 +1194,9 @@ def open_loop(url: str, rate: float, seconds: float, threads: int = 32, prefix: 
 
 
 def _load(url: str, seconds: float, threads: int, rate: float | None, prefix: str, max_requests: int = 100_000) -> LoadResult:
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
     codes: Counter = Counter()
     latencies: list[float] = []

@@ -15,9 +15,8 @@ run. ``benchmarks/reliability.py`` runs the long version.
 
 from __future__ import annotations
 
-import pytest
-
 import _faults
+import pytest
 
 #: Cases per format and mode: the builds (an encoder for two of them) dominate the time.
 CASES = {"sharded": 50, "dedup": 30, "cli_folder": 40, "cache": 40, "matcher": 5}

@@ -13,9 +13,8 @@ target).
 
 from __future__ import annotations
 
-import pytest
-
 import _faults
+import pytest
 
 KILLS = 10
 

@@ -19,7 +19,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the overload test needs the 'test' extra (httpx)")
 pytest.importorskip("fastapi", reason="the overload test needs the 'serve' extra")
 
-import _faults  # noqa: E402
+import _faults
 
 
 @pytest.fixture(scope="module")
