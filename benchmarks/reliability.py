@@ -80,13 +80,16 @@ def host_line() -> str:
 # ---------------------------------------------------------------------- fuzz
 
 
-def fuzz(work: Path, cases: int, matcher_cases: int, seed: int) -> dict[str, Any]:
+def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    env = _faults.malloc_check_env() if malloc_check else {}
+    if malloc_check:
+        print(f"fuzz children run under glibc's heap checker: {env or 'not installed here'}")
     for name, fuzzer in _faults.FUZZERS.items():
         n = matcher_cases if name == "matcher" else cases
         for mode in fuzzer.modes:
             start = time.perf_counter()
-            result = _faults.run_fuzz(name, mode, work / f"fuzz-{name}", n, seed=seed)
+            result = _faults.run_fuzz(name, mode, work / f"fuzz-{name}", n, seed=seed, env=env)
             summary = result.summary()
             summary["seconds"] = round(time.perf_counter() - start, 1)
             summary["examples"] = [
@@ -408,6 +411,9 @@ def main() -> None:
     parser.add_argument("--concurrency-seconds", type=float, default=None, help="seconds per run (default 60; --quick 5)")
     parser.add_argument("--concurrency-runs", type=int, default=None, help="runs (default 3; --quick 1)")
     parser.add_argument("--overload-seconds", type=float, default=None, help="seconds at twice the rate (default 30; --quick 5)")
+    parser.add_argument("--fuzzer-module", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: it registers more formats with _faults.register_fuzzer (repeatable)")
+    parser.add_argument("--no-malloc-check", action="store_true", help="fuzz without glibc's heap checker")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a new temporary one)")
     args = parser.parse_args()
@@ -418,7 +424,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if "fuzz" in args.only:
-        results["fuzz"] = fuzz(work, args.fuzz_cases or (30 if q else 10_000), args.matcher_cases or (4 if q else 1000), args.seed)
+        import importlib
+
+        for module in args.fuzzer_module:
+            importlib.import_module(module)
+        results["fuzz"] = fuzz(
+            work, args.fuzz_cases or (30 if q else 10_000), args.matcher_cases or (4 if q else 1000), args.seed,
+            not args.no_malloc_check,
+        )  # fmt: skip
     if "concurrency" in args.only:
         results["concurrency"] = concurrency(work, args.concurrency_seconds or (5.0 if q else 60.0), args.concurrency_runs or (1 if q else 3), args.seed)
     if "kills" in args.only:

@@ -635,10 +635,32 @@ def _verdict(report: dict[str, Any]) -> str:
     return "untyped"
 
 
+def malloc_check_env() -> dict[str, str]:
+    """Environment that runs a child under glibc's heap checker (silent heap overflows abort), if installed."""
+    for lib in ("/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/usr/lib/libc_malloc_debug.so.0"):
+        if Path(lib).exists():
+            return {"LD_PRELOAD": lib, "GLIBC_TUNABLES": "glibc.malloc.check=3"}
+    return {}
+
+
 def run_fuzz(
-    name: str, mode: str, workdir: Path, n: int, *, seed: int = 0, case_timeout: float = 30.0, memory_gb: float = 6.0
+    name: str,
+    mode: str,
+    workdir: Path,
+    n: int,
+    *,
+    seed: int = 0,
+    case_timeout: float = 30.0,
+    memory_gb: float = 6.0,
+    env: dict[str, str] | None = None,
 ) -> FuzzResult:
-    """Make ``n`` cases of format ``name`` and load them in child processes; see :class:`FuzzResult`."""
+    """Make ``n`` cases of format ``name`` and load them in child processes; see :class:`FuzzResult`.
+
+    ``env`` is added to the children's environment (e.g. :func:`malloc_check_env`).
+    A fuzzer registered from another module is found by the children through
+    that module, so its ``make_cases`` and ``load_case`` must live in an
+    importable module (on ``PYTHONPATH``), not in a script's ``__main__``.
+    """
     fuzzer = FUZZERS[name]
     workdir.mkdir(parents=True, exist_ok=True)
     cases = fuzzer.make_cases(workdir, n, np.random.default_rng(seed), mode)
@@ -646,11 +668,11 @@ def run_fuzz(
     cases_file.write_text(json.dumps(cases))
     outcomes: list[dict[str, Any] | None] = [None] * len(cases)
     start = 0
-    env = simsearch_env()
-    env["SIMSEARCH_FAULTS_MEMORY_GB"] = str(memory_gb)
+    child_env = {**simsearch_env(), **(env or {}), "SIMSEARCH_FAULTS_MEMORY_GB": str(memory_gb)}
+    module = "_faults" if fuzzer.module == "__main__" and Path(sys.argv[0]).name == "_faults.py" else fuzzer.module
     while start < len(cases):
-        command = [sys.executable, str(HERE / "_faults.py"), "fuzz-batch", name, mode, str(cases_file), str(start)]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=workdir)
+        command = [sys.executable, str(HERE / "_faults.py"), "fuzz-batch", name, mode, str(cases_file), str(start), module]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env, cwd=workdir)
         lines: queue.Queue[bytes | None] = queue.Queue()
 
         def pump(stream: Any = child.stdout, lines: queue.Queue[bytes | None] = lines) -> None:
@@ -695,7 +717,7 @@ def run_fuzz(
     return FuzzResult(name, mode, [o for o in outcomes if o is not None])
 
 
-def _fuzz_child(name: str, mode: str, cases_file: str, start: int) -> None:
+def _fuzz_child(name: str, mode: str, cases_file: str, start: int, module: str) -> None:
     import importlib
     import resource
 
@@ -704,10 +726,11 @@ def _fuzz_child(name: str, mode: str, cases_file: str, start: int) -> None:
     import simsearch
     from simsearch.errors import SimsearchError
 
-    fuzzer = FUZZERS.get(name)
-    if fuzzer is None or fuzzer.module not in ("__main__", "_faults"):
-        module = importlib.import_module(fuzzer.module if fuzzer else name)
-        fuzzer = FUZZERS.get(name) or module.FUZZERS[name]
+    # This file runs as __main__ here; a plug-in module registers into the
+    # importable copy, `_faults`, so the registry is looked up there.
+    registry = importlib.import_module("_faults")
+    importlib.import_module(module)
+    fuzzer = registry.FUZZERS[name]
     del simsearch
     cases = json.loads(Path(cases_file).read_text())
     out = sys.stdout
@@ -868,6 +891,12 @@ def kill_child(target: str, work: str, log_path: str, acked: list[int], crash_at
     ``crash_at = 0`` counts those calls in one write and logs the count.
     """
     log = _Log(Path(log_path))
+    try:  # tqdm's default lock is a multiprocessing semaphore, which a killed child would leak
+        import tqdm
+
+        tqdm.tqdm.set_lock(threading.RLock())
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        pass
     try:
         # crash points: a snapshot on every service write, so that each write crosses the snapshot code
         state = _kill_open(target, Path(work), log, acked, create, 4 if crash_at is None else 1)
@@ -1248,4 +1277,4 @@ def _load(url: str, seconds: float, threads: int, rate: float | None, prefix: st
 
 if __name__ == "__main__":
     if sys.argv[1] == "fuzz-batch":
-        _fuzz_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        _fuzz_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
