@@ -178,11 +178,22 @@ def members(folder: Path) -> list[str]:
 
 
 def clone(pristine: Path, dest: Path) -> None:
-    """Copy ``pristine`` to ``dest`` by hard links (cheap for 90 MB models); mutate only after :func:`own`."""
+    """Copy ``pristine`` to ``dest``; files over 1 MiB (model weights) as hard links, to be mutated only after :func:`own`.
+
+    Small files are real copies, since a loader may write them in place
+    (the service appends to and truncates ``wal.log``).
+    """
+
+    def copy(src: str, dst: str) -> None:
+        if os.path.getsize(src) > 1 << 20:
+            os.link(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+
     if pristine.is_file():
         shutil.copyfile(pristine, dest)
     else:
-        shutil.copytree(pristine, dest, copy_function=os.link)
+        shutil.copytree(pristine, dest, copy_function=copy)
 
 
 def own(path: Path) -> None:
