@@ -24,7 +24,7 @@ from typing import Any, Union
 import pyarrow as pa
 
 from simsearch._storage import atomic_write_path
-from simsearch.errors import MissingColumnError  # defined there; importable from here as before
+from simsearch.errors import CorruptFileError, MissingColumnError  # defined there; importable from here as before
 
 TableLike = Union[pa.Table, pa.RecordBatch, "os.PathLike[str]", str, Mapping[str, Sequence[Any]], Any]
 
@@ -122,11 +122,14 @@ def read_table(source: TableLike, columns: Sequence[str] | None = None, *, name:
 def _read_file(path: Path) -> pa.Table:
     _check_file(path)
     kind = _file_kind(path)
-    if kind == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path)
-    return _strip_names(_csv_reader(path, kind, DEFAULT_BATCH_ROWS).read_all())
+            return pq.read_table(path)
+        return _strip_names(_csv_reader(path, kind, DEFAULT_BATCH_ROWS).read_all())
+    except pa.ArrowException as err:  # a damaged or mislabelled file, not a system error
+        raise CorruptFileError(f"{str(path)!r} could not be read as {kind}: {err}") from None
 
 
 def file_schema(path: str | os.PathLike[str]) -> pa.Schema:

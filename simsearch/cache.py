@@ -13,15 +13,22 @@ misses.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from simsearch._storage import cache_dir
+from simsearch.errors import CacheUnavailableError, CorruptFileError
+
+_log = logging.getLogger(__name__)
+_ON_ERROR = ("miss", "raise")
 
 # SQLite caps the number of "?" in one statement (32766 since 3.32, 999 before).
 _SQL_BATCH = 900
@@ -74,9 +81,25 @@ def _check_put(keys: Sequence[bytes], vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def _decode(blob: bytes) -> np.ndarray:
+def _decode(blob: Any, dim: int | None) -> np.ndarray | None:
+    """The float32 vector in ``blob``, or None (a miss) for an entry that cannot be one.
+
+    A damaged or foreign entry (not bytes, a length that is no multiple of 4,
+    another ``dim`` than asked for, NaN or inf) is treated as absent, so the
+    caller recomputes it and ``put_many`` replaces it.
+    """
+    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) == 0 or len(blob) % 4:
+        return None
+    if dim is not None and len(blob) != 4 * dim:
+        return None
     # A copy: frombuffer would alias the driver's bytes, which are read-only.
-    return np.frombuffer(blob, dtype=np.float32).copy()
+    vector = np.frombuffer(blob, dtype=np.float32).copy()
+    if not np.isfinite(vector).all():
+        return None
+    return vector
+
+
+_SCHEMA = [("model", "TEXT"), ("key", "BLOB"), ("vector", "BLOB")]
 
 
 class EmbeddingCache(_Counters):
@@ -91,7 +114,13 @@ class EmbeddingCache(_Counters):
         the entries in this process only.
     timeout : float, default=30.0
         Seconds to wait for another process's write lock before raising
-        ``sqlite3.OperationalError``.
+        :class:`~simsearch.errors.CacheUnavailableError`.
+
+    Raises
+    ------
+    CorruptFileError
+        If ``path`` is not an SQLite database, is damaged, or holds an
+        ``embeddings`` table of another layout.
 
     Attributes
     ----------
@@ -126,22 +155,35 @@ class EmbeddingCache(_Counters):
         # used by two threads at once, and lookups are short.
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
-        with self._db_lock:
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-                # In WAL mode NORMAL loses at most the last commits on power
-                # loss and never corrupts the file: fine for a cache.
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS embeddings ("
-                " model TEXT NOT NULL, key BLOB NOT NULL, vector BLOB NOT NULL,"
-                " PRIMARY KEY (model, key)) WITHOUT ROWID"
-            )
+        try:
+            with self._sql():
+                if self.path != ":memory:":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    # In WAL mode NORMAL loses at most the last commits on power
+                    # loss and never corrupts the file: fine for a cache.
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS embeddings ("
+                    " model TEXT NOT NULL, key BLOB NOT NULL, vector BLOB NOT NULL,"
+                    " PRIMARY KEY (model, key)) WITHOUT ROWID"
+                )
+                columns = [(row[1], row[2].upper()) for row in self._db.execute("PRAGMA table_info(embeddings)")]
+            if columns != _SCHEMA:
+                raise CorruptFileError(
+                    f"{self.path!r} holds an 'embeddings' table with columns {columns}, not a simsearch embedding cache"
+                )
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _sql(self) -> Any:
+        """The connection's lock, translating SQLite's errors into the library's."""
+        return _SqlGuard(self)
 
     def __repr__(self) -> str:
         return f"EmbeddingCache(path={self.path!r}, hits={self.hits}, misses={self.misses})"
 
-    def get_many(self, model: str, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+    def get_many(self, model: str, keys: Sequence[bytes], dim: int | None = None) -> list[np.ndarray | None]:
         """Look up vectors.
 
         Parameters
@@ -150,6 +192,8 @@ class EmbeddingCache(_Counters):
             Namespace, normally an encoder fingerprint.
         keys : sequence of bytes
             Content hashes.
+        dim : int, optional
+            The vectors' dimension; an entry of another size is a miss.
 
         Returns
         -------
@@ -158,7 +202,7 @@ class EmbeddingCache(_Counters):
         """
         found: dict[bytes, bytes] = {}
         unique = list(dict.fromkeys(keys))
-        with self._db_lock:
+        with self._sql():
             for start in range(0, len(unique), _SQL_BATCH):
                 part = unique[start : start + _SQL_BATCH]
                 marks = ",".join("?" * len(part))
@@ -166,7 +210,7 @@ class EmbeddingCache(_Counters):
                     f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})", (model, *part)
                 )
                 found.update(rows)
-        result = [_decode(found[k]) if k in found else None for k in keys]
+        result = [_decode(found[k], dim) if k in found else None for k in keys]
         hits = sum(v is not None for v in result)
         self._count(hits, len(result) - hits)
         return result
@@ -185,7 +229,7 @@ class EmbeddingCache(_Counters):
         """
         vectors = _check_put(keys, vectors)
         rows = [(model, k, v.tobytes()) for k, v in zip(keys, vectors)]
-        with self._db_lock:
+        with self._sql():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
@@ -195,12 +239,12 @@ class EmbeddingCache(_Counters):
             self._db.execute("COMMIT")
 
     def __len__(self) -> int:
-        with self._db_lock:
+        with self._sql():
             return int(self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
 
     def clear(self, model: str | None = None) -> None:
         """Delete every entry, or only those of ``model``."""
-        with self._db_lock:
+        with self._sql():
             if model is None:
                 self._db.execute("DELETE FROM embeddings")
             else:
@@ -218,6 +262,24 @@ class EmbeddingCache(_Counters):
         self.close()
 
 
+class _SqlGuard:
+    """Hold an :class:`EmbeddingCache`'s connection lock; SQLite errors leave as the library's errors."""
+
+    def __init__(self, cache: EmbeddingCache) -> None:
+        self._cache = cache
+
+    def __enter__(self) -> None:
+        self._cache._db_lock.acquire()
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
+        self._cache._db_lock.release()
+        path = self._cache.path
+        if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+            raise CacheUnavailableError(f"the embedding cache {path!r} stayed locked by another writer: {err}") from err
+        if isinstance(err, (sqlite3.DatabaseError, sqlite3.InterfaceError)):
+            raise CorruptFileError(f"the embedding cache {path!r} is not a readable SQLite database: {err}") from err
+
+
 class RedisEmbeddingCache(_Counters):
     """Embedding cache in Redis, shared by the replicas of a service.
 
@@ -233,6 +295,20 @@ class RedisEmbeddingCache(_Counters):
     ttl : int or None, default=None
         Expiry of new entries in seconds; ``None`` keeps them (let Redis's
         ``maxmemory-policy`` evict).
+    on_error : {"miss", "raise"}, default="miss"
+        What a lookup or store does when Redis cannot be reached or answers
+        with an error: ``"miss"`` treats every key as absent (the caller
+        computes the vectors; a store is skipped) and logs a warning at most
+        once a minute, so a cache outage never stops the service; ``"raise"``
+        raises :class:`~simsearch.errors.CacheUnavailableError`.
+    timeout : float, default=2.0
+        Seconds to wait for Redis to connect or answer, so an unreachable
+        server is an error (or a miss), never a hang.
+
+    Attributes
+    ----------
+    errors : int
+        Operations that failed since creation.
 
     Raises
     ------
@@ -240,7 +316,14 @@ class RedisEmbeddingCache(_Counters):
         If the ``redis`` package is missing.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "simsearch:emb:", ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "simsearch:emb:",
+        ttl: int | None = None,
+        on_error: str = "miss",
+        timeout: float = 2.0,
+    ) -> None:
         super().__init__()
         try:
             import redis
@@ -248,10 +331,32 @@ class RedisEmbeddingCache(_Counters):
             raise ImportError("RedisEmbeddingCache needs redis-py; install it with: pip install 'simsearch[redis]'") from err
         if ttl is not None and (not isinstance(ttl, int) or ttl < 1):
             raise ValueError(f"ttl must be a positive int or None, got {ttl!r}")
+        if on_error not in _ON_ERROR:
+            raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
+        if not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url
         self.prefix = prefix
         self.ttl = ttl
-        self._client = redis.Redis.from_url(url)
+        self.on_error = on_error
+        self.errors = 0
+        self._last_warning = 0.0
+        self._redis_error = redis.exceptions.RedisError
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+    def _failed(self, what: str, err: Exception) -> None:
+        """Count a failed operation; raise it (``on_error="raise"``) or log it at most once a minute."""
+        with self._lock:
+            self.errors += 1
+            now = time.monotonic()
+            warn = now - self._last_warning > 60.0
+            if warn:
+                self._last_warning = now
+        message = f"the Redis embedding cache at {self.url} failed to {what}: {err}"
+        if self.on_error == "raise":
+            raise CacheUnavailableError(message) from err
+        if warn:
+            _log.warning("%s; treating it as a cache miss", message)
 
     def __repr__(self) -> str:
         return f"RedisEmbeddingCache(url={self.url!r}, hits={self.hits}, misses={self.misses})"
@@ -259,12 +364,16 @@ class RedisEmbeddingCache(_Counters):
     def _name(self, model: str, key: bytes) -> str:
         return f"{self.prefix}{model}:{key.hex()}"
 
-    def get_many(self, model: str, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+    def get_many(self, model: str, keys: Sequence[bytes], dim: int | None = None) -> list[np.ndarray | None]:
         """Look up vectors; see :meth:`EmbeddingCache.get_many`."""
         if not keys:
             return []
-        blobs = self._client.mget([self._name(model, k) for k in keys])
-        result = [None if b is None else _decode(b) for b in blobs]
+        try:
+            blobs = self._client.mget([self._name(model, k) for k in keys])
+        except (self._redis_error, OSError) as err:
+            self._failed("look up vectors", err)
+            blobs = [None] * len(keys)
+        result = [None if b is None else _decode(b, dim) for b in blobs]
         hits = sum(v is not None for v in result)
         self._count(hits, len(result) - hits)
         return result
@@ -275,7 +384,10 @@ class RedisEmbeddingCache(_Counters):
         pipe = self._client.pipeline(transaction=False)
         for k, v in zip(keys, vectors):
             pipe.set(self._name(model, k), v.tobytes(), ex=self.ttl)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except (self._redis_error, OSError) as err:
+            self._failed("store vectors", err)
 
     def clear(self, model: str | None = None) -> None:
         """Delete every entry under the prefix, or only those of ``model``."""

@@ -25,6 +25,7 @@ __all__ = [
     "DeadlineExceeded",
     "ClosedError",
     "LoadError",
+    "CacheUnavailableError",
 ]
 
 
@@ -99,3 +100,7 @@ class ClosedError(SimsearchError, RuntimeError):
 
 class LoadError(SimsearchError, RuntimeError):
     """A served model or index folder failed to load (``simsearch serve`` reports why and stops)."""
+
+
+class CacheUnavailableError(SimsearchError, ConnectionError):
+    """An embedding cache's backing store (Redis, a SQLite file) could not be reached or read."""

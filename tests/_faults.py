@@ -520,7 +520,8 @@ def load_cache(path: str, mode: str) -> None:
 
     with EmbeddingCache(path, timeout=2.0) as cache:
         len(cache)
-        got = cache.get_many(_CACHE_MODEL, [f"k{i}".encode() for i in range(64)])
+        # the caller knows its encoder's dimension: an entry of another size is a miss
+        got = cache.get_many(_CACHE_MODEL, [f"k{i}".encode() for i in range(64)], dim=_CACHE_DIM)
         for v in got:
             if v is not None and v.shape != (_CACHE_DIM,):
                 raise AssertionError(f"the cache returned a vector of shape {v.shape} for an {_CACHE_DIM}-d entry")

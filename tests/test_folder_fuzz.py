@@ -54,17 +54,7 @@ def test_no_mutation_crashes_or_hangs_the_loader(fuzz, name, mode):
     assert result.bad("crash", "hang") == [], show(result.bad("crash", "hang"))
 
 
-_UNTYPED = {
-    "sharded": (
-        "ShardedIndex.load (simsearch/sharding.py) lets TypeError (kmeans_train_size=None), KeyError "
-        "('file' of a centroids entry) and tokenize.TokenError (np.load of a damaged centroids.npy header) out"
-    ),
-    "cache": (
-        "EmbeddingCache (simsearch/cache.py) lets sqlite3.DatabaseError ('file is not a database', 'malformed'), "
-        "sqlite3.OperationalError and TypeError (a NULL or integer vector) out, and get_many returns a 3-d "
-        "vector for an entry of 12 bytes instead of refusing it"
-    ),
-}
+_UNTYPED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -77,20 +67,7 @@ def test_every_rejection_is_a_typed_error_that_names_the_problem(fuzz, name, mod
     assert result.bad("untyped") == [], show(result.bad("untyped"))
 
 
-@pytest.mark.parametrize(
-    "name, mode",
-    [
-        pytest.param(
-            n, m,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{n}: the reader raises builtin errors (ValueError, pyarrow, json, sqlite3), not CorruptFileError; "
-                "issue 16 moves the readers onto _storage.read_manifest",
-            ),
-        )
-        for n, m in RUNS
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("name, mode", RUNS)
 def test_every_rejection_is_a_simsearch_error(fuzz, name, mode):
     result = fuzz(name, mode)
     assert result.bad("tolerated", "untyped") == [], show(result.bad("tolerated", "untyped"))

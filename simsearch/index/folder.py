@@ -125,6 +125,9 @@ def read_meta(path: PathLike, *, sharded: bool = False) -> dict[str, Any]:
         isinstance(attributes, dict) and all(isinstance(v, list) for v in attributes.values())
     ):
         raise CorruptFileError(f"the {_WHAT} {where!r} has malformed 'attributes' in {META_FILE}")
+    for field in ("model", "model_path", "precision", "fingerprint"):
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            raise CorruptFileError(f"the {_WHAT} {where!r} has a non-text {field!r} in {META_FILE}")
     return meta
 
 
@@ -268,12 +271,12 @@ def _write_items(path: Path, table: pa.Table) -> None:
 
 def _read_items(path: Path) -> pa.Table:
     if not path.is_file():
-        raise FileNotFoundError(f"the {_WHAT} {str(path.parent)!r} has no {ITEMS_FILE}")
+        raise CorruptFileError(f"the {_WHAT} {str(path.parent)!r} is damaged: it has no {ITEMS_FILE}")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise CorruptFileError(f"{str(path)!r} is not a Parquet table: {err}") from None
-    missing = [c for c in _ITEM_COLUMNS if c not in schema.names]
-    if missing:
-        raise CorruptFileError(f"{str(path)!r} lacks the column(s) {missing} of an index folder's items table")
-    return pq.read_table(path, columns=list(_ITEM_COLUMNS))
+        missing = [c for c in _ITEM_COLUMNS if c not in schema.names]
+        if missing:
+            raise CorruptFileError(f"{str(path)!r} lacks the column(s) {missing} of an index folder's items table")
+        return pq.read_table(path, columns=list(_ITEM_COLUMNS))
+    except (pa.ArrowException, OSError) as err:
+        raise CorruptFileError(f"{str(path)!r} is not a readable Parquet table: {err}") from None

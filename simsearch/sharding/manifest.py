@@ -134,6 +134,7 @@ def read(path: str | os.PathLike[str], *, verify: bool = True) -> SavedShards:
         raise CorruptFileError(f"{str(manifest_path)!r} lists {len(shards)} shards but n_shards is {manifest['n_shards']!r}")
     if not isinstance(manifest["index_params"], dict):
         raise CorruptFileError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: 'index_params' is not an object")
+    _check_fields(manifest, manifest_path)
     sources = [
         None if entry["file"] is None else str(_member(root, entry, f"shard {s} file", verify).absolute())
         for s, entry in enumerate(shards)
@@ -145,10 +146,10 @@ def read(path: str | os.PathLike[str], *, verify: bool = True) -> SavedShards:
         file = _member(root, manifest["centroids"], "centroids file", verify)
         try:
             centroids = np.load(file, allow_pickle=False)
-        except ValueError as err:
+        except Exception as err:  # numpy's header parser raises ValueError, EOFError, SyntaxError, TokenError...
             raise CorruptFileError(f"centroids file {str(file)!r} is not a readable array: {err}") from err
         expected = (manifest["n_shards"], manifest["dim"])
-        if centroids.shape != expected:
+        if not isinstance(centroids, np.ndarray) or centroids.dtype.kind != "f" or centroids.shape != expected:
             raise CorruptFileError(f"centroids in {str(root)!r} have shape {centroids.shape}, expected {expected}")
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     return SavedShards(manifest, sources, centroids)
@@ -174,3 +175,33 @@ def _member(root: Path, entry: dict[str, Any], label: str, verify: bool) -> Path
     if verify and sha256_file(file) != entry.get("sha256"):
         raise CorruptFileError(f"{label} {name!r} in {str(root)!r} is corrupt (SHA-256 mismatch)")
     return file
+
+
+def _is_int(value: Any, low: int, high: int = 2**64 - 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_fields(manifest: Mapping[str, Any], manifest_path: Path) -> None:
+    """Raise :class:`~simsearch.CorruptFileError` naming the first manifest field of the wrong type or range."""
+    problems = []
+    if not _is_int(manifest["dim"], 1, 1 << 20):
+        problems.append("dim")
+    if not _is_int(manifest["n_shards"], 1, 1 << 16):
+        problems.append("n_shards")
+    if not _is_int(manifest["next_id"], 0):
+        problems.append("next_id")
+    if manifest["seed"] is not None and not _is_int(manifest["seed"], -(2**63)):
+        problems.append("seed")
+    if not _is_int(manifest["kmeans_train_size"], 1):
+        problems.append("kmeans_train_size")
+    if manifest["partition"] not in ("hash", "kmeans"):
+        problems.append("partition")
+    if not isinstance(manifest.get("metric", "cosine"), str):
+        problems.append("metric")
+    for s, entry in enumerate(manifest["shards"]):
+        if not _is_int(entry["count"], 0):
+            problems.append(f"shards[{s}].count")
+        if entry["file"] is not None and not isinstance(entry["file"], str):
+            problems.append(f"shards[{s}].file")
+    if problems:
+        raise CorruptFileError(f"{str(manifest_path)!r} is not a valid ShardedIndex manifest: bad {', '.join(problems)}")

@@ -150,7 +150,10 @@ def load_state(path: str | os.PathLike[str]) -> StateFiles:
         raise FileNotFoundError(f"no dedup state at {str(root)!r}")
     if not pointer.exists():
         raise CorruptFileError(f"{str(root)!r} is not a dedup state: it has no {POINTER} file")
-    parts = pointer.read_text().split()
+    try:
+        parts = pointer.read_bytes()[:4096].decode("ascii").split()
+    except UnicodeDecodeError:
+        parts = []
     if len(parts) != 2 or not _VERSION_DIR.match(parts[0]):
         raise CorruptFileError(f"{str(pointer)!r} is corrupt: expected a version folder and a checksum")
     folder = root / parts[0]
