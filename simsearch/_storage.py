@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -49,6 +50,7 @@ __all__ = [
     "publish",
     "atomic_dir",
     "swap_dir",
+    "recover_dir",
     "sha256_file",
     "exclusive_lock",
     "write_json",
@@ -222,15 +224,22 @@ def atomic_dir(dest: PathLike, *, replace: bool = True) -> Iterator[Path]:
 
 
 def swap_dir(tmp: PathLike, dest: PathLike) -> None:
-    """Rename the folder ``tmp`` to ``dest``; an existing ``dest`` is moved aside first, then deleted.
+    """Put the folder ``tmp`` in place of ``dest`` (created if absent); the old ``dest`` is deleted.
 
-    Between the two renames ``dest`` is briefly absent; a crash there leaves
-    the old folder under a ``.NAME.old-*`` name beside it.
+    On Linux the two folders are exchanged in one ``renameat2(RENAME_EXCHANGE)``
+    call, so ``dest`` names the old folder or the new one at every moment.
+    Elsewhere the old folder is first renamed aside to ``.NAME.old-*``; a crash
+    between the two renames leaves ``dest`` absent, and :func:`recover_dir`
+    (which every folder reader calls) puts the old folder back.
     """
     tmp, dest = Path(tmp), Path(dest)
     if not dest.exists():
         os.rename(tmp, dest)
         fsync_dir(dest.parent)
+        return
+    if _exchange(tmp, dest):
+        fsync_dir(dest.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
         return
     old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
     os.rmdir(old)
@@ -242,6 +251,52 @@ def swap_dir(tmp: PathLike, dest: PathLike) -> None:
         raise
     fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths with Linux's renameat2; False where it is unavailable."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                fn = libc.renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2 = fn
+            except (OSError, AttributeError):  # old glibc, or no libc symbol
+                pass
+    if _renameat2 is False:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    return False  # EINVAL/ENOSYS (file system or kernel without it): use the two renames
+
+
+def recover_dir(dest: PathLike) -> None:
+    """Finish a folder swap that a crash interrupted: if ``dest`` is absent, restore its ``.NAME.old-*`` copy.
+
+    Called by folder readers before they look at ``dest``; a no-op when
+    ``dest`` exists or nothing is left to restore.
+    """
+    dest = Path(dest)
+    if dest.exists() or not dest.parent.is_dir():
+        return
+    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in olds:
+        if old.is_dir():
+            with contextlib.suppress(FileExistsError, OSError):
+                os.rename(old, dest)
+                fsync_dir(dest.parent)
+                return
 
 
 def move(src: PathLike, dst: PathLike) -> None:

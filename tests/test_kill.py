@@ -29,18 +29,10 @@ def test_random_kills_leave_the_last_committed_state(target, tmp_path):
         assert result.acked > 0
 
 
-_SWAP_WINDOW = (
-    "ShardedIndex.save replaces an existing folder by two renames (dest -> .dest.old-*, then "
-    ".dest.tmp-* -> dest; simsearch/sharding.py _swap_in, and the same in simsearch/_storage.py "
-    "swap_dir): a kill between them leaves no folder at the path, and ShardedIndex.load does not "
-    "look for the .old-* copy"
-)
-
-
 @pytest.mark.parametrize(
     "target",
     [
-        pytest.param("sharded_save", marks=pytest.mark.xfail(strict=True, reason=_SWAP_WINDOW)),
+        "sharded_save",
         "dedup_update",
         "service_add",
     ],

@@ -271,3 +271,29 @@ def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert _storage.cache_dir() == tmp_path / "cache"
     with EmbeddingCache() as cache:
         assert Path(cache.path) == tmp_path / "cache" / "embeddings.sqlite"
+
+
+def test_recover_dir_restores_a_folder_a_crash_left_aside(tmp_path: Path) -> None:
+    dest = tmp_path / "index"
+    old = tmp_path / ".index.old-abc123"  # what the two-rename swap leaves between its renames
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    _storage.recover_dir(dest)
+    assert (dest / "manifest.json").read_text() == "{}"
+    assert not old.exists()
+    _storage.recover_dir(dest)  # nothing left to do
+    assert dest.is_dir()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_dir_with_and_without_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
+    if not exchange:
+        monkeypatch.setattr(_storage, "_renameat2", False)
+    dest, new = tmp_path / "d", tmp_path / "new"
+    dest.mkdir()
+    (dest / "x").write_text("old")
+    new.mkdir()
+    (new / "x").write_text("new")
+    _storage.swap_dir(new, dest)
+    assert (dest / "x").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

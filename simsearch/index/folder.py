@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simsearch._storage import atomic_dir, atomic_write_path, check_version, read_json, write_json
+from simsearch._storage import atomic_dir, atomic_write_path, check_version, read_json, recover_dir, write_json
 from simsearch._validation import check_ef
 from simsearch.errors import CorruptFileError
 from simsearch.index.core import Index
@@ -98,6 +98,7 @@ def read_meta(path: PathLike, *, sharded: bool = False) -> dict[str, Any]:
     """
     folder = Path(path)
     where = os.fspath(path)
+    recover_dir(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such index folder: {where!r} (make one with: simsearch index build ITEMS --out DIR)")
     meta_file = folder / META_FILE

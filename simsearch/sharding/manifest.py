@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from simsearch._storage import check_version, read_json, sha256_file, write_json
+from simsearch._storage import check_version, read_json, recover_dir, sha256_file, write_json
 from simsearch.errors import CorruptFileError
 
 __all__ = [
@@ -116,6 +116,7 @@ def read(path: str | os.PathLike[str], *, verify: bool = True) -> SavedShards:
         Written by a newer simsearch.
     """
     root = Path(path)
+    recover_dir(root)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise CorruptFileError(f"{str(root)!r} has no {MANIFEST}; it is not a saved ShardedIndex")
