@@ -271,7 +271,7 @@ def test_cli_index_build_engine_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(ray_jobs, "encode_table", fake_encode)
     code = cli.main(["-q", "index", "build", str(tmp_path / "items.parquet"), "--out", str(tmp_path / "idx"), "--engine", "ray", "--shards", "3"])
     assert code == 0, capsys.readouterr().err
-    index, items, meta = open_folder(tmp_path / "idx", sharded=True)
+    index, items, meta = open_folder(tmp_path / "idx", open_sharded=ShardedIndex.load)
     assert isinstance(index, ShardedIndex) and index.n_shards == 3 and len(index) == 300
     assert (meta["model"], meta["count"], meta["dim"], meta["index"]) == ("fake", 300, DIM, "sharded")
     assert items.column("id").to_pylist() == list(range(0, 3000, 10))

@@ -129,3 +129,10 @@ def flat_lists(table: pa.Table, out: str | None) -> pa.Table:
 def rounded(report: dict[str, Any]) -> dict[str, Any]:
     """A JSON report with floats rounded to 4 decimals."""
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
+
+
+def open_sharded(folder: Path) -> Any:
+    """Open the saved sharded index of an index folder built with ``--engine ray`` (in this process)."""
+    from simsearch.sharding import ShardedIndex
+
+    return ShardedIndex.load(folder)

@@ -109,7 +109,7 @@ def run_index(args: argparse.Namespace) -> None:
 
     items = meta = None
     if Path(args.index).is_dir():
-        index, items, meta = open_folder(args.index, sharded=True)
+        index, items, meta = open_folder(args.index, open_sharded=_common.open_sharded)
     else:
         index = Index.load(args.index)
     vectors = ids = None

@@ -147,7 +147,7 @@ def run_search(args: argparse.Namespace) -> None:
     """``simsearch search``: encode the queries with the folder's model and print or write the hits."""
     from simsearch.applications._items import encode_texts
 
-    index, items, meta = open_folder(args.index, sharded=True)
+    index, items, meta = open_folder(args.index, open_sharded=_common.open_sharded)
     if args.queries:
         qt = _tables.read_table(args.queries, [args.text_col], name=args.queries)
         queries = _tables.text_column(qt, args.text_col, name=args.queries)

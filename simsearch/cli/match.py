@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> None:
 def _catalog_source(path: str) -> tuple[Any, str, str | None]:
     """A catalog file, or the items of an index folder (ids and titles) with the folder's model."""
     if Path(path).is_dir():
-        _, items, meta = open_folder(path, sharded=True)
+        _, items, meta = open_folder(path, open_sharded=_common.open_sharded)
         return items, "id", meta.get("model_path")
     return path, "", None

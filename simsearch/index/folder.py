@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -132,15 +133,21 @@ def read_meta(path: PathLike, *, sharded: bool = False) -> dict[str, Any]:
     return meta
 
 
-def open_folder(path: PathLike, *, sharded: bool = False) -> tuple[Any, pa.Table, dict[str, Any]]:
+def open_folder(
+    path: PathLike, *, open_sharded: Callable[[Path], Any] | None = None
+) -> tuple[Any, pa.Table, dict[str, Any]]:
     """Open an index folder: its index, items table and meta.
 
     Parameters
     ----------
     path : str or os.PathLike
         The folder.
-    sharded : bool, default False
-        Also accept a folder holding a sharded index (see :func:`read_meta`).
+    open_sharded : callable, optional
+        ``open_sharded(folder)`` opens the saved sharded index of a folder
+        built with ``--engine ray`` (the CLI passes
+        :meth:`ShardedIndex.load <simsearch.ShardedIndex.load>`; the index
+        layer does not import the sharding layer). Without it such folders
+        are refused (see :func:`read_meta`).
 
     Returns
     -------
@@ -160,12 +167,10 @@ def open_folder(path: PathLike, *, sharded: bool = False) -> tuple[Any, pa.Table
         ``id`` or ``title`` column, or does not cover the index's keys; or if
         the index file is damaged.
     """
-    meta = read_meta(path, sharded=sharded)
+    meta = read_meta(path, sharded=open_sharded is not None)
     folder = Path(path)
-    if meta.get("index", INDEX_FILE) == SHARDED_DIR:  # built with --engine ray; opened in this process
-        from simsearch.sharding import ShardedIndex
-
-        index: Any = ShardedIndex.load(folder / SHARDED_DIR)
+    if meta.get("index", INDEX_FILE) == SHARDED_DIR and open_sharded is not None:  # built with --engine ray
+        index: Any = open_sharded(folder / SHARDED_DIR)
     else:
         index = Index.load(folder / INDEX_FILE)
     if "ef" in meta:
