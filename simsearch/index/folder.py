@@ -285,4 +285,4 @@ def _read_items(path: Path) -> pa.Table:
             raise CorruptFileError(f"{str(path)!r} lacks the column(s) {missing} of an index folder's items table")
         return pq.read_table(path, columns=list(_ITEM_COLUMNS))
     except (pa.ArrowException, OSError) as err:
-        raise CorruptFileError(f"{str(path)!r} is not a readable Parquet table: {err}") from None
+        raise CorruptFileError(f"{str(path)!r} is not a Parquet table (unreadable: {err})") from None
