@@ -35,21 +35,13 @@ inline std::unique_ptr<HnswIndex> compacted(const HnswIndex& ix, size_t num_thre
         else ix.quant_.decode(ix.codes(uint32_t(s)), rows.data() + at);
         for (size_t a = 0; a < n_attrs; ++a) attrs[a].push_back(ix.attrs_.cols[a][s]);
     }
-    // Register every attribute even when all survivors lack it; pass on only
-    // the columns some survivor has.
+    // Every attribute stays registered, even when all survivors lack it; the
+    // fresh index fills slots 0..n-1 in order, so the columns copy over as
+    // they are (missing values included, which add() would refuse).
     fresh->attrs_.names = ix.attrs_.names;
     fresh->attrs_.cols.assign(n_attrs, {});
-    std::vector<std::string> names;
-    std::vector<const int32_t*> vals;
-    for (size_t a = 0; a < n_attrs; ++a) {
-        bool any = false;
-        for (int32_t v : attrs[a]) any |= v != kMissingAttr;
-        if (any) {
-            names.push_back(ix.attrs_.names[a]);
-            vals.push_back(attrs[a].data());
-        }
-    }
-    fresh->add(rows.data(), labels.data(), labels.size(), num_threads, nullptr, names, vals);
+    fresh->add(rows.data(), labels.data(), labels.size(), num_threads, nullptr);
+    for (size_t a = 0; a < n_attrs; ++a) std::copy(attrs[a].begin(), attrs[a].end(), fresh->attrs_.cols[a].begin());
     fresh->next_auto_id_ = std::max(fresh->next_auto_id_, ix.next_auto_id_);
     return fresh;
 }
