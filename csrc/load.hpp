@@ -1,7 +1,7 @@
 // Reading an index file (io.hpp has the layout). A file is treated as
 // hostile: its checksums carry no key, so they only catch accidents. In order:
 //   1. header: magic, version, layout, checksum, metric, parameters;
-//   2. every section inside the file, no two overlapping, each of exactly
+//   2. every section inside the file, aligned, no two overlapping, each of exactly
 //      the length the header's counts imply; all before anything is
 //      allocated, so a small file cannot ask for a large allocation;
 //   3. sections read (or mapped) and, with verify, their checksums checked;
@@ -178,7 +178,11 @@ inline std::unique_ptr<HnswIndex> IndexFile::load(const std::string& path, bool 
         const SectionEntry& e = h.sections[i];
         if (e.offset > file_size || e.length > file_size - e.offset)
             throw FormatError("'" + path + "' is truncated: section '" + kSectionNames[i] + "' ends past the end of the file");
-        if (e.length) spans.push_back({e.offset, e.offset + e.length, i});
+        if (!e.length) continue;
+        // Mapped sections are used in place as arrays of uint32/uint64/float:
+        // save aligns each to 64 bytes, and a misaligned one is refused.
+        if (e.offset % 64) checks.corrupt(std::string("section '") + kSectionNames[i] + "' is not 64-byte aligned");
+        spans.push_back({e.offset, e.offset + e.length, i});
     }
     std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
     for (size_t i = 0; i < spans.size(); ++i) {
