@@ -132,19 +132,19 @@ const float* prepare_rows(const float* x, size_t n, size_t dim, Metric metric, c
         const float* row = x + i * dim;
         double s = 0;
         for (size_t d = 0; d < dim; ++d) s += double(row[d]) * row[d];
-        const std::string which = std::string(what) + " row " + std::to_string(i);
+        auto which = [&] { return std::string(what) + " row " + std::to_string(i); };  // only for errors
         if (!std::isfinite(s)) {
             for (size_t d = 0; d < dim; ++d)
-                if (!std::isfinite(row[d])) throw std::invalid_argument(which + " contains NaN or infinity");
+                if (!std::isfinite(row[d])) throw std::invalid_argument(which() + " contains NaN or infinity");
         }
         if (metric == Metric::Cosine) {
             const double norm = std::sqrt(s);
             if (!(norm >= double(FLT_MIN)))
-                throw std::invalid_argument(which + (norm > 0 ? " has norm " + fmt(norm) + ", too small to normalize (subnormal in float32)"
+                throw std::invalid_argument(which() + (norm > 0 ? " has norm " + fmt(norm) + ", too small to normalize (subnormal in float32)"
                                                               : std::string(" has zero norm; cosine is undefined for it")));
             for (size_t d = 0; d < dim; ++d) buf[i * dim + d] = float(double(row[d]) / norm);
         } else if (!(s <= max_norm2)) {
-            throw std::invalid_argument(which + " has norm " + fmt(std::sqrt(s)) + ", too large: scores would overflow float32 (at most " +
+            throw std::invalid_argument(which() + " has norm " + fmt(std::sqrt(s)) + ", too large: scores would overflow float32 (at most " +
                                         fmt(std::sqrt(max_norm2)) + " at dimension " + std::to_string(dim) + "); scale the vectors down");
         }
     }
