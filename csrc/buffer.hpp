@@ -3,6 +3,8 @@
 // heap first, so a loaded index stays writable.
 #pragma once
 #include <sys/mman.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -11,14 +13,20 @@
 
 namespace simsearch {
 
+// A mapped file, held open for as long as any buffer points into it: the
+// mapping and the descriptor keep its inode alive, so the file may be
+// replaced by rename meanwhile (the mapping goes on reading the old one).
+// In-place rewrites are another matter: see io.hpp.
 struct MappedFile {
     void* base = nullptr;
     size_t size = 0;
-    MappedFile(void* b, size_t s) : base(b), size(s) {}
+    int fd = -1;
+    MappedFile(void* b, size_t s, int file) : base(b), size(s), fd(::fcntl(file, F_DUPFD_CLOEXEC, 0)) {}
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;
     ~MappedFile() {
         if (base) munmap(base, size);
+        if (fd >= 0) ::close(fd);
     }
 };
 

@@ -1,0 +1,185 @@
+"""Read, edit and re-checksum native index files (the layout of csrc/io.hpp).
+
+The file checksums carry no key, so a crafted file can always carry valid
+ones: these helpers recompute them after every edit, so the edited bytes
+reach the structural checks instead of stopping at a checksum mismatch.
+They also run loads in subprocesses, so that a crash or a hang is a test
+failure instead of the end of pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEADER_SIZE = 512
+SECTION_NAMES = [
+    "data0", "labels", "levels", "flags", "upper_off", "upper_pool",
+    "quant_lo", "quant_step", "free", "floats", "attr_names", "attr_values",
+]
+# magic, version, header_size, metric, dtype, then 11 uint64, entry, max_level, flags, n_sections
+_FIXED = struct.Struct("<8sIIIIQQQQQQQQQQQIiII")
+FIXED_FIELDS = [
+    "magic", "version", "header_size", "metric", "dtype", "dim", "dim_padded", "M", "ef_construction",
+    "rec_size", "n_slots", "n_live", "seed", "train_limit", "next_retrain", "next_auto_id", "entry",
+    "max_level", "flags", "n_sections",
+]
+SECTIONS_AT = 128
+EF_AT = 416
+CHECKSUM_AT = 504
+assert _FIXED.size == SECTIONS_AT
+
+_M64 = (1 << 64) - 1
+_K1 = 0x9E3779B185EBCA87
+_K2 = 0xC2B2AE3D27D4EB4F
+
+
+def _mix(acc: int, w: int) -> int:
+    acc ^= (w * _K2) & _M64
+    acc = ((acc << 31) | (acc >> 33)) & _M64
+    return (acc * _K1) & _M64
+
+
+def checksum64(data: bytes) -> int:
+    """The file's 64-bit section checksum (csrc/io.hpp ``checksum64``)."""
+    n = len(data)
+    h = [_K1, _K2, _K1 ^ 0x1234567, _K2 ^ 0x89ABCDEF]
+    body = n // 32 * 32
+    words = np.frombuffer(data[:body], dtype="<u8").tolist()
+    for i in range(0, len(words), 4):
+        h[0] = _mix(h[0], words[i])
+        h[1] = _mix(h[1], words[i + 1])
+        h[2] = _mix(h[2], words[i + 2])
+        h[3] = _mix(h[3], words[i + 3])
+    out = (n * _K1) & _M64
+    for lane in h:
+        out = _mix(out, lane)
+    for b in data[body:]:
+        out = _mix(out, b)
+    out ^= out >> 29
+    out = (out * _K2) & _M64
+    out ^= out >> 32
+    return out
+
+
+@dataclass
+class IndexFile:
+    """A native index file as header fields, section table and bytes."""
+
+    raw: bytearray
+    fields: dict[str, Any] = field(default_factory=dict)
+    sections: list[list[int]] = field(default_factory=list)  # [offset, length, checksum]
+    ef: int = 0
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> IndexFile:
+        raw = bytearray(Path(path).read_bytes())
+        f = cls(raw)
+        f.fields = dict(zip(FIXED_FIELDS, _FIXED.unpack_from(raw, 0)))
+        f.sections = [list(struct.unpack_from("<QQQ", raw, SECTIONS_AT + 24 * i)) for i in range(12)]
+        (f.ef,) = struct.unpack_from("<Q", raw, EF_AT)
+        return f
+
+    def section(self, name: str) -> memoryview:
+        off, length, _ = self.sections[SECTION_NAMES.index(name)]
+        return memoryview(self.raw)[off : off + length]
+
+    def array(self, name: str, dtype: str) -> np.ndarray:
+        """A writable view of a section's bytes as ``dtype``."""
+        return np.frombuffer(self.section(name), dtype=dtype)
+
+    def records(self) -> np.ndarray:
+        """Level-0 records as uint32 words, shape (n_slots, rec_size // 4)."""
+        rec = self.fields["rec_size"]
+        return self.array("data0", "<u4").reshape(-1, rec // 4)
+
+    def pack(self, recompute: bool = True) -> bytes:
+        """The file's bytes with the header written back (and checksums recomputed)."""
+        raw = self.raw
+        if recompute:
+            for s in self.sections:
+                off, length, _ = s
+                if off + length <= len(raw):
+                    s[2] = checksum64(bytes(raw[off : off + length]))
+        _FIXED.pack_into(raw, 0, *[self.fields[k] for k in FIXED_FIELDS])
+        for i, s in enumerate(self.sections):
+            struct.pack_into("<QQQ", raw, SECTIONS_AT + 24 * i, *s)
+        struct.pack_into("<Q", raw, EF_AT, self.ef)
+        if recompute:
+            struct.pack_into("<Q", raw, CHECKSUM_AT, checksum64(bytes(raw[:CHECKSUM_AT])))
+        return bytes(raw)
+
+    def write(self, path: str | os.PathLike[str], recompute: bool = True) -> Path:
+        Path(path).write_bytes(self.pack(recompute))
+        return Path(path)
+
+
+def run_python(code: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (a crash or hang there fails the caller, not pytest)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+# Loads each file of a batch, then (when it loaded) searches and adds: one
+# JSON line per file with the outcome, flushed before the next file, so a
+# crash shows which file caused it.
+_LOADER = r"""
+import json, sys
+import numpy as np
+from simsearch import _core
+import simsearch.errors as errors
+mode = sys.argv[1]
+for path in sys.argv[2:]:
+    out = {"path": path}
+    try:
+        ix = _core.NativeIndex.load(path, mode == "mmap", mode != "noverify", "")
+        out["loaded"] = True
+        dim = int(ix.dim)
+        rng = np.random.default_rng(0)
+        q = rng.normal(size=(3, dim)).astype(np.float32)
+        try:
+            ix.search(q, 5, 16, False, 1)
+            ix.search(q, 5, 16, bool(ix.has_floats), 1, True)
+            ix.add(rng.normal(size=(4, dim)).astype(np.float32),
+                   np.arange(10**15, 10**15 + 4, dtype=np.uint64), 1, [], [])
+            ix.search(q, 5, 16, False, 1)
+            ix.ids(); ix.memory_bytes; ix.attribute_names
+        except Exception as e:
+            out["after_error"] = [type(e).__name__, str(e), isinstance(e, errors.SimsearchError)]
+    except Exception as e:
+        out["loaded"] = False
+        out["error"] = [type(e).__name__, str(e), isinstance(e, errors.CorruptFileError), isinstance(e, ValueError)]
+    print(json.dumps(out), flush=True)
+"""
+
+
+def load_batch(paths: list[str], mode: str, timeout: float = 120) -> tuple[dict[str, dict], int | None]:
+    """Load every file of ``paths`` in one subprocess; (outcome per path, return code or None on timeout)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOADER, mode, *paths], capture_output=True, text=True, timeout=timeout
+        )
+        rc: int | None = proc.returncode
+        stdout = proc.stdout
+    except subprocess.TimeoutExpired as e:
+        rc = None
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    results = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            results[r["path"]] = r
+    return results, rc
