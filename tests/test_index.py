@@ -618,8 +618,7 @@ def test_ef_is_checked_clamped_and_saved(tmp_path: Path, backend: str, data: tup
     index.ef = 77
     index.save(tmp_path / "ix")
     loaded = simsearch.Index.load(tmp_path / "ix")
-    native_without_ef = backend == "native" and not hasattr(_core.NativeIndex, "ef")
-    assert loaded.ef == (64 if native_without_ef else 77)  # the native file stores ef once the core does
+    assert loaded.ef == 77  # every backend's file stores the default search effort
 
 
 @pytest.mark.parametrize("backend", ["native", "hnswlib", "faiss"])

@@ -98,23 +98,19 @@ class NativeBackend:
         self = cls.__new__(cls)
         # The scalar kernel runs everywhere, so a ValueError from this call is about the file.
         core = _core().NativeIndex.load(path, bool(mmap), bool(verify), "scalar")
-        # Files that store the default search effort give it back; older ones get the default.
-        self._init(core, int(getattr(core, "ef", DEFAULT_EF)))
+        # The file stores the default search effort (files older than that field give 64).
+        self._init(core, int(core.ef))
         return self
 
     # --------------------------------------------------------------- info
     @property
     def ef(self) -> int:
-        """Default search effort; saved with the index once the native file format stores it."""
-        return self._ef
+        """Default search effort, kept by the binding and saved in the file's header."""
+        return int(self.core.ef)
 
     @ef.setter
     def ef(self, value: int) -> None:
-        self._ef = int(value)
-        try:  # a binding with a writable ``ef`` keeps it, and its file then stores it
-            self.core.ef = self._ef
-        except AttributeError:
-            pass
+        self.core.ef = int(value)
 
     @property
     def dim(self) -> int:
