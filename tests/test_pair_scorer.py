@@ -78,8 +78,7 @@ def test_features_on_tricky_titles():
     assert f["tfidf_cosine"][0] > f["tfidf_cosine"][4]
 
 
-def test_scorer_learns_a_rule_and_explains_it(tmp_path):
-    rng = np.random.default_rng(0)
+def test_scorer_learns_a_rule_and_explains_it(tmp_path, rng):
     X = rng.uniform(size=(400, 3))
     y = (X[:, 1] > 0.6).astype(int)  # only the second feature decides
     scorer = PairScorer(learner="logistic", calibration="sigmoid").fit(X, y, ["noise_a", "signal", "noise_b"])
