@@ -47,7 +47,7 @@ def data_rows(relpath: str, encoding: str = "utf-8") -> list[dict[str, str]]:
 
 
 def blobs(
-    n: int, dim: int, n_clusters: int, *, seed: int = 0, spread: float = 1.0, noise: float = 0.6, dtype: type = np.float64
+    n: int, dim: int, n_clusters: int, *, seed: int = 0, spread: float = 1.0, noise: float = 0.6, dtype: type[np.floating] = np.float64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points around ``n_clusters`` Gaussian centres, with the centre each one was drawn from.
 
