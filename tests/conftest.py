@@ -32,7 +32,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def encoder(model_cache: Path):
-    """The default :class:`simsearch.TextEncoder` (the bundled all-MiniLM-L6-v2, int8)."""
+    """``simsearch.TextEncoder()`` with its defaults (the bundled all-MiniLM-L6-v2), one for the session."""
     from simsearch import TextEncoder
 
     return TextEncoder()
