@@ -13,6 +13,8 @@ from simsearch import _fileio
 from simsearch._validation import NO_ID
 from simsearch.index.backends import FaissBackend, HnswlibBackend
 
+from _helpers import blobs, brute_force, recall
+
 MISSING = NO_ID
 BACKENDS = [HnswlibBackend, FaissBackend]
 METRICS = ["cosine", "ip", "l2"]
@@ -21,19 +23,8 @@ DIM = 24
 
 def clustered(n: int, seed: int, normalize: bool) -> np.ndarray:
     """Points around 16 random centres, float32 (n, DIM)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((16, DIM)).astype(np.float32)
-    x = centres[rng.integers(0, 16, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
-    if normalize:
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def brute_force(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
-    if metric == "l2":
-        d = ((queries[:, None, :] - base[None, :, :]) ** 2).sum(-1)
-        return np.argsort(d, axis=1, kind="stable")[:, :k]
-    return np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :k]
+    x, _ = blobs(n, DIM, 16, seed=seed, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
 
 
 def exact_scores(base: np.ndarray, queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
@@ -76,8 +67,7 @@ def test_recall_against_brute_force(backend_cls: type, metric: str) -> None:
     assert ids.dtype == np.uint64 and scores.dtype == np.float32
     truth = brute_force(base, queries, 10, metric)
     found = row_of(ids)
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    assert recall >= 0.9
+    assert recall(found, truth) >= 0.9
     # Scores are the metric's values for the returned vectors, best first;
     # faiss scores its decoded 8-bit codes, which get_vectors returns.
     stored = index.get_vectors(ids.reshape(-1)).reshape(100, 10, DIM)

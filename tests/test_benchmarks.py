@@ -85,8 +85,7 @@ def test_read_csv_strips_header_names_and_checks_columns(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_exact_knn_against_full_sort(metric: str) -> None:
-    rng = np.random.default_rng(0)
+def test_exact_knn_against_full_sort(metric: str, rng: np.random.Generator) -> None:
     base = rng.standard_normal((97, 8), dtype=np.float32)
     queries = rng.standard_normal((5, 8), dtype=np.float32)
     ids, scores = _data.exact_knn(base, queries, 4, metric=metric, chunk=10)

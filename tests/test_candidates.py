@@ -19,7 +19,8 @@ from simsearch._validation import NO_ID
 from simsearch.applications import ThresholdChoice, choose_threshold, recall_at_k
 from simsearch.applications.lexical import LexicalModel
 from simsearch.errors import NotFittedError
-from test_dedup import clustered  # the shared synthetic groups (tests/ is on sys.path)
+
+from _helpers import duplicate_groups
 
 
 # -- recall@k -------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_deprecated_names_warn_and_point_to_the_kept_ones(monkeypatch):
     with pytest.warns(DeprecationWarning, match="n_labelled"):
         assert ThresholdChoice.from_dict({"threshold": 0.5, "f1": 1, "precision": 1, "recall": 1, "n_pairs": 3}).n_pairs == 3
 
-    x, _ = clustered()
+    x, _ = duplicate_groups()
     seen = {}
 
     def fake_join(path, **kwargs):  # the Ray join, without Ray: the in-process join of the same vectors
@@ -108,7 +109,7 @@ def test_deprecated_names_warn_and_point_to_the_kept_ones(monkeypatch):
 
 
 def test_engine_arguments_are_checked():
-    x, _ = clustered()
+    x, _ = duplicate_groups()
     with pytest.raises(ValueError, match="engine must be one of"):
         find_duplicates(x, engine="spark", progress=False)
     with pytest.raises(TypeError, match="path of a Parquet/CSV file"):
@@ -121,7 +122,7 @@ def test_engine_arguments_are_checked():
 
 
 def test_choose_threshold_returns_the_duplicates_at_its_threshold():
-    x, labels = clustered(noise=0.05)
+    x, labels = duplicate_groups(noise=0.05)
     choice = choose_threshold(x, labels, max_group_size=10, include_singletons=True, progress=False)
     assert choice.method == "max_mean_f1" and choice.n_labelled == len(x)
     ref = find_duplicates(x, threshold=choice.threshold, max_group_size=10, include_singletons=True, progress=False)
@@ -147,7 +148,7 @@ def test_the_user_ef_is_honoured(monkeypatch, kwargs, expected):
         return search(self, queries, k=k, ef=ef, filter=filter)
 
     monkeypatch.setattr(Index, "search", spy)
-    x, _ = clustered(30)
+    x, _ = duplicate_groups(30)
     find_duplicates(x, threshold=0.9, progress=False, **kwargs)
     dedup = Deduplicator(threshold=0.9, progress=False, **kwargs).fit(x[:60])
     dedup.update(x[60:], new_ids=np.arange(60, 90))
@@ -155,7 +156,7 @@ def test_the_user_ef_is_honoured(monkeypatch, kwargs, expected):
 
 
 def test_a_bad_ef_is_refused_before_any_work():
-    x, _ = clustered()
+    x, _ = duplicate_groups()
     with pytest.raises(ValueError, match="ef must be positive"):
         find_duplicates(x, ef=0, progress=False)
     with pytest.raises(TypeError, match="index_params\\['ef'\\] must be an integer"):
@@ -173,7 +174,7 @@ def test_unfitted_objects_raise_not_fitted_error():
 
 
 def test_a_version_1_state_still_loads(tmp_path):
-    x, _ = clustered()
+    x, _ = duplicate_groups()
     dedup = Deduplicator(threshold=0.95, progress=False).fit(x[:40], ids=np.arange(40) * 3)
     dedup.save(tmp_path / "state")
     folder = next((tmp_path / "state").glob("v*"))
@@ -190,7 +191,7 @@ def test_a_version_1_state_still_loads(tmp_path):
 
 
 def test_groups_tables_name_the_id_column_alike():
-    x, _ = clustered()
+    x, _ = duplicate_groups()
     _, groups = find_duplicates(x, threshold=0.95, include_singletons=True, progress=False)
     dedup = Deduplicator(threshold=0.95, progress=False).fit(x)
     assert groups.column_names[0] == dedup.groups_.column_names[0] == "id"
@@ -200,11 +201,10 @@ def test_groups_tables_name_the_id_column_alike():
 
 @pytest.mark.slow  # Ray Data starts its own workers
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own, as in test_ray.py
-def test_ray_engine_matches_one_process(tmp_path):
-    from simsearch._tables import read_table, write_table
-    from simsearch.cli import demo_sample_path
+def test_ray_engine_matches_one_process(tmp_path, sample):
+    from simsearch._tables import write_table
 
-    offers = read_table(demo_sample_path()).slice(0, 60)
+    offers = sample.slice(0, 60)
     write_table(offers, tmp_path / "offers.parquet")
     local = find_duplicates(tmp_path / "offers.parquet", progress=False)
     ray = find_duplicates(tmp_path / "offers.parquet", engine="ray", n_shards=2, progress=False)

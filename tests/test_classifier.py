@@ -11,8 +11,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from simsearch import KNNClassifier
-from simsearch._tables import read_table
-from simsearch.cli import demo_sample_path
+
+from _helpers import blobs
 
 # Checks skipped, and why (none fail today; the two below skip themselves):
 # - check_array_api_input: needs SCIPY_ARRAY_API=1 and an array-API library;
@@ -26,27 +26,9 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-@pytest.fixture(scope="session")
-def encoder(tmp_path_factory: pytest.TempPathFactory):
-    cache = tmp_path_factory.getbasetemp() / "simsearch-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMSEARCH_CACHE", str(cache))
-        from simsearch import TextEncoder
-
-        yield TextEncoder()
-
-
-def blobs(n: int = 600, dim: int = 24, n_classes: int = 5, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_classes, dim))
-    y = rng.integers(0, n_classes, n)
-    x = centres[y] + 0.6 * rng.standard_normal((n, dim))
-    return x.astype(np.float32), y
-
-
 @pytest.mark.parametrize("weights", ["uniform", "distance"])
 def test_agrees_with_sklearn_brute_force(weights):
-    x, y = blobs()
+    x, y = blobs(600, 24, 5)
     train, test = slice(0, 500), slice(500, None)
     ours = KNNClassifier(k=7, weights=weights).fit(x[train], y[train])
     ref = KNeighborsClassifier(7, weights=weights, metric="cosine", algorithm="brute").fit(x[train], y[train])
@@ -56,7 +38,7 @@ def test_agrees_with_sklearn_brute_force(weights):
 
 
 def test_kneighbors_against_exact_cosine():
-    x, y = blobs(300)
+    x, y = blobs(300, 24, 5)
     clf = KNNClassifier(k=5).fit(x, y)
     dist, ind = clf.kneighbors(x[:50])
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -78,17 +60,16 @@ def test_exact_repeat_decides_alone():
 
 
 def test_pickle_round_trip():
-    x, y = blobs(200)
+    x, y = blobs(200, 24, 5)
     clf = KNNClassifier(k=3).fit(x, y)
     again = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(again.predict(x), clf.predict(x))
 
 
-def test_texts_with_an_encoder(encoder):
-    offers = read_table(demo_sample_path())
-    titles = offers.column("title").to_pylist()
-    category = np.array(offers.column("category").to_pylist())
-    cluster = np.array(offers.column("cluster_id").to_pylist())
+def test_texts_with_an_encoder(encoder, sample):
+    titles = sample.column("title").to_pylist()
+    category = np.array(sample.column("category").to_pylist())
+    cluster = np.array(sample.column("cluster_id").to_pylist())
     # split by product, so no product is on both sides
     test = np.isin(cluster, np.unique(cluster)[::4])
     clf = KNNClassifier(k=5, encoder=encoder).fit([t for t, m in zip(titles, test) if not m], category[~test])
@@ -98,7 +79,7 @@ def test_texts_with_an_encoder(encoder):
 
 
 def test_bad_input(encoder):
-    x, y = blobs(50)
+    x, y = blobs(50, 24, 5)
     with pytest.raises(ValueError, match="could not convert|string"):
         KNNClassifier().fit(np.array([["a", "b"]] * 4), [0, 1, 0, 1])
     with pytest.raises(TypeError, match="expected str"):

@@ -13,28 +13,24 @@ import pytest
 
 from simsearch import Index
 from simsearch._tables import read_table, write_table
-from simsearch.cli import CommandError, demo_sample_path, main
+from simsearch.cli import CommandError, main
 from simsearch.errors import CorruptFileError, FormatVersionError, SimsearchError
 from simsearch.index import folder as index_folder
 
+from _helpers import products
 
-@pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory):
-    # The CLI builds its own encoders; share the exported model with the other tests.
-    cache = tmp_path_factory.getbasetemp() / "simsearch-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMSEARCH_CACHE", str(cache))
-        yield
+
+# The CLI builds its own encoders; they share the exported model with the other tests.
+pytestmark = pytest.mark.usefixtures("model_cache")
 
 
 @pytest.fixture(scope="module")
-def offers(tmp_path_factory: pytest.TempPathFactory):
+def offers(tmp_path_factory: pytest.TempPathFactory, sample: pa.Table):
     """The sample as Parquet (offers) and a product catalog as CSV."""
     folder = tmp_path_factory.mktemp("cli")
-    table = read_table(demo_sample_path()).slice(0, 120)
+    table = sample.slice(0, 120)
     write_table(table, folder / "offers.parquet")
-    names = dict(zip(table.column("cluster_id").to_pylist(), table.column("cluster_label").to_pylist()))
-    write_table(pa.table({"product": list(names), "name": list(names.values())}), folder / "catalog.csv")
+    write_table(products(table).rename_columns(["product", "name"]), folder / "catalog.csv")
     return folder
 
 

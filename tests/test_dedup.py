@@ -7,10 +7,7 @@ and (when ``../shared/data`` is there) the Shopee dev split.
 
 from __future__ import annotations
 
-import csv
 import itertools
-import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,35 +24,8 @@ from simsearch.applications import (
 )
 from simsearch.applications.grouping import canonical_members, group_pairs
 from simsearch.applications.lexical import code_relation, measures_conflict
-from simsearch.cli import demo_sample_path
 
-DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-@pytest.fixture(scope="session")
-def encoder(tmp_path_factory: pytest.TempPathFactory):
-    # One export folder for every test module of the applications.
-    cache = tmp_path_factory.getbasetemp() / "simsearch-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMSEARCH_CACHE", str(cache))
-        from simsearch import TextEncoder
-
-        yield TextEncoder()
-
-
-@pytest.fixture(scope="module")
-def sample() -> pa.Table:
-    from simsearch._tables import read_table
-
-    return read_table(demo_sample_path())
-
-
-def clustered(n_groups: int = 20, size: int = 3, dim: int = 32, noise: float = 0.02, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_groups, dim))
-    x = np.repeat(centres, size, axis=0) + noise * rng.standard_normal((n_groups * size, dim))
-    order = rng.permutation(len(x))
-    return x[order].astype(np.float32), np.repeat(np.arange(n_groups), size)[order]
+from _helpers import data_rows, duplicate_groups
 
 
 # -- metrics ----------------------------------------------------------------
@@ -197,7 +167,7 @@ def test_canonical_member_is_the_medoid():
 
 
 def test_vectors_recover_clusters():
-    x, truth = clustered()
+    x, truth = duplicate_groups()
     pairs, groups = find_duplicates(x, threshold=0.95, k=5, progress=False)
     assert pairs.column_names[:3] == ["id_a", "id_b", "score"]
     assert groups.num_rows == len(x)
@@ -214,7 +184,7 @@ def test_vectors_recover_clusters():
 
 
 def test_scores_are_exact_cosines():
-    x, _ = clustered(5, 2)
+    x, _ = duplicate_groups(5, 2)
     pairs, _ = find_duplicates(x, threshold=0.5, k=3, progress=False)
     a, b = pairs.column("id_a").to_numpy(), pairs.column("id_b").to_numpy()
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -223,14 +193,14 @@ def test_scores_are_exact_cosines():
 
 @pytest.mark.parametrize("batch_size", [1, 7, 10_000])
 def test_batches_do_not_change_the_result(batch_size):
-    x, _ = clustered(15, 4, seed=4)
+    x, _ = duplicate_groups(15, 4, seed=4)
     ref = find_duplicates(x, threshold=0.9, k=6, progress=False)
     got = find_duplicates(x, threshold=0.9, k=6, batch_size=batch_size, progress=False)
     assert got.pairs.equals(ref.pairs) and got.groups.equals(ref.groups)
 
 
 def test_given_ids_and_singletons():
-    x, _ = clustered(3, 2)
+    x, _ = duplicate_groups(3, 2)
     ids = [f"item-{i}" for i in range(len(x))]
     pairs, groups = find_duplicates(np.vstack([x, [np.ones(32, dtype=np.float32)]]), threshold=0.95, k=3, ids=ids + ["alone"], include_singletons=True, progress=False)
     assert set(pairs.column("id_a").to_pylist()) <= set(ids)
@@ -299,11 +269,7 @@ def test_table_from_files_equals_in_memory(sample, encoder, tmp_path):
 
 
 def shopee_slice(n_groups: int = 120):
-    path = DATA / "shopee_subset" / "dev.csv"
-    if not path.exists():
-        pytest.skip(f"Shopee subset not found at {path} (set SIMSEARCH_DATA to the shared data folder)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = data_rows("shopee_subset/dev.csv")
     keep = sorted({r["label_group"] for r in rows})[:n_groups]
     rows = [r for r in rows if r["label_group"] in set(keep)]
     return pa.table({"id": [r["posting_id"] for r in rows], "title": [r["title"] for r in rows], "label": [int(r["label_group"]) for r in rows]})

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHOPEE = DATA / "shopee_subset" / "dev.csv"
+from _helpers import data_rows
 
 
 @pytest.fixture(scope="module")
 def titles() -> list[str]:
-    if not SHOPEE.is_file():
-        pytest.skip(f"Shopee subset not found at {SHOPEE}")
-    with open(SHOPEE, newline="", encoding="utf-8") as f:
-        return [row["title"] for row in csv.DictReader(f)][:160]
+    return [row["title"] for row in data_rows("shopee_subset/dev.csv")][:160]
 
 
 @pytest.fixture(scope="module")

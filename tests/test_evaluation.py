@@ -10,26 +10,14 @@ import pytest
 import simsearch
 from simsearch.cli import main
 
+from _helpers import brute_force, recall
+
 
 def data(n: int = 3000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     q = x[rng.choice(n, 100, replace=False)] + 0.3 * rng.normal(size=(100, dim)).astype(np.float32)
     return x, q
-
-
-def brute_force(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    if metric == "l2":
-        d = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-        return ids[np.argsort(d, axis=1)[:, :k]]
-    return ids[np.argsort(-(q @ x.T), axis=1)[:, :k]]
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
@@ -39,7 +27,7 @@ def test_report_matches_an_independent_computation(metric):
     index = simsearch.Index(32, metric=metric, M=8, ef_construction=40, num_threads=1)
     index.add(x, ids=ids)
     report = simsearch.evaluate(index, q, k=10, vectors=x, ids=ids, ef=12)
-    truth = brute_force(x, ids, q, 10, metric)
+    truth = ids[brute_force(x, q, 10, metric)]
     codes, _ = index.search_exact(q, 10)
     found, _ = index.search(q, 10, ef=12)
     assert report.recall_codes == pytest.approx(recall(codes, truth))

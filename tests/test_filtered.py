@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import simsearch
+from simsearch._validation import NO_ID
 
-NO_ID = np.uint64(2**64 - 1)
+from _helpers import brute_force, recall
 
 
 def _data(n: int = 8000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -18,17 +19,6 @@ def _data(n: int = 8000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.n
     x = centers[rng.integers(0, 40, n)] + 0.7 * rng.normal(size=(n, dim))
     q = centers[rng.integers(0, 40, 100)] + 0.7 * rng.normal(size=(100, dim))
     return x.astype(np.float32), q.astype(np.float32)
-
-
-def _exact(x: np.ndarray, q: np.ndarray, allowed: np.ndarray, k: int) -> list[set[int]]:
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    s = qn @ xn[allowed].T
-    return [set(allowed[np.argsort(-row, kind="stable")[:k]].tolist()) for row in s]
-
-
-def _recall(found: np.ndarray, truth: list[set[int]]) -> float:
-    return float(np.mean([len(set(found[i].tolist()) & t) / len(t) for i, t in enumerate(truth)]))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +64,7 @@ def test_filtered_recall_against_exact(catalog, flt: dict, mode: str, monkeypatc
     assert (ids[:, :k] != NO_ID).all()  # k results whenever k items pass
     if allowed.size < 10:
         assert (ids[:, allowed.size :] == NO_ID).all()
-    assert _recall(got, _exact(x, q, allowed, k)) >= 0.95
+    assert recall(got, allowed[brute_force(x[allowed], q, k, "cosine")]) >= 0.95
 
 
 @pytest.mark.parametrize("walk_cost", [0.0, 16.0])
@@ -84,7 +74,7 @@ def test_filter_by_id_list(catalog, walk_cost: float, monkeypatch: pytest.Monkey
     allowed = np.arange(0, len(x), 7)
     ids, _ = index.search(q, k=10, filter=np.concatenate([allowed, [10**12]]))  # unknown ids are ignored
     assert np.isin(ids, allowed).all()
-    assert _recall(ids.astype(np.int64), _exact(x, q, allowed, 10)) >= 0.95
+    assert recall(ids.astype(np.int64), allowed[brute_force(x[allowed], q, 10, "cosine")]) >= 0.95
 
 
 def test_filter_nothing_passes_gives_padding(catalog) -> None:
@@ -203,9 +193,9 @@ def test_compact_gives_memory_back_and_keeps_recall() -> None:
     assert not index.contains(removed).any() and index.contains(kept).all()
     fresh = simsearch.Index(32, num_threads=2, train_size=2000)
     fresh.add(x[kept], ids=kept)
-    truth = _exact(x, q, kept, 10)
-    r_compact = _recall(index.search(q, k=10, ef=100)[0].astype(np.int64), truth)
-    r_fresh = _recall(fresh.search(q, k=10, ef=100)[0].astype(np.int64), truth)
+    truth = kept[brute_force(x[kept], q, 10, "cosine")]
+    r_compact = recall(index.search(q, k=10, ef=100)[0].astype(np.int64), truth)
+    r_fresh = recall(fresh.search(q, k=10, ef=100)[0].astype(np.int64), truth)
     assert r_compact >= r_fresh - 0.02
     ids, _ = index.search(q, k=10, filter={"brand": 3})
     assert np.isin(ids, kept[(kept % 10) == 3]).all()  # attributes survived

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-ABT_BUY = DATA / "abt_buy" / "deepmatcher"
+from _helpers import data_rows, require_data
+
+ABT_BUY = "abt_buy/deepmatcher"
 
 
 def _rows(name: str) -> list[dict[str, str]]:
-    with open(ABT_BUY / name, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return data_rows(f"{ABT_BUY}/{name}")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +24,7 @@ def abt_buy() -> dict[str, list[tuple[str, str, int]]]:
     model's content (and training is seeded), so each model is exported once
     per machine, not per run.
     """
-    if not (ABT_BUY / "train.csv").is_file():
-        pytest.skip(f"Abt-Buy (DeepMatcher layout) not found at {ABT_BUY}")
+    require_data(f"{ABT_BUY}/train.csv")
     a = {r["id"]: r["name"] for r in _rows("tableA.csv")}
     b = {r["id"]: r["name"] for r in _rows("tableB.csv")}
 

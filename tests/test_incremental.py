@@ -15,15 +15,15 @@ from simsearch import Deduplicator, find_duplicates
 from simsearch.errors import FormatVersionError
 from simsearch.applications import incremental, pairwise_precision_recall
 from simsearch.applications._items import default_encoder
-from simsearch.cli import demo_sample_path, main
+from simsearch.cli import main
+
+from _helpers import blobs, normalize
 
 
 def clustered(n: int, n_clusters: int, dim: int = 24, noise: float = 0.12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_clusters, dim)).astype(np.float32)
-    labels = rng.integers(0, n_clusters, size=n)
-    x = centers[labels] + noise * rng.normal(size=(n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+    """Unit vectors around random centres, float32 (n, dim), and the centre of each."""
+    x, labels = blobs(n, dim, n_clusters, seed=seed, noise=noise, dtype=np.float32)
+    return normalize(x), labels
 
 
 def angles(degrees: list[float], z: float = 0.0) -> np.ndarray:
@@ -274,12 +274,8 @@ class OtherModel:
     dim = 384
 
 
-def test_titles_end_to_end_with_the_real_encoder(tmp_path):
-    table = pq.read_table(demo_sample_path()) if demo_sample_path().suffix == ".parquet" else None
-    if table is None:
-        from pyarrow import csv
-
-        table = csv.read_csv(demo_sample_path())
+def test_titles_end_to_end_with_the_real_encoder(tmp_path, sample):
+    table = sample
     first, rest = table.slice(0, 250), table.slice(250)
     encoder = default_encoder()
     full = Deduplicator(encoder=encoder, max_group_size=100, progress=False).fit(table)

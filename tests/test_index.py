@@ -16,33 +16,13 @@ from simsearch._validation import NO_ID
 from simsearch.errors import CorruptFileError, DimensionError, DuplicateIdError, UnknownIdError
 from simsearch.index.core import available_isas
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _helpers import blobs, brute_force, normalize, recall, require_data
 
 
-def clustered(n: int, dim: int, seed: int = 0, n_clusters: int = 50) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_clusters, dim))
-    x = centers[rng.integers(0, n_clusters, n)] + 0.6 * rng.normal(size=(n, dim))
-    return x.astype(np.float32)
 
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def brute_force(x: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        s = normalize(q) @ normalize(x).T
-        return np.argsort(-s, axis=1, kind="stable")[:, :k]
-    if metric == "ip":
-        return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
-    d = (q**2).sum(1)[:, None] + (x**2).sum(1)[None, :] - 2 * q @ x.T
-    return np.argsort(d, axis=1, kind="stable")[:, :k]
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(found[i, :k].tolist()) & set(truth[i].tolist())) / k for i in range(len(truth))]))
+def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Points around 50 centres, float32 (n, dim)."""
+    return blobs(n, dim, 50, seed=seed)[0]
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +162,11 @@ def test_exact_code_search_separates_quantization_loss(built: simsearch.Index, d
     assert 0.9 <= recall(exact_codes.astype(np.int64), truth) < 1.0
 
 
-@pytest.mark.skipif(not (DATA / "fmnistsmall" / "base.npy").exists(), reason="needs ../shared/data/fmnistsmall")
 def test_real_vectors_l2_recall() -> None:
-    base = np.load(DATA / "fmnistsmall" / "base.npy")
-    queries = np.load(DATA / "fmnistsmall" / "queries.npy")[:200]
-    gt = np.load(DATA / "fmnistsmall" / "groundtruth.npy")[:200, :10].astype(np.int64)
+    folder = require_data("fmnistsmall")
+    base = np.load(folder / "base.npy")
+    queries = np.load(folder / "queries.npy")[:200]
+    gt = np.load(folder / "groundtruth.npy")[:200, :10].astype(np.int64)
     index = simsearch.Index(784, metric="l2", rescore=True, num_threads=2)
     index.add(base)
     ids, _ = index.search(queries, k=10, ef=64)
@@ -196,11 +176,11 @@ def test_real_vectors_l2_recall() -> None:
     assert recall(ids.astype(np.int64), gt) >= 0.9
 
 
-@pytest.mark.skipif(not (DATA / "bigann10k" / "base.npy").exists(), reason="needs ../shared/data/bigann10k")
 def test_real_uint8_vectors() -> None:
-    base = np.load(DATA / "bigann10k" / "base.npy")
-    queries = np.load(DATA / "bigann10k" / "queries.npy")
-    gt = np.load(DATA / "bigann10k" / "groundtruth.npy").astype(np.int64)
+    folder = require_data("bigann10k")
+    base = np.load(folder / "base.npy")
+    queries = np.load(folder / "queries.npy")
+    gt = np.load(folder / "groundtruth.npy").astype(np.int64)
     index = simsearch.Index(128, metric="l2", num_threads=2)
     with pytest.raises(TypeError, match="astype"):
         index.add(base)
@@ -270,9 +250,8 @@ def test_threads_do_not_change_results(data: tuple[np.ndarray, np.ndarray]) -> N
 # --------------------------------------------------------------------------- ids, remove, reuse
 
 
-def test_auto_ids_continue_and_custom_ids() -> None:
+def test_auto_ids_continue_and_custom_ids(rng: np.random.Generator) -> None:
     index = simsearch.Index(8, metric="l2")
-    rng = np.random.default_rng(0)
     assert index.add(rng.normal(size=(3, 8))).tolist() == [0, 1, 2]
     assert index.add(rng.normal(size=(2, 8)), ids=[100, 7]).tolist() == [100, 7]
     assert index.add(rng.normal(size=(1, 8))).tolist() == [101]
@@ -355,9 +334,9 @@ def test_remove_unknown_id_changes_nothing(built: simsearch.Index) -> None:
         (np.zeros((1, 8), np.float32), [9], ValueError, "zero norm"),
     ],
 )
-def test_bad_add_is_refused_and_changes_nothing(vectors: np.ndarray, ids: object, error: type, match: str) -> None:
+def test_bad_add_is_refused_and_changes_nothing(vectors: np.ndarray, ids: object, error: type, match: str, rng: np.random.Generator) -> None:
     index = simsearch.Index(8)
-    index.add(np.random.default_rng(0).normal(size=(3, 8)))
+    index.add(rng.normal(size=(3, 8)))
     with pytest.raises(error, match=match):
         index.add(vectors, ids=ids)
     assert len(index) == 3 and sorted(index.ids().tolist()) == [0, 1, 2]

@@ -6,43 +6,28 @@ always; an Abt-Buy slice when ``../shared/data`` is there.
 
 from __future__ import annotations
 
-import csv
-import os
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from simsearch import CatalogMatcher
-from simsearch._tables import MissingColumnError, read_table
+from simsearch._tables import MissingColumnError
 from simsearch.applications import PairScoring, best_f1_threshold
 from simsearch.errors import NotFittedError
-from simsearch.cli import demo_sample_path
 
-DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-@pytest.fixture(scope="session")
-def encoder(tmp_path_factory: pytest.TempPathFactory):
-    cache = tmp_path_factory.getbasetemp() / "simsearch-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMSEARCH_CACHE", str(cache))
-        from simsearch import TextEncoder
-
-        yield TextEncoder()
+from _helpers import data_rows, products
 
 
 @pytest.fixture(scope="module")
-def offers() -> pa.Table:
-    return read_table(demo_sample_path())
+def offers(sample: pa.Table) -> pa.Table:
+    """The listings to match: the sample's offers."""
+    return sample
 
 
 @pytest.fixture(scope="module")
 def catalog(offers: pa.Table) -> pa.Table:
-    names = dict(zip(offers.column("cluster_id").to_pylist(), offers.column("cluster_label").to_pylist()))
-    return pa.table({"id": list(names), "title": list(names.values())})
+    return products(offers)
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +150,8 @@ def test_bad_input(encoder, matcher, tmp_path):
 
 
 def test_abt_buy_slice_recall(encoder):
-    folder = DATA / "abt_buy" / "leipzig"
-    if not folder.exists():
-        pytest.skip(f"Abt-Buy not found at {folder} (set SIMSEARCH_DATA to the shared data folder)")
-
-    def rows(name: str, encoding: str) -> list[dict]:
-        with open(folder / name, newline="", encoding=encoding) as f:
-            return list(csv.DictReader(f))
-
-    abt, buy = rows("abt.csv", "cp1252")[:150], rows("buy.csv", "cp1252")
-    mapping = rows("abt_buy_perfect_mapping.csv", "ascii")
+    abt, buy = data_rows("abt_buy/leipzig/abt.csv", "cp1252")[:150], data_rows("abt_buy/leipzig/buy.csv", "cp1252")
+    mapping = data_rows("abt_buy/leipzig/abt_buy_perfect_mapping.csv", "ascii")
     abt_ids = {r["id"] for r in abt}
     truth = {(m["idAbt"], m["idBuy"]) for m in mapping if m["idAbt"] in abt_ids}
     wanted = {b for _, b in truth}

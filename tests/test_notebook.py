@@ -12,13 +12,13 @@ import simsearch
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.usefixtures("model_cache")  # the kernel inherits SIMSEARCH_CACHE: one exported model for the session
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # jupyter_core warns about its old path layout unless told to use the new one.
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("SIMSEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "simsearch-cache"))
     monkeypatch.setenv("SIMSEARCH_NOTEBOOK_ROWS", "150")
     # The kernel must import the simsearch under test, wherever it is installed.
     package_parent = str(Path(simsearch.__file__).resolve().parent.parent)

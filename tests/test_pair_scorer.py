@@ -7,8 +7,6 @@ learning, matching and saving on an Abt-Buy slice when ``../shared/data`` is the
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +20,9 @@ from simsearch.applications import FeatureConfig, PairScorer
 from simsearch.applications.lexical import LexicalModel
 from simsearch.applications.pair_scorer import BASE_FEATURES, PairSide, best_candidate_scores, pair_features
 
-DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-ABT_BUY = DATA / "abt_buy" / "deepmatcher"
+from _helpers import require_data
+
+ABT_BUY = "abt_buy/deepmatcher"
 
 
 # -- features on known pairs ---------------------------------------------------
@@ -78,8 +77,7 @@ def test_features_on_tricky_titles():
     assert f["tfidf_cosine"][0] > f["tfidf_cosine"][4]
 
 
-def test_scorer_learns_a_rule_and_explains_it(tmp_path):
-    rng = np.random.default_rng(0)
+def test_scorer_learns_a_rule_and_explains_it(tmp_path, rng):
     X = rng.uniform(size=(400, 3))
     y = (X[:, 1] > 0.6).astype(int)  # only the second feature decides
     scorer = PairScorer(learner="logistic", calibration="sigmoid").fit(X, y, ["noise_a", "signal", "noise_b"])
@@ -151,7 +149,7 @@ def test_load_refuses_foreign_and_newer_directories(tmp_path):
 def _read(name: str) -> pa.Table:
     import pyarrow.csv as pcsv
 
-    return pcsv.read_csv(ABT_BUY / name, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+    return pcsv.read_csv(require_data(f"{ABT_BUY}/{name}"), convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
 
 
 def _pairs(name: str, left_ids: set[int]) -> pa.Table:
@@ -167,8 +165,7 @@ def slice_():
     The encoders use the ordinary simsearch cache: exports are keyed by the
     model's content, so the bundled model is exported once per machine, not per run.
     """
-    if not (ABT_BUY / "train.csv").is_file():
-        pytest.skip(f"Abt-Buy (DeepMatcher layout) not found at {ABT_BUY}")
+    require_data(f"{ABT_BUY}/train.csv")
     ids = set(range(400))
     a = _read("tableA.csv").rename_columns(["id", "title", "description", "price"])
     b = _read("tableB.csv").rename_columns(["id", "title", "description", "price"])

@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray: pip install 'simsearch[ray]'")
 
 import simsearch  # noqa: E402
 from simsearch.sharding import ShardedIndex, ShardUnavailableError  # noqa: E402
+
+from _helpers import blobs, brute_force  # noqa: E402
 
 # Ray Data's DataContext sets deprecated options of its own when it is created (Ray 2.60)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -45,9 +48,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(7)
-    centers = 3.0 * rng.normal(size=(12, DIM))
-    both = (centers[rng.integers(0, 12, 2050)] + rng.normal(size=(2050, DIM))).astype(np.float32)
+    both, _ = blobs(2050, DIM, 12, seed=7, spread=3.0, noise=1.0)
     return both[:2000], both[2000:]
 
 
@@ -60,11 +61,6 @@ def built(data: tuple[np.ndarray, np.ndarray]) -> Iterator[ShardedIndex]:
     index.close()
 
 
-def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    d = (q.astype(np.float64) ** 2).sum(1)[:, None] - 2 * q.astype(np.float64) @ x.T + (x.astype(np.float64) ** 2).sum(1)
-    return np.argsort(d, axis=1, kind="stable")[:, :k]
-
-
 def test_same_neighbours_as_one_index(built: ShardedIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
     x, q = data
     assert len(built.shard_engine.actors) == 4 and len(built) == len(x)  # type: ignore[attr-defined]
@@ -75,7 +71,7 @@ def test_same_neighbours_as_one_index(built: ShardedIndex, data: tuple[np.ndarra
     ref_ids, ref_scores = one.search(q, k=10, ef=len(x))
     np.testing.assert_array_equal(found, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(found, brute_force(x, q, 10).astype(np.uint64))
+    np.testing.assert_array_equal(found, brute_force(x, q, 10, "l2").astype(np.uint64))
     # a batch above the object-store threshold travels as one shared ref
     big = np.repeat(q, 60, axis=0)
     np.testing.assert_array_equal(built.search(big, k=10, ef=len(x)).ids, np.repeat(ref_ids, 60, axis=0))
@@ -161,7 +157,7 @@ def test_dead_actor_restarts_with_acknowledged_writes(data: tuple[np.ndarray, np
         assert partial.shards_answered.tolist() == [False, False, True, True]
         live = np.arange(100, len(x))
         held = live[simsearch.sharding.hash_shard(live, 4) >= 2]
-        truth = held[brute_force(x[held], q, 10)]
+        truth = held[brute_force(x[held], q, 10, "l2")]
         np.testing.assert_array_equal(partial.ids, truth.astype(np.uint64))
         with pytest.raises(ShardUnavailableError, match="Writes are not retried"):
             index.add(x[:50] + 0.5)
@@ -224,12 +220,12 @@ def test_ray_index_is_a_deprecated_alias(built: ShardedIndex, data: tuple[np.nda
 
 
 @pytest.mark.slow  # Ray Data starts its own workers: the slowest test here
-def test_cli_dedup_engine_ray_matches_one_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dedup_engine_ray_matches_one_process(tmp_path: Path, capsys: pytest.CaptureFixture[str], sample: pa.Table) -> None:
     """`simsearch dedup --engine ray`: Ray Data encodes, two Ray actors hold the shards, the self-join runs shard by shard."""
     from simsearch._tables import read_table, write_table
-    from simsearch.cli import demo_sample_path, main
+    from simsearch.cli import main
 
-    offers = read_table(demo_sample_path()).slice(0, 60)
+    offers = sample.slice(0, 60)
     write_table(offers, tmp_path / "offers.parquet")
     # the one-process command is the reference (and puts the exported model in the cache the workers read)
     code = main([
@@ -251,8 +247,6 @@ def test_cli_dedup_engine_ray_matches_one_process(tmp_path: Path, capsys: pytest
 
 def test_cli_index_build_engine_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`simsearch index build --engine ray` around the encoding step (faked here; real in the dedup test above)."""
-    import pyarrow as pa
-
     from simsearch import cli
     from simsearch._tables import read_table, write_table
     from simsearch.applications import ray_jobs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,6 @@ httpx = pytest.importorskip("httpx", reason="the server tests need the 'test' ex
 pytest.importorskip("fastapi", reason="the server tests need the 'serve' extra")
 
 import simsearch  # noqa: E402
-from simsearch.cli import demo_sample_path, main  # noqa: E402
 
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -86,10 +86,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("server") / "index"
-    assert main(["-q", "index", "build", str(demo_sample_path()), "--out", str(folder)]) == 0
-    return folder
+def built(sample_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's own copy of the sample index: the server writes to it."""
+    return Path(shutil.copytree(sample_index, tmp_path_factory.mktemp("server") / "index"))
 
 
 @pytest.fixture(scope="module")
@@ -362,8 +361,6 @@ def test_readyz_is_503_until_loaded_and_reports_a_failed_load():
 
 
 def test_serve_exits_2_when_the_index_cannot_be_loaded(built, tmp_path):
-    import shutil
-
     folder = tmp_path / "broken"
     shutil.copytree(built, folder)
     data = (folder / "index.ssi").read_bytes()

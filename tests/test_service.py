@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from simsearch.cache import EmbeddingCache
-from simsearch.cli import demo_sample_path, main
 from simsearch.serving import (
     AdaptiveBatcher,
     DeadlineExceeded,
@@ -232,30 +231,16 @@ def test_serving_errors_come_from_simsearch_errors():
 # -- the service, real encoder ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("service") / "index"
-    assert main(["-q", "index", "build", str(demo_sample_path()), "--out", str(folder)]) == 0
-    return folder
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    from simsearch import TextEncoder
-
-    return TextEncoder()
-
-
 @pytest.fixture()
-def folder(built: Path, tmp_path: Path) -> Path:
+def folder(sample_index: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "index"
-    shutil.copytree(built, copy)
+    shutil.copytree(sample_index, copy)
     return copy
 
 
 @pytest.fixture(scope="module")
-def sample_titles(built: Path) -> dict[int, str]:
-    table = pq.read_table(built / store.ITEMS_FILE)
+def sample_titles(sample_index: Path) -> dict[int, str]:
+    table = pq.read_table(sample_index / store.ITEMS_FILE)
     return dict(zip(table.column("id").to_pylist(), table.column("title").to_pylist()))
 
 

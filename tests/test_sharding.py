@@ -14,30 +14,15 @@ import simsearch
 from simsearch._validation import NO_ID
 from simsearch.errors import CorruptFileError, FormatVersionError
 from simsearch.sharding import FORMAT_VERSION, MANIFEST, ShardedIndex, ShardedSearchResult, hash_shard
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+from _helpers import blobs, brute_force, recall, require_data
+
 DIM = 24
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0, n_clusters: int = 16) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = 3.0 * rng.normal(size=(n_clusters, dim))
-    return (centers[rng.integers(0, n_clusters, n)] + rng.normal(size=(n, dim))).astype(np.float32)
-
-
-def brute_force(x: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
-    """Row positions of the true top-k, shape (n_queries, k)."""
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    if metric in ("cosine", "ip"):
-        return np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1, kind="stable")[:, :k]
-    d = (q.astype(np.float64) ** 2).sum(1)[:, None] - 2 * q.astype(np.float64) @ x.T + (x.astype(np.float64) ** 2).sum(1)
-    return np.argsort(d, axis=1, kind="stable")[:, :k]
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(found[i, :k].tolist()) & set(truth[i].tolist())) / k for i in range(len(truth))]))
+    """Points around well separated centres, float32 (n, dim)."""
+    return blobs(n, dim, n_clusters, seed=seed, spread=3.0, noise=1.0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -449,11 +434,11 @@ def test_bad_construction() -> None:
 
 
 # ---------------------------------------------------------------------- real data
-@pytest.mark.skipif(not (DATA / "bigann10k" / "base.npy").exists(), reason="needs ../shared/data/bigann10k")
 def test_bigann10k_sharded_recall_matches_one_index() -> None:
-    base = np.load(DATA / "bigann10k" / "base.npy").astype(np.float32)
-    queries = np.load(DATA / "bigann10k" / "queries.npy").astype(np.float32)
-    truth = np.load(DATA / "bigann10k" / "groundtruth.npy")[:, :10].astype(np.int64)
+    folder = require_data("bigann10k")
+    base = np.load(folder / "base.npy").astype(np.float32)
+    queries = np.load(folder / "queries.npy").astype(np.float32)
+    truth = np.load(folder / "groundtruth.npy")[:, :10].astype(np.int64)
     one = simsearch.Index(128, metric="l2", num_threads=2)
     one.add(base)
     sharded = ShardedIndex(128, 4, metric="l2", num_threads=2)
