@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from simsearch.errors import CorruptFileError, FormatVersionError
+from simsearch.errors import CorruptFileError, FormatVersionError, SignatureError
 
 try:  # POSIX only; elsewhere concurrent writers just do the work twice.
     import fcntl
@@ -59,6 +60,9 @@ __all__ = [
     "read_manifest",
     "check_version",
     "cache_dir",
+    "signing_key",
+    "sign_file",
+    "verify_signature",
     "move",
     "safe_member",
 ]
@@ -545,3 +549,76 @@ def cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("simsearch"))
+
+
+# ------------------------------------------------------------------ signing
+SIGNATURE_SUFFIX = ".sig"
+_SIGNATURE_FORMAT = "simsearch.signature"
+SIGNING_KEY_ENV = "SIMSEARCH_SIGNING_KEY"
+
+
+def signing_key(key: str | bytes | None) -> bytes | None:
+    """The HMAC key to use: ``key`` if given, else ``$SIMSEARCH_SIGNING_KEY``, else None (unsigned).
+
+    Raises
+    ------
+    ValueError
+        If the key is empty.
+    TypeError
+        If it is neither str nor bytes.
+    """
+    if key is None:
+        env = os.environ.get(SIGNING_KEY_ENV)
+        if not env:
+            return None
+        key = env
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"signing_key must be str or bytes, got {type(key).__name__}")
+    if not key:
+        raise ValueError("signing_key is empty")
+    return bytes(key)
+
+
+def _file_hmac(path: PathLike, key: bytes) -> tuple[str, int]:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            mac.update(chunk)
+            size += len(chunk)
+    return mac.hexdigest(), size
+
+
+def sign_file(path: PathLike, key: bytes) -> None:
+    """Write ``path + ".sig"``: an HMAC-SHA256 of the file's bytes under ``key`` (atomic).
+
+    The signature sits beside the file so the file's own format is unchanged
+    and unsigned readers keep working; :func:`verify_signature` refuses a file
+    whose signature is missing or does not match before anything parses it.
+    """
+    digest, size = _file_hmac(path, key)
+    write_json(os.fspath(path) + SIGNATURE_SUFFIX, {"format": _SIGNATURE_FORMAT, "alg": "hmac-sha256", "size": size, "hmac": digest})
+
+
+def verify_signature(path: PathLike, key: bytes) -> None:
+    """Raise :class:`~simsearch.errors.SignatureError` unless ``path`` carries a valid signature under ``key``.
+
+    Run before the file is parsed: a file not written by a holder of the key
+    never reaches a parser. (A file replaced between this check and its
+    parsing is not covered: replace signed files only by rename, as the
+    library does.)
+    """
+    sig_path = os.fspath(path) + SIGNATURE_SUFFIX
+    if not os.path.isfile(sig_path):
+        raise SignatureError(f"{os.fspath(path)!r} is not signed (no {os.path.basename(sig_path)}), and a signing key is set")
+    try:
+        body = read_json(sig_path, "the signature", max_bytes=4096)
+    except CorruptFileError as err:
+        raise SignatureError(str(err)) from None
+    if body.get("format") != _SIGNATURE_FORMAT or body.get("alg") != "hmac-sha256" or not isinstance(body.get("hmac"), str):
+        raise SignatureError(f"{sig_path!r} is not a simsearch HMAC-SHA256 signature")
+    digest, size = _file_hmac(path, key)
+    if body.get("size") != size or not hmac.compare_digest(digest, body["hmac"]):
+        raise SignatureError(f"{os.fspath(path)!r} does not match its signature: it was changed, or signed with another key")

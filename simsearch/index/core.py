@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from simsearch import _storage
 from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int
 from simsearch.errors import DimensionError, UnknownIdError
 from simsearch.index.attributes import Filter
@@ -391,13 +392,26 @@ class Index:
         return self._impl.ids()
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, signing_key: str | bytes | None = None) -> None:
         """Write the index to ``path`` atomically (temp file, fsync, rename).
 
         The file starts with a versioned header and carries a checksum per
         section; nothing in it is pickled.
+
+        Parameters
+        ----------
+        path : path-like
+        signing_key : str or bytes, optional
+            Also write ``path + ".sig"``, an HMAC-SHA256 of the file under this
+            key (default: ``$SIMSEARCH_SIGNING_KEY`` when set; unsigned
+            otherwise). The checksums inside the file carry no key, so anyone
+            can recompute them; a signature lets :meth:`load` refuse files
+            not written by a holder of the key before parsing them.
         """
+        key = _storage.signing_key(signing_key)
         self._impl.save(os.fspath(path))
+        if key is not None:
+            _storage.sign_file(path, key)
 
     @classmethod
     def load(
@@ -410,6 +424,7 @@ class Index:
         verify: bool = True,
         num_threads: int | None = None,
         isa: str | None = None,
+        signing_key: str | bytes | None = None,
     ) -> Index:
         """Open an index saved by :meth:`save`, with every saved field (``ef`` included).
 
@@ -423,15 +438,26 @@ class Index:
         dim, metric : optional
             Expected dimension and metric; a file built otherwise raises.
         verify : bool, default True
-            Check every section's checksum and every link (reads the whole
-            file once). ``False`` skips that for instant opening of trusted files.
+            Check every section's checksum (reads the whole file once).
+            ``False`` skips the checksums (and the finiteness scan of stored
+            floats) only: the structural checks that keep a damaged or
+            crafted file from crashing the process (sizes against the file
+            length, ids, levels and every link in range, no overlapping
+            sections) always run.
         num_threads : int, optional
             As for the constructor (not saved: it belongs to the machine).
         isa : str, optional
             As for the constructor (native files only).
+        signing_key : str or bytes, optional
+            Refuse the file unless ``path + ".sig"`` is a valid HMAC of it
+            under this key, checked before the file is parsed (default:
+            ``$SIMSEARCH_SIGNING_KEY`` when set; no check otherwise).
 
         Raises
         ------
+        SignatureError
+            (a ``CorruptFileError``) A signing key is set and the file is
+            unsigned or its signature does not match.
         CorruptFileError
             (a ``ValueError``) Foreign, truncated, corrupt or newer-version file.
         DimensionError
@@ -442,6 +468,9 @@ class Index:
             The file cannot be read.
         """
         p = os.fspath(path)
+        key = _storage.signing_key(signing_key)
+        if key is not None:
+            _storage.verify_signature(p, key)
         self = cls.__new__(cls)
         self._setup(open_backend(p, mmap=bool(mmap), verify=bool(verify), isa=isa), num_threads)
         if dim is not None and self.dim != dim:

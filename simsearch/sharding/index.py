@@ -37,7 +37,8 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from simsearch._storage import atomic_dir
+from simsearch._storage import atomic_dir, recover_dir, sign_file, verify_signature
+from simsearch._storage import signing_key as signing_key_of
 from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int
 from simsearch.errors import CorruptFileError
 from simsearch.index.core import Index, _check_attributes, _check_filter, _default_threads
@@ -483,8 +484,13 @@ class ShardedIndex:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, signing_key: str | bytes | None = None) -> None:
         """Write the index to the directory ``path``.
+
+        With a ``signing_key`` (default: ``$SIMSEARCH_SIGNING_KEY`` when set),
+        ``manifest.json.sig`` holds an HMAC-SHA256 of the manifest, which
+        holds the SHA-256 of every shard file: :meth:`load` with the key
+        refuses a folder not written by a holder of the key.
 
         The shards and the manifest are written into a temporary directory
         beside ``path``, which then replaces ``path`` by rename, so a reader
@@ -513,6 +519,9 @@ class ShardedIndex:
                 "index_params": {k: v for k, v in self.index_params.items() if k in _SAVED_PARAMS},
             }
             manifest.write(tmp, fields, entries, self.centroids_)
+            key = signing_key_of(signing_key)
+            if key is not None:
+                sign_file(tmp / manifest.MANIFEST, key)
 
     @classmethod
     def load(
@@ -524,6 +533,7 @@ class ShardedIndex:
         engine: str = "local",
         num_threads: int | None = None,
         engine_options: dict[str, Any] | None = None,
+        signing_key: str | bytes | None = None,
     ) -> ShardedIndex:
         """Open a directory written by :meth:`save`.
 
@@ -541,9 +551,16 @@ class ShardedIndex:
             Total threads (default: every core available).
         engine_options : dict, optional
             Ray engine options.
+        signing_key : str or bytes, optional
+            Refuse the folder unless its manifest carries a valid HMAC under
+            this key (default: ``$SIMSEARCH_SIGNING_KEY`` when set); the shard
+            files are then always checked against the manifest's SHA-256.
 
         Raises
         ------
+        SignatureError
+            A signing key is set and the manifest is unsigned or its
+            signature does not match.
         CorruptFileError
             No or unreadable manifest, another format, missing fields, a shard
             file missing, corrupt or holding another count than the manifest
@@ -552,6 +569,11 @@ class ShardedIndex:
         FormatVersionError
             The folder was written by a newer simsearch.
         """
+        key = signing_key_of(signing_key)
+        if key is not None:
+            recover_dir(path)
+            verify_signature(Path(path) / manifest.MANIFEST, key)
+            verify = True
         saved = manifest.read(path, verify=verify)
         fields = saved.manifest
         self = cls.__new__(cls)
