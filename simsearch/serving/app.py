@@ -31,7 +31,7 @@ import numpy as np
 from simsearch.errors import DeadlineExceeded, DuplicateIdError, LoadError, QueueFull, SimsearchError
 from simsearch.serving.batcher import BatchStats
 from simsearch.serving.results import SearchResult
-from simsearch.serving.service import MAX_K, Service
+from simsearch.serving.service import MAX_K, Service, check_effort
 
 try:
     from fastapi import FastAPI, Request
@@ -66,6 +66,11 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # -- request and response bodies ----------------------------------------------
 
+_EF_DOC = (
+    "search effort: candidate list size of the graph walk, 1 to 2147483647 (at least k is used); "
+    "larger is slower and finds more of the true nearest items (default: the index's own ef, saved with it)"
+)
+
 
 class EmbedRequest(BaseModel):
     texts: list[str] = Field(description="texts to embed")
@@ -76,6 +81,7 @@ class SearchRequest(BaseModel):
     query: Union[str, list[str], None] = Field(None, description="a query text, or a list of them")
     vector: Union[list[float], list[list[float]], None] = Field(None, description="a query vector, or a list of them")
     k: int = Field(10, ge=1, le=MAX_K, description="results per query")
+    ef: int | None = Field(None, description=_EF_DOC)
     timeout_ms: float | None = Field(None, gt=0)
 
 
@@ -88,6 +94,7 @@ class MatchRequest(BaseModel):
     listings: list[Listing]
     k: int = Field(5, ge=1, le=MAX_K)
     threshold: float | None = Field(None, description="least cosine of a match (default: the server's)")
+    ef: int | None = Field(None, description=_EF_DOC)
     timeout_ms: float | None = Field(None, gt=0)
 
 
@@ -320,6 +327,13 @@ def create_app(
         ms = timeout_ms if timeout_ms is not None else limits.timeout_ms
         return None if ms is None else ms / 1000.0
 
+    def effort(ef: int | None) -> int | None:
+        # Checked before the texts are queued for the encoder; 422 like every out-of-range field.
+        try:
+            return check_effort(ef)
+        except (TypeError, ValueError) as err:
+            raise _HTTPError(422, f"ef: {_one_line(err)}") from None
+
     async def vectors_of(svc: Service, texts: list[str], timeout: float | None, on_miss: str | None = "wait") -> Any:
         return await svc.wait_async(svc.submit_embed(texts, timeout, on_miss=on_miss), timeout)
 
@@ -346,6 +360,7 @@ def create_app(
     @app.post("/v1/search", response_model=SearchResponse, summary="Search by text or vector")
     async def search(req: SearchRequest) -> Response:
         svc = ready()
+        ef = effort(req.ef)
         if (req.query is None) == (req.vector is None):
             raise _HTTPError(400, "give exactly one of 'query' (text or list of texts) and 'vector' (list of floats or list of lists)")
         if req.query is not None:
@@ -362,15 +377,16 @@ def create_app(
                 if "inhomogeneous" in str(err):
                     raise ValueError("query vectors have different lengths") from None
                 raise
-        result = svc.search_vectors(vectors, req.k)
+        result = svc.search_vectors(vectors, req.k, ef)
         return body({"results": hits_json(result)}, result.index_version)
 
     @app.post("/v1/match", response_model=MatchResponse, summary="Match listings to catalog items")
     async def match(req: MatchRequest) -> Response:
         svc = ready()
         count(len(req.listings), "listings")
+        ef = effort(req.ef)
         vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
-        result = svc.match_vectors(vectors, req.k, req.threshold)
+        result = svc.match_vectors(vectors, req.k, req.threshold, ef)
         rows = hits_json(result)
         return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]}, result.index_version)
 
