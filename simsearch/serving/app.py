@@ -24,14 +24,14 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from simsearch.errors import DeadlineExceeded, DuplicateIdError, LoadError, QueueFull, SimsearchError
 from simsearch.serving.batcher import BatchStats
 from simsearch.serving.results import SearchResult
-from simsearch.serving.service import MAX_K, Service, check_effort
+from simsearch.serving.service import Service, check_effort
 
 try:
     from fastapi import FastAPI, Request
@@ -46,12 +46,24 @@ try:
         disable_created_metrics,
         generate_latest,
     )
-    from pydantic import BaseModel, Field
     from starlette.concurrency import run_in_threadpool
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"the simsearch HTTP server needs {err.name}; install it with: pip install 'simsearch[serve]'"
     ) from err
+
+from simsearch.serving.schemas import (  # after the check above: pydantic comes with fastapi
+    AddRequest,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    MatchRequest,
+    MatchResponse,
+    RemoveRequest,
+    SearchRequest,
+    SearchResponse,
+    WriteResponse,
+)
 
 # The *_created series double the text for no use here.
 disable_created_metrics()
@@ -62,95 +74,6 @@ _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _ENDPOINTS = frozenset({"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-# -- request and response bodies ----------------------------------------------
-
-_EF_DOC = (
-    "search effort: candidate list size of the graph walk, 1 to 2147483647 (at least k is used); "
-    "larger is slower and finds more of the true nearest items (default: the index's own ef, saved with it)"
-)
-
-
-class EmbedRequest(BaseModel):
-    texts: list[str] = Field(description="texts to embed")
-    timeout_ms: float | None = Field(None, gt=0, description="deadline of this request (default: the server's)")
-
-
-class SearchRequest(BaseModel):
-    query: Union[str, list[str], None] = Field(None, description="a query text, or a list of them")
-    vector: Union[list[float], list[list[float]], None] = Field(None, description="a query vector, or a list of them")
-    k: int = Field(10, ge=1, le=MAX_K, description="results per query")
-    ef: int | None = Field(None, description=_EF_DOC)
-    timeout_ms: float | None = Field(None, gt=0)
-
-
-class Listing(BaseModel):
-    id: Union[int, str, None] = None
-    title: str
-
-
-class MatchRequest(BaseModel):
-    listings: list[Listing]
-    k: int = Field(5, ge=1, le=MAX_K)
-    threshold: float | None = Field(None, description="least cosine of a match (default: the server's)")
-    ef: int | None = Field(None, description=_EF_DOC)
-    timeout_ms: float | None = Field(None, gt=0)
-
-
-class Item(BaseModel):
-    id: Union[int, str]
-    title: str
-    vector: list[float] | None = None
-
-
-class AddRequest(BaseModel):
-    items: list[Item]
-
-
-class RemoveRequest(BaseModel):
-    ids: list[Union[int, str]]
-
-
-class Envelope(BaseModel):
-    model: str
-    model_fingerprint: str
-    index_version: int
-
-
-class HitOut(BaseModel):
-    id: Union[int, str]
-    title: str | None
-    score: float
-    is_match: bool | None = None
-
-
-class EmbedResponse(Envelope):
-    embeddings: list[list[float | None]]
-    missing: list[bool]
-    dim: int
-
-
-class SearchResponse(Envelope):
-    results: list[list[HitOut]]
-
-
-class MatchOut(BaseModel):
-    listing_id: Union[int, str, None]
-    matches: list[HitOut]
-
-
-class MatchResponse(Envelope):
-    results: list[MatchOut]
-
-
-class WriteResponse(Envelope):
-    added: int | None = None
-    removed: int | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: str
 
 
 # -- settings and state -----------------------------------------------------
