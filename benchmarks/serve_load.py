@@ -15,19 +15,25 @@ server has already seen.
 
 The index holds ``--items`` vectors (default 100,000): the 42,041 title
 embeddings of ``benchmarks/_data.py`` (all-MiniLM-L6-v2) and, past those,
-vectors of the synthetic mixture, so a search walks a 100k-item graph. It is
-built once and kept under ``benchmarks/.cache/``.
+vectors of the synthetic mixture, so a search walks a 100k-item graph. With
+``--titles N`` only the first N titles go in, embedded by the served
+encoder itself (quicker to build than embedding every title). It is built
+once and kept under ``benchmarks/.cache/``. Queries are drawn from all titles.
 
 Prints a table (throughput, p50/p99 latency, status counts, server CPU
 time per answered search, per cell), the adaptive/anchor ratios of
 throughput and of CPU per search at each concurrency, the CPU and its flags,
-and one JSON object on its last line. On a shared machine the wall-clock
-figures move with everyone else's load; CPU per search moves much less.
+the two serving goals of issue 15 (text -> encode -> search p99 at
+concurrency 1 with adaptive batching, goal <= 10 ms; adaptive / batching-off
+throughput at concurrency 32, goal >= 3x) with the load average, and one
+JSON object on its last line. On a shared machine the wall-clock figures
+move with everyone else's load; CPU per search moves much less.
 
 Usage::
 
     python benchmarks/serve_load.py                      # about 2-3 minutes
     python benchmarks/serve_load.py --seconds 10 --concurrency 1 8 32 128
+    python benchmarks/serve_load.py --items 20000 --titles 2000 --concurrency 1 32 --seconds 6   # quick
 """
 
 from __future__ import annotations
@@ -49,12 +55,16 @@ import _common
 import _data
 
 
-def build_folder(n_items: int) -> tuple[Path, int]:
+#: Goals of issue 15, item 6.
+GOAL_C1_P99_MS = 10.0
+GOAL_C32_RATIO = 3.0
+
+
+def build_folder(n_items: int, n_titles: int | None = None) -> tuple[Path, int]:
     """The served index folder (built once, then reused); returns it and the number of real titles in it."""
     titles = _data.load_titles()
-    vectors = _data.title_embeddings()
-    n_real = min(n_items, len(titles))
-    folder = _common.CACHE_DIR / f"service-index-{n_items}"
+    n_real = min(n_items, len(titles), n_titles or len(titles))
+    folder = _common.CACHE_DIR / (f"service-index-{n_items}" if n_titles is None else f"service-index-{n_items}-{n_real}")
     if (folder / "meta.json").exists():
         return folder, n_real
     from simsearch.encoders import TextEncoder
@@ -62,7 +72,7 @@ def build_folder(n_items: int) -> tuple[Path, int]:
     from simsearch.serving import store
 
     encoder = TextEncoder()
-    base = vectors[:n_real]
+    base = _data.title_embeddings()[:n_real] if n_titles is None else encoder.encode([t if t.strip() else "untitled" for t in titles[:n_real]], progress=False)
     if n_items > n_real:
         extra, _ = _data.cached_synthetic_mixture(100_000 if n_items - n_real <= 100_000 else n_items - n_real, 1000)
         base = np.vstack([base, np.asarray(extra[: n_items - n_real], dtype=np.float32)])
@@ -223,8 +233,8 @@ async def metrics_of(port: int) -> dict[str, float]:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    folder, n_real = build_folder(args.items)
-    titles = [t for t in _data.load_titles()[:n_real] if t.strip()]
+    folder, n_real = build_folder(args.items, args.titles)
+    titles = [t for t in _data.load_titles() if t.strip()]
     random.Random(0).shuffle(titles)
     configs = {
         "adaptive": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
@@ -276,9 +286,21 @@ async def main_async(args: argparse.Namespace) -> dict:
     return {"folder": str(folder), "n_titles": n_real, "results": results, "batches": batches}
 
 
+def serving_goals(adaptive: list[dict], ratios: dict[str, float]) -> dict[str, dict]:
+    """The two figures of issue 15 item 6: p99 at concurrency 1 (adaptive, cold cache) and the c=32 throughput ratio."""
+    c1 = next((c for c in adaptive if c["concurrency"] == 1 and c["cache"] == "cold"), None)
+    p99 = c1["p99_ms"] if c1 else None
+    ratio = ratios.get("c32-cold")
+    return {
+        "c1_p99_ms": {"value": p99, "goal": f"<= {GOAL_C1_P99_MS:g}", "met": p99 is not None and p99 <= GOAL_C1_P99_MS},
+        "c32_throughput_ratio": {"value": ratio, "goal": f">= {GOAL_C32_RATIO:g}", "met": ratio is not None and ratio >= GOAL_C32_RATIO},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000, help="index size (default 100000)")
+    parser.add_argument("--titles", type=int, default=None, help="real titles in the index, embedded by the served encoder (default: all, from the shared cache)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each cell (default 8)")
     parser.add_argument("--max-requests", type=int, default=4000, help="most requests per cell (default 4000)")
@@ -294,6 +316,7 @@ def main() -> None:
 
     print(_common.host_line())
     print(f"encoder threads: {args.threads or 'default'}")
+    load_start = round(os.getloadavg()[0], 2)
     out = asyncio.run(main_async(args))
     ratios = {}
     cpu_ratios = {}
@@ -308,11 +331,17 @@ def main() -> None:
         print(f"{a['concurrency']:>11d}  {a['cache']:5s}  {a['throughput_rps']:>14.1f}  {b['throughput_rps']:>12.1f}  {ratio:5.2f}  "
               f"{a['p50_ms']:>8.2f} / {a['p99_ms']:<8.2f}  {b['p50_ms']:>7.2f} / {b['p99_ms']:<7.2f}  {cpu}")
     five_xx = sum(n for side in out["results"].values() for cell in side for code, n in cell["codes"].items() if code.startswith("5"))
-    print(f"5xx responses: {five_xx}; load average at end: {os.getloadavg()[0]:.2f}")
+    load_end = round(os.getloadavg()[0], 2)
+    print(f"5xx responses: {five_xx}; load average at start {load_start:.2f}, at end {load_end:.2f}")
+    goals = serving_goals(out["results"]["adaptive"], ratios)
+    for name, g in goals.items():
+        verdict = "-" if g["value"] is None else ("met" if g["met"] else "not met")
+        print(f"goal {name}: {g['value']} (goal {g['goal']}): {verdict}")
     summary = {
         "benchmark": "service", "items": args.items, "titles_in_index": out["n_titles"], "cpu": _common.cpu_flags(), "cores": os.cpu_count(),
         "seconds_per_cell": args.seconds, "encoder_threads": args.threads or None, "adaptive": out["results"]["adaptive"], "anchor": out["results"]["anchor"],
         "throughput_ratio": ratios, "cpu_per_search_ratio": cpu_ratios, "five_xx": five_xx,
+        "goals": goals, "load_average": {"start": load_start, "end": load_end},
     }  # fmt: skip
     print(json.dumps(summary))
 

@@ -198,6 +198,22 @@ def test_health_ready_openapi(client, server):
     schema = client.get("/openapi.json").json()
     assert {"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     assert {"post", "delete"} <= set(schema["paths"]["/v1/items"])
+    for body in ("SearchRequest", "MatchRequest"):  # the effort knob is documented where clients look
+        assert "search effort" in schema["components"]["schemas"][body]["properties"]["ef"]["description"]
+
+
+def test_search_and_match_take_ef(client, titles):
+    item_id, title = list(titles.items())[3]
+    default = client.post("/v1/search", json={"query": title, "k": 5}).json()["results"]
+    for ef in (5, 300):  # at least k is used; 300 is more than the index holds
+        r = client.post("/v1/search", json={"query": title, "k": 5, "ef": ef})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0][0]["id"] == item_id
+    # The served index is small: its own ef (64) already finds the exact top 5.
+    assert r.json()["results"] == default
+    r = client.post("/v1/match", json={"listings": [{"id": "l1", "title": title}], "k": 2, "ef": 100})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["matches"][0]["id"] == item_id
 
 
 def test_metrics_are_prometheus_text(client):
@@ -236,6 +252,10 @@ def test_metrics_are_prometheus_text(client):
         ("/v1/embed", {"texts": "not a list"}, 422, "texts"),
         ("/v1/items", {"items": [{"id": "s1", "title": "t"}]}, 400, "must be an int"),
         ("/v1/items", {"items": [{"id": 1, "title": ""}]}, 400, "empty"),
+        ("/v1/search", {"query": "tv", "ef": 0}, 422, "ef: ef must be positive"),
+        ("/v1/search", {"vector": [0.1] * 384, "ef": 2**31}, 422, "ef: ef=2147483648 is too large"),
+        ("/v1/search", {"query": "tv", "ef": "lots"}, 422, "ef:"),
+        ("/v1/match", {"listings": [{"title": "tv"}], "ef": -3}, 422, "ef: ef must be positive"),
     ],
 )
 def test_bad_requests_get_one_line_reasons(client, path, payload, code, words):

@@ -1,8 +1,8 @@
-"""simsearch.Service in-process: batching, deadlines, backpressure, the cache, durable writes.
+"""simsearch.Service in-process: deadlines, backpressure, the cache, durable writes, search effort.
 
-The batcher's timing logic is tested with a function that blocks on an event
-(so "the worker is busy" is a fact, not a race); everything else runs the
-real default encoder over an index folder built from the bundled sample.
+The batcher has its own tests (``test_batcher.py``); these run the real
+default encoder over an index folder built from the bundled sample, and a
+random encoder over a random index where the exact answer is known.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 
 from simsearch.cache import EmbeddingCache
 from simsearch.serving import (
-    AdaptiveBatcher,
     DeadlineExceeded,
     DuplicateIdError,
     QueueFull,
@@ -26,21 +25,6 @@ from simsearch.serving import (
 )
 from simsearch.errors import ClosedError, SimsearchError, UnknownIdError
 from simsearch.serving import store
-
-
-class Gate:
-    """A batch function that records its calls and blocks until released."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.release = threading.Event()
-        self.entered = threading.Event()
-
-    def __call__(self, items: list[str]) -> list[str]:
-        self.calls.append(list(items))
-        self.entered.set()
-        self.release.wait(30)
-        return [s.upper() for s in items]
 
 
 def abandon(service: Service) -> None:
@@ -57,162 +41,7 @@ def wait_for(condition, what: str, seconds: float = 30.0) -> None:
         time.sleep(0.002)
 
 
-# -- the batcher -------------------------------------------------------------
-
-
-def test_concurrent_requests_share_batches():
-    gate = Gate()
-    batcher = AdaptiveBatcher(gate, max_batch_size=32, max_wait_ms=0)
-    first = batcher.submit(["a"])
-    gate.entered.wait(30)  # the worker is now busy with ["a"]
-    futures: dict[int, object] = {}
-
-    def call(i: int) -> None:
-        futures[i] = batcher.submit([f"t{i}"])
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wait_for(lambda: batcher.depth == 16, "16 queued texts")
-    gate.release.set()
-    assert first.result(30) == ["A"]
-    assert {i: f.result(30) for i, f in futures.items()} == {i: [f"T{i}"] for i in range(16)}
-    batcher.close()
-    # The 16 requests that queued while the worker was busy went in one call.
-    assert len(gate.calls) == 2
-    assert sorted(gate.calls[1]) == sorted(f"t{i}" for i in range(16))
-
-
-def test_batches_respect_max_batch_size_and_keep_requests_whole():
-    gate = Gate()
-    batcher = AdaptiveBatcher(gate, max_batch_size=4, max_wait_ms=0)
-    blocker = batcher.submit(["x"])
-    gate.entered.wait(30)
-    small = [batcher.submit([f"s{i}", f"s{i}b"]) for i in range(3)]
-    large = batcher.submit([f"l{i}" for i in range(7)])
-    gate.release.set()
-    assert blocker.result(30) == ["X"]
-    assert [f.result(30) for f in small] == [[f"S{i}", f"S{i}B"] for i in range(3)]
-    assert large.result(30) == [f"L{i}" for i in range(7)]
-    batcher.close()
-    sizes = [len(c) for c in gate.calls]
-    assert sizes == [1, 4, 2, 7]  # two 2-text requests, then one, then the 7-text request alone
-
-
-def test_lone_request_is_not_held_but_a_busy_queue_waits():
-    gate = Gate()
-    gate.release.set()
-    batcher = AdaptiveBatcher(gate, max_batch_size=32, max_wait_ms=50)
-    # Idle: nothing suggests a second request is coming, so no wait.
-    assert batcher.wait_budget() == 0.0
-    assert batcher.submit(["one"]).result(30) == ["ONE"]
-    gate.release.clear()
-    gate.entered.clear()
-    batcher.submit(["busy"])
-    gate.entered.wait(30)
-    for i in range(10):  # arrivals microseconds apart
-        batcher.submit([f"q{i}"])
-    assert 0.0 < batcher.wait_budget() <= 0.05
-    gate.release.set()
-    batcher.close()
-
-
-def test_request_past_its_deadline_is_dropped_unprocessed():
-    gate = Gate()
-    batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
-    blocker = batcher.submit(["first"])
-    gate.entered.wait(30)
-    deadline = time.monotonic() + 0.01
-    late = batcher.submit(["late"], deadline=deadline)
-    on_time = batcher.submit(["patient"])
-    wait_for(lambda: time.monotonic() > deadline, "the deadline to pass")
-    gate.release.set()
-    with pytest.raises(DeadlineExceeded, match="dropped unprocessed"):
-        late.result(30)
-    assert blocker.result(30) == ["FIRST"]
-    assert on_time.result(30) == ["PATIENT"]
-    batcher.close()
-    assert all("late" not in call for call in gate.calls)
-    assert batcher.dropped == 1
-
-
-def test_result_finished_past_the_deadline_is_dropped():
-    gate = Gate()
-    batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
-    deadline = time.monotonic() + 0.01
-    future = batcher.submit(["slow"], deadline=deadline)
-    gate.entered.wait(30)
-    wait_for(lambda: time.monotonic() > deadline, "the deadline to pass")
-    gate.release.set()
-    with pytest.raises(DeadlineExceeded, match="while computing"):
-        future.result(30)
-    batcher.close()
-
-
-def test_full_queue_refuses_with_retry_after():
-    gate = Gate()
-    batcher = AdaptiveBatcher(gate, max_batch_size=1, max_wait_ms=0, max_queue=3)
-    running = batcher.submit(["running"])
-    gate.entered.wait(30)
-    queued = [batcher.submit([f"q{i}"]) for i in range(3)]
-    with pytest.raises(QueueFull, match="queue full") as info:
-        batcher.submit(["one too many"])
-    assert info.value.retry_after >= 1
-    with pytest.raises(ValueError, match="can never fit"):
-        batcher.submit(["a", "b", "c", "d"])
-    gate.release.set()
-    assert [f.result(30) for f in queued] == [["Q0"], ["Q1"], ["Q2"]]
-    assert running.result(30) == ["RUNNING"]
-    batcher.close()
-
-
-def test_work_the_queue_would_hold_past_its_deadline_is_refused_at_once():
-    gate = Gate()
-    gate.release.set()
-    batcher = AdaptiveBatcher(gate, max_batch_size=1, max_wait_ms=0, max_queue=100)
-    batcher.submit(["measure"]).result(30)  # one batch: seconds per item are known
-    gate.release.clear()
-    gate.entered.clear()
-    running = batcher.submit(["running"])
-    gate.entered.wait(30)
-    queued = [batcher.submit([f"q{i}"]) for i in range(3)]
-    with pytest.raises(QueueFull, match="for this deadline") as info:
-        batcher.submit(["hurried"], deadline=time.monotonic())
-    assert info.value.retry_after >= 1
-    patient = batcher.submit(["patient"], deadline=time.monotonic() + 600)
-    gate.release.set()
-    assert patient.result(30) == ["PATIENT"]
-    assert [f.result(30) for f in [running, *queued]] == [["RUNNING"], ["Q0"], ["Q1"], ["Q2"]]
-    batcher.close()
-    assert all("hurried" not in call for call in gate.calls)
-
-
-def test_batch_function_error_reaches_every_caller():
-    def boom(items: list[str]) -> list[str]:
-        raise RuntimeError("model crashed")
-
-    batcher = AdaptiveBatcher(boom)
-    with pytest.raises(RuntimeError, match="model crashed"):
-        batcher.submit(["a"]).result(30)
-    batcher.close()
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [({"max_batch_size": 0}, "max_batch_size"), ({"max_queue": 0}, "max_queue"), ({"max_wait_ms": -1}, "max_wait_ms")],
-)
-def test_batcher_parameters_are_checked(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        AdaptiveBatcher(lambda xs: xs, **kwargs)
-
-
-def test_closed_batcher_refuses_with_closed_error():
-    batcher = AdaptiveBatcher(lambda xs: xs)
-    batcher.close()
-    with pytest.raises(ClosedError, match="the batcher is closed"):
-        batcher.submit(["late"])
+# -- errors ---------------------------------------------------------------------
 
 
 def test_serving_errors_come_from_simsearch_errors():
@@ -449,3 +278,78 @@ def test_folder_of_another_model_is_refused(folder, encoder):
 
     with pytest.raises(ValueError, match="built with model"):
         Service.open(folder, Other())
+
+
+# -- search effort (ef) ----------------------------------------------------------
+
+
+class RandomEncoder:
+    """An encoder of fixed random unit vectors, for searches whose exact answer is known."""
+
+    dim, name, fingerprint = 32, "random-32", "0" * 64
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts, batch_size=None, progress=None):
+        self.calls += 1
+        rng = np.random.default_rng([len(t) for t in texts])
+        v = rng.standard_normal((len(texts), self.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def random_catalog():
+    from simsearch import Index
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((4000, 32)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = rng.standard_normal((100, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = Index(32, metric="ip", M=8, ef_construction=40)
+    index.add(base, ids=np.arange(len(base), dtype=np.uint64))
+    truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    return index, queries, truth
+
+
+def recall(result, truth) -> float:
+    found = [{h.id for h in row} for row in result.hits]
+    return float(np.mean([len(f & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
+
+
+def test_ef_changes_the_effort_of_search_and_match(random_catalog):
+    index, queries, truth = random_catalog
+    with Service(RandomEncoder(), index) as service:
+        low, high = service.search(queries, k=10, ef=10), service.search(queries, k=10, ef=400)
+        assert recall(low, truth) < recall(high, truth)
+        assert recall(high, truth) >= 0.95
+        matched = service.match_vectors(queries, k=10, ef=400)
+        assert [[h.id for h in row] for row in matched.hits] == [[h.id for h in row] for row in high.hits]
+        assert service.match(["a listing"], k=3, ef=10).hits[0]
+
+
+def test_ef_defaults_to_the_index_own(random_catalog):
+    index, queries, _ = random_catalog
+    with Service(RandomEncoder(), index) as service:
+        before = index.ef
+        try:
+            index.ef = 400
+            by_default = service.search(queries, k=10)
+        finally:
+            index.ef = before
+        explicit = service.search(queries, k=10, ef=400)
+    assert [[h.id for h in row] for row in by_default.hits] == [[h.id for h in row] for row in explicit.hits]
+
+
+@pytest.mark.parametrize("ef, error, words", [(0, ValueError, "ef must be positive"), (2**31, ValueError, "too large"), (2.5, TypeError, "ef must be an integer")])
+def test_bad_ef_is_refused_before_any_text_is_encoded(random_catalog, ef, error, words):
+    encoder = RandomEncoder()
+    with Service(encoder, random_catalog[0]) as service:
+        with pytest.raises(error, match=words):
+            service.search(["a query"], ef=ef)
+        with pytest.raises(error, match=words):
+            service.match(["a listing"], ef=ef)
+        with pytest.raises(error, match=words):
+            service.search(random_catalog[1][:1], ef=ef)
+    assert encoder.calls == 0

@@ -24,14 +24,14 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from simsearch.errors import DeadlineExceeded, DuplicateIdError, LoadError, QueueFull, SimsearchError
 from simsearch.serving.batcher import BatchStats
 from simsearch.serving.results import SearchResult
-from simsearch.serving.service import MAX_K, Service
+from simsearch.serving.service import Service, check_effort
 
 try:
     from fastapi import FastAPI, Request
@@ -46,12 +46,24 @@ try:
         disable_created_metrics,
         generate_latest,
     )
-    from pydantic import BaseModel, Field
     from starlette.concurrency import run_in_threadpool
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"the simsearch HTTP server needs {err.name}; install it with: pip install 'simsearch[serve]'"
     ) from err
+
+from simsearch.serving.schemas import (  # after the check above: pydantic comes with fastapi
+    AddRequest,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    MatchRequest,
+    MatchResponse,
+    RemoveRequest,
+    SearchRequest,
+    SearchResponse,
+    WriteResponse,
+)
 
 # The *_created series double the text for no use here.
 disable_created_metrics()
@@ -62,88 +74,6 @@ _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _ENDPOINTS = frozenset({"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-# -- request and response bodies ----------------------------------------------
-
-
-class EmbedRequest(BaseModel):
-    texts: list[str] = Field(description="texts to embed")
-    timeout_ms: float | None = Field(None, gt=0, description="deadline of this request (default: the server's)")
-
-
-class SearchRequest(BaseModel):
-    query: Union[str, list[str], None] = Field(None, description="a query text, or a list of them")
-    vector: Union[list[float], list[list[float]], None] = Field(None, description="a query vector, or a list of them")
-    k: int = Field(10, ge=1, le=MAX_K, description="results per query")
-    timeout_ms: float | None = Field(None, gt=0)
-
-
-class Listing(BaseModel):
-    id: Union[int, str, None] = None
-    title: str
-
-
-class MatchRequest(BaseModel):
-    listings: list[Listing]
-    k: int = Field(5, ge=1, le=MAX_K)
-    threshold: float | None = Field(None, description="least cosine of a match (default: the server's)")
-    timeout_ms: float | None = Field(None, gt=0)
-
-
-class Item(BaseModel):
-    id: Union[int, str]
-    title: str
-    vector: list[float] | None = None
-
-
-class AddRequest(BaseModel):
-    items: list[Item]
-
-
-class RemoveRequest(BaseModel):
-    ids: list[Union[int, str]]
-
-
-class Envelope(BaseModel):
-    model: str
-    model_fingerprint: str
-    index_version: int
-
-
-class HitOut(BaseModel):
-    id: Union[int, str]
-    title: str | None
-    score: float
-    is_match: bool | None = None
-
-
-class EmbedResponse(Envelope):
-    embeddings: list[list[float | None]]
-    missing: list[bool]
-    dim: int
-
-
-class SearchResponse(Envelope):
-    results: list[list[HitOut]]
-
-
-class MatchOut(BaseModel):
-    listing_id: Union[int, str, None]
-    matches: list[HitOut]
-
-
-class MatchResponse(Envelope):
-    results: list[MatchOut]
-
-
-class WriteResponse(Envelope):
-    added: int | None = None
-    removed: int | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: str
 
 
 # -- settings and state -----------------------------------------------------
@@ -320,6 +250,13 @@ def create_app(
         ms = timeout_ms if timeout_ms is not None else limits.timeout_ms
         return None if ms is None else ms / 1000.0
 
+    def effort(ef: int | None) -> int | None:
+        # Checked before the texts are queued for the encoder; 422 like every out-of-range field.
+        try:
+            return check_effort(ef)
+        except (TypeError, ValueError) as err:
+            raise _HTTPError(422, f"ef: {_one_line(err)}") from None
+
     async def vectors_of(svc: Service, texts: list[str], timeout: float | None, on_miss: str | None = "wait") -> Any:
         return await svc.wait_async(svc.submit_embed(texts, timeout, on_miss=on_miss), timeout)
 
@@ -346,6 +283,7 @@ def create_app(
     @app.post("/v1/search", response_model=SearchResponse, summary="Search by text or vector")
     async def search(req: SearchRequest) -> Response:
         svc = ready()
+        ef = effort(req.ef)
         if (req.query is None) == (req.vector is None):
             raise _HTTPError(400, "give exactly one of 'query' (text or list of texts) and 'vector' (list of floats or list of lists)")
         if req.query is not None:
@@ -362,15 +300,16 @@ def create_app(
                 if "inhomogeneous" in str(err):
                     raise ValueError("query vectors have different lengths") from None
                 raise
-        result = svc.search_vectors(vectors, req.k)
+        result = svc.search_vectors(vectors, req.k, ef)
         return body({"results": hits_json(result)}, result.index_version)
 
     @app.post("/v1/match", response_model=MatchResponse, summary="Match listings to catalog items")
     async def match(req: MatchRequest) -> Response:
         svc = ready()
         count(len(req.listings), "listings")
+        ef = effort(req.ef)
         vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
-        result = svc.match_vectors(vectors, req.k, req.threshold)
+        result = svc.match_vectors(vectors, req.k, req.threshold, ef)
         rows = hits_json(result)
         return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]}, result.index_version)
 

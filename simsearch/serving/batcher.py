@@ -2,14 +2,30 @@
 
 One worker thread serves a bounded queue. A batch closes when it holds
 ``max_batch_size`` items or when its wait runs out, whichever comes first.
-The wait adapts to load: the batcher keeps an exponentially weighted mean of
-the gap between arrivals, and waits only when that gap says another request
-is likely to come within ``max_wait_ms``; otherwise (a lone request on an idle
-service) the batch closes at once. Under load the worker is busy while
-requests pile up, so batches fill without waiting at all; the wait matters
-between those extremes, where it trades a few milliseconds for a fuller batch
-(Clipper's adaptive batching, Crankshaw et al., NSDI 2017, bounds the batch by
-a latency budget in the same spirit).
+The wait adapts to load:
+
+- **Alone, no wait.** The batcher counts how many arrivals find other
+  requests still in the service (queued or being computed). When most find
+  it empty (one client waiting for each answer before it asks again, or
+  sparse traffic), nobody is coming to share the batch and it closes at
+  once: waiting would only add latency. A closed loop of one client looks
+  busy by arrival gaps alone (the next request comes one round trip after
+  the last), which is why overlap is counted rather than the gap.
+- **While requests stream in, wait for the next one**, at most twice the
+  mean gap between arrivals, and in all at most ``max_wait_ms``: the batch
+  closes when the stream pauses, not when a fixed timer fires.
+- **Under load, no wait**: the worker is busy while requests pile up, so a
+  full batch is waiting when it comes back.
+- **Bounded by the deadline**: a batch holds no more items than the
+  measured seconds per item allow before the earliest deadline among them,
+  so at high load a batch is as large as the deadline lets it be, not larger.
+
+Given ``key`` (the service passes each text's length), a batch gathers
+requests of similar key around the oldest one: the encoder pads a model run
+to its longest text, so texts of one length cost less together than a mix.
+The oldest request always goes first, so none waits behind newer ones for
+long. (Clipper's adaptive batching, Crankshaw et al., NSDI 2017, bounds the
+batch by a latency budget in the same spirit.)
 
 Every request may carry a deadline (``time.monotonic()`` seconds). A request
 that the queue ahead of it would hold past its deadline (at the measured
@@ -21,6 +37,7 @@ computed; one that finishes past its deadline is answered with
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -39,6 +56,13 @@ _EWMA = 0.2
 # running mean: model-call times spread widely on a shared machine, and a
 # request refused now (429) costs the client less than one dropped later (504).
 _DRAIN_SLACK = 1.5
+# A batch waits for company only when at least this share of recent arrivals
+# found other requests in the service; below it, requests come one at a time.
+_OVERLAP = 0.5
+# While waiting, the batch closes when no request arrives within this many mean gaps.
+_PAUSE = 2.0
+# Requests looked at when gathering a batch of similar keys, in batches' worth.
+_WINDOW = 4
 
 
 @dataclass
@@ -57,6 +81,7 @@ class _Request:
     deadline: float | None
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
+    key: float = 0.0
 
 
 class AdaptiveBatcher:
@@ -81,6 +106,10 @@ class AdaptiveBatcher:
         worker thread (for metrics).
     name : str, default="simsearch-batcher"
         Name of the worker thread.
+    key : callable or None, default=None
+        ``key(item) -> float``, e.g. ``len`` of a text: a batch gathers
+        requests whose largest keys are close to the oldest request's.
+        ``None``: first come, first batched.
 
     Examples
     --------
@@ -99,6 +128,7 @@ class AdaptiveBatcher:
         max_queue: int = 1024,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "simsearch-batcher",
+        key: Callable[[Any], float] | None = None,
     ) -> None:
         self.max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
         self.max_queue = check_positive_int(max_queue, "max_queue")
@@ -107,14 +137,19 @@ class AdaptiveBatcher:
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self._fn = fn
         self._on_batch = on_batch
+        self._key = key
         self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
         self._depth = 0  # items in _queue
         self._closed = False
-        # Running means: gap between arrivals (starts "idle"), seconds per item.
+        # Running means: gap between arrivals (starts "idle"), share of
+        # arrivals that found other requests in the service, seconds per item.
         self._gap_s = math.inf
         self._last_arrival = -math.inf
+        self._overlap = 0.0
         self._item_s = 0.0
+        self._outstanding = 0  # requests queued or being computed
+        self._arrivals = 0
         self.last_wait_s = 0.0
         self.batches = 0
         self.dropped = 0
@@ -162,6 +197,7 @@ class AdaptiveBatcher:
             return future
         if n > self.max_queue:
             raise ValueError(f"a request of {n} items can never fit in a queue of {self.max_queue}; split it")
+        key = float(max(map(self._key, items))) if self._key is not None else 0.0
         with self._cond:
             if self._closed:
                 raise ClosedError("the batcher is closed")
@@ -182,9 +218,12 @@ class AdaptiveBatcher:
                 )
             gap = now - self._last_arrival
             self._gap_s = gap if math.isinf(self._gap_s) else (1 - _EWMA) * self._gap_s + _EWMA * gap
+            self._overlap = (1 - _EWMA) * self._overlap + _EWMA * (self._outstanding > 0)
             self._last_arrival = now
-            self._queue.append(_Request(items, deadline, future, now))
+            self._queue.append(_Request(items, deadline, future, now, key))
             self._depth += n
+            self._outstanding += 1
+            self._arrivals += 1
             self._cond.notify()
         return future
 
@@ -196,12 +235,14 @@ class AdaptiveBatcher:
         self._worker.join()
 
     def wait_budget(self) -> float:
-        """Seconds the next batch will wait for more requests (0 when a lone request should go at once).
+        """Most seconds the next batch will wait for more requests (0 when it should go at once).
 
-        The expected time for the batch to fill is the mean arrival gap times
-        the free places. When the mean gap is at least ``max_wait_ms``, the
-        next request is not expected within the budget and waiting would only
-        add latency, so the budget is 0.
+        0 when the batch is full, when most recent arrivals found the service
+        empty (nobody is coming to share the batch), or when the mean gap
+        between arrivals is at least ``max_wait_ms``; otherwise the expected
+        time to fill the batch (mean gap times free places), at most
+        ``max_wait_ms``. The wait also ends early when the stream of arrivals
+        pauses for more than twice the mean gap.
         """
         with self._cond:
             return self._wait_budget_locked()
@@ -209,7 +250,7 @@ class AdaptiveBatcher:
     # ------------------------------------------------------------------ worker
     def _wait_budget_locked(self) -> float:
         free = self.max_batch_size - self._depth
-        if free <= 0 or self._gap_s >= self.max_wait_s:
+        if free <= 0 or self._overlap < _OVERLAP or self._gap_s >= self.max_wait_s:
             return 0.0
         return min(self.max_wait_s, self._gap_s * free)
 
@@ -225,24 +266,59 @@ class AdaptiveBatcher:
             if not self._queue:
                 return None
             started = time.monotonic()
-            budget = self._wait_budget_locked()
             earliest = min((r.deadline for r in self._queue if r.deadline is not None), default=math.inf)
-            close_at = min(started + budget, earliest)
+            close_at = min(started + self._wait_budget_locked(), earliest)
             while self._depth < self.max_batch_size and not self._closed:
                 remaining = close_at - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
-            batch = [self._queue.popleft()]
-            size = len(batch[0].items)
-            while self._queue and size + len(self._queue[0].items) <= self.max_batch_size:
-                request = self._queue.popleft()
-                batch.append(request)
-                size += len(request.items)
-            self._depth -= size
+                arrivals = self._arrivals
+                self._cond.wait(min(remaining, _PAUSE * self._gap_s))
+                if self._arrivals == arrivals:
+                    break  # the stream paused: nobody else is coming soon
+            batch = self._select_locked(time.monotonic())
             waited = time.monotonic() - started
             self.last_wait_s = waited
             return batch, waited
+
+    def _select_locked(self, now: float) -> list[_Request]:
+        """Take the oldest request and the queued ones that fit beside it, nearest in key first.
+
+        A request joins only if the batch, at the measured seconds per item,
+        still ends before every deadline in it: at high load the batch is as
+        large as the deadlines allow.
+        """
+        first = self._queue.popleft()
+        batch, size = [first], len(first.items)
+        ends_by = math.inf if first.deadline is None else first.deadline
+        window = list(itertools.islice(self._queue, _WINDOW * self.max_batch_size))
+        order = sorted(range(len(window)), key=lambda i: abs(window[i].key - first.key)) if self._key else range(len(window))
+        taken: set[int] = set()
+        for i in order:
+            if size >= self.max_batch_size:
+                break
+            request = window[i]
+            n = len(request.items)
+            due = ends_by if request.deadline is None else min(ends_by, request.deadline)
+            if size + n > self.max_batch_size or now + (size + n) * self._item_s > due:
+                continue
+            batch.append(request)
+            taken.add(i)
+            size += n
+            ends_by = due
+        if taken:
+            rest = [r for i, r in enumerate(window) if i not in taken]
+            for _ in range(len(window)):
+                self._queue.popleft()
+            self._queue.extendleft(reversed(rest))
+        self._depth -= size
+        return batch
+
+    def _finish(self, requests: int) -> None:
+        # Before answering: a caller that asks again on its answer must find
+        # the service empty, or one client would look like two.
+        with self._cond:
+            self._outstanding -= requests
 
     def _run(self) -> None:
         while True:
@@ -252,17 +328,21 @@ class AdaptiveBatcher:
             batch, waited = taken
             now = time.monotonic()
             live: list[_Request] = []
+            late: list[_Request] = []
             for request in batch:
                 if not request.future.set_running_or_notify_cancel():
                     continue  # the caller gave up and cancelled it
                 if request.deadline is not None and now > request.deadline:
-                    self.dropped += 1
-                    late_ms = (now - request.enqueued) * 1000
-                    request.future.set_exception(
-                        DeadlineExceeded(f"deadline passed after {late_ms:.1f} ms in the queue; the request was dropped unprocessed")
-                    )
+                    late.append(request)
                     continue
                 live.append(request)
+            self._finish(len(batch) - len(live))
+            for request in late:
+                self.dropped += 1
+                late_ms = (now - request.enqueued) * 1000
+                request.future.set_exception(
+                    DeadlineExceeded(f"deadline passed after {late_ms:.1f} ms in the queue; the request was dropped unprocessed")
+                )
             if not live:
                 continue
             items = [item for request in live for item in request.items]
@@ -270,6 +350,7 @@ class AdaptiveBatcher:
             try:
                 results = self._fn(items)
             except BaseException as err:  # handed to every caller of the batch
+                self._finish(len(live))
                 for request in live:
                     request.future.set_exception(err)
                 continue
@@ -278,6 +359,7 @@ class AdaptiveBatcher:
             per_item = compute / len(items)
             self._item_s = per_item if self._item_s == 0.0 else (1 - _EWMA) * self._item_s + _EWMA * per_item
             self.batches += 1
+            self._finish(len(live))
             offset = 0
             for request in live:
                 n = len(request.items)

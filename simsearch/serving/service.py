@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simsearch._validation import NO_ID, as_float_matrix, check_positive_int, check_texts, l2_normalize
+from simsearch._validation import NO_ID, as_float_matrix, check_ef, check_positive_int, check_texts, l2_normalize
 from simsearch._validation import check_k as _check_k_range
 from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull
 from simsearch.serving import store
@@ -32,6 +32,7 @@ __all__ = [
     "SearchResult",
     "Service",
     "WriteResult",
+    "check_effort",
     "check_k",
 ]
 
@@ -164,8 +165,9 @@ class Service:
         self._stats = {"deadline_exceeded": 0, "queue_full": 0, "async_dropped": 0}
         self._pending: set[bytes] = set()  # async misses being computed
         self._closed = False
+        # Batches gather texts of similar length: the encoder pads each model run to its longest text.
         self.batcher = AdaptiveBatcher(
-            self._encode_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, on_batch=on_batch
+            self._encode_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, on_batch=on_batch, key=len
         )
 
     # ------------------------------------------------------------------ folders
@@ -432,7 +434,7 @@ class Service:
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
         return None if seconds is None else time.monotonic() + seconds
 
-    def search(self, queries: Any, k: int = 10, *, timeout: float | None = None) -> SearchResult:
+    def search(self, queries: Any, k: int = 10, *, ef: int | None = None, timeout: float | None = None) -> SearchResult:
         """The ``k`` nearest items of each query.
 
         Parameters
@@ -442,6 +444,11 @@ class Service:
             (scaled to unit length; a 1-D array of length ``dim`` is one query).
         k : int, default=10
             Results per query, 1 to ``MAX_K`` (1000).
+        ef : int or None, default=None
+            Search effort: the candidate list size of the graph walk (at
+            least ``k`` is used); larger is slower and finds more of the true
+            nearest items. ``None`` uses the index's own ``ef`` (saved with
+            the index file).
         timeout : float or None, default=None
             Seconds before the call gives up.
 
@@ -452,18 +459,20 @@ class Service:
         Raises
         ------
         ValueError
-            Empty text, wrong dimension, NaN, zero vector, k out of range.
+            Empty text, wrong dimension, NaN, zero vector, k or ef out of range.
         TypeError
-            Queries that are neither texts nor float vectors.
+            Queries that are neither texts nor float vectors; a non-integer k or ef.
         QueueFull, DeadlineExceeded
             As :meth:`embed`.
         """
+        # Checked before any text is queued for the encoder: a bad k or ef costs no model call.
         k = check_k(k)
+        ef = check_effort(ef)
         if _is_texts(queries):
             vectors = self._wait(self.submit_embed(queries, timeout, on_miss="wait"), timeout).vectors
         else:
             vectors = self.query_vectors(queries)
-        return self.search_vectors(vectors, k)
+        return self.search_vectors(vectors, k, ef)
 
     def query_vectors(self, queries: Any) -> np.ndarray:
         """Check query vectors and scale them to unit length; float32 (n, dim).
@@ -477,11 +486,14 @@ class Service:
         """
         return l2_normalize(as_float_matrix(queries, "queries", self.dim), "queries")
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> SearchResult:
-        """Search with unit query vectors of shape (n, dim), float32 (see :meth:`query_vectors`)."""
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, ef: int | None = None) -> SearchResult:
+        """Search with unit query vectors of shape (n, dim), float32 (see :meth:`query_vectors`).
+
+        ``ef`` as in :meth:`search` (``None``: the index's own); the index checks it and clamps it to at least ``k``.
+        """
         k = check_k(k)
         version = self.index_version
-        keys, scores = self.index.search(vectors, k=k)
+        keys, scores = self.index.search(vectors, k=k, ef=ef)
         hits = []
         for row_keys, row_scores in zip(keys, scores):
             row = []
@@ -492,7 +504,9 @@ class Service:
             hits.append(row)
         return SearchResult(hits, version)
 
-    def match(self, listings: Sequence[str], k: int = 5, *, threshold: float | None = None, timeout: float | None = None) -> SearchResult:
+    def match(
+        self, listings: Sequence[str], k: int = 5, *, threshold: float | None = None, ef: int | None = None, timeout: float | None = None
+    ) -> SearchResult:
         """The best ``k`` catalog items for each listing title, each flagged ``is_match``.
 
         Parameters
@@ -503,6 +517,8 @@ class Service:
             Candidates per listing.
         threshold : float or None, default=None
             Least cosine of a match; ``None`` uses ``match_threshold``.
+        ef : int or None, default=None
+            Search effort, as in :meth:`search` (``None``: the index's own).
         timeout : float or None, default=None
             Seconds before the call gives up.
 
@@ -517,19 +533,24 @@ class Service:
             As :meth:`search`.
         """
         texts = _text_list(listings, "listings")
+        k, ef, threshold = check_k(k), check_effort(ef), self._threshold(threshold)
         vectors = self._wait(self.submit_embed(texts, timeout, on_miss="wait"), timeout).vectors if texts else np.empty((0, self.dim), np.float32)
-        return self.match_vectors(vectors, k, threshold)
+        return self.match_vectors(vectors, k, threshold, ef)
 
-    def match_vectors(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> SearchResult:
+    def match_vectors(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None, ef: int | None = None) -> SearchResult:
         """:meth:`match` for listing vectors of shape (n, dim), float32, unit length."""
-        threshold = self.match_threshold if threshold is None else float(threshold)
-        if not math.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold}")
-        result = self.search_vectors(vectors, k)
+        threshold = self._threshold(threshold)
+        result = self.search_vectors(vectors, k, ef)
         for row in result.hits:
             for hit in row:
                 hit.is_match = hit.score >= threshold
         return result
+
+    def _threshold(self, threshold: float | None) -> float:
+        threshold = self.match_threshold if threshold is None else float(threshold)
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold}")
+        return threshold
 
     # ------------------------------------------------------------------ writes
     def add(self, ids: Sequence[Any], titles: Sequence[str], vectors: Any = None) -> WriteResult:
@@ -596,6 +617,11 @@ def check_k(k: Any) -> int:
     if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and not 1 <= k <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
     return _check_k_range(k)
+
+
+def check_effort(ef: Any) -> int | None:
+    """``ef`` checked by :func:`~simsearch._validation.check_ef`, or ``None`` (the index's own ef)."""
+    return None if ef is None else check_ef(ef)
 
 
 def _check_timeout(timeout: Any) -> float | None:
