@@ -299,6 +299,15 @@ struct NativeIndex {
         return to_numpy(std::move(out), {v.size()});
     }
 
+    void set_quantizer(FloatVector lo, FloatVector step) {
+        with_index([&](HnswIndex& ix) {
+            if (lo.shape(0) != ix.dim() || step.shape(0) != ix.dim())
+                throw DimensionMismatch("quantizer lo and step have lengths " + std::to_string(lo.shape(0)) + " and " +
+                                        std::to_string(step.shape(0)) + ", the index has dimension " + std::to_string(ix.dim()));
+            ix.set_quantizer(lo.data(), step.data());
+        });
+    }
+
     void save(const std::string& path) {
         with_index([&](HnswIndex& ix) { ix.save(path); });
     }
@@ -346,6 +355,27 @@ float kernel_f32(const std::string& isa, FloatVector a, FloatVector b, bool l2) 
 }
 
 
+// Quantizer ranges learned from x as the index learns them (cosine rows
+// normalized first), for installing in several indexes with set_quantizer.
+nb::tuple train_quantizer(FloatMatrix x, uint32_t metric) {
+    if (metric > 2) throw std::invalid_argument("metric must be 0 (cosine), 1 (ip) or 2 (l2)");
+    const size_t n = x.shape(0), dim = x.shape(1);
+    if (n == 0 || dim == 0) throw std::invalid_argument("train_quantizer needs at least one vector of positive dimension");
+    Quantizer q(dim);
+    {
+        nb::gil_scoped_release release;
+        std::vector<float> buf;
+        const float* rows = prepare_rows(x.data(), n, dim, Metric(metric), "vectors", buf);
+        q.train(n, [&](size_t i) { return rows + i * dim; });
+    }
+    auto copy = [dim](const std::vector<float>& v) {
+        std::unique_ptr<float[]> out(new float[dim]);
+        std::copy(v.begin(), v.end(), out.get());
+        return to_numpy(std::move(out), {dim});
+    };
+    return nb::make_tuple(copy(q.lo()), copy(q.step()));
+}
+
 // C++ errors -> the library's typed Python errors (simsearch.errors), which
 // keep their builtin bases (ValueError, KeyError); plain ValueError or
 // KeyError when simsearch.errors cannot be imported.
@@ -391,6 +421,8 @@ NB_MODULE(_core, m) {
     m.def("known_isas", &known_isas, "ISAs compiled into this build.");
     m.def("kernel_dot_u8s8", &kernel_dot_u8s8);
     m.def("kernel_f32", &kernel_f32);
+    m.def("train_quantizer", &train_quantizer, nb::arg("vectors"), nb::arg("metric"),
+          "Per-dimension (lo, step) float32 ranges learned from vectors, as an index learns them.");
     m.attr("FORMAT_VERSION") = kFormatVersion;
     m.attr("MAGIC") = nb::bytes(kMagic, 8);
 
@@ -406,6 +438,7 @@ NB_MODULE(_core, m) {
         .def("get_vectors", &NativeIndex::get_vectors)
         .def("ids", &NativeIndex::ids)
         .def("quantizer_param", &NativeIndex::quantizer_param)
+        .def("set_quantizer", &NativeIndex::set_quantizer, nb::arg("lo"), nb::arg("step"))
         .def("save", &NativeIndex::save)
         .def_static("load", &NativeIndex::load)
         .def("set_isa", [](NativeIndex& s, const std::string& isa) { s.with_index([&](HnswIndex& ix) { ix.set_isa(isa); }); })

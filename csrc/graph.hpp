@@ -93,6 +93,16 @@ public:
     int max_level() const { return read([&] { return max_level_; }); }
     std::vector<float> quantizer_lo() const { return read([&] { return quant_.lo(); }); }
     std::vector<float> quantizer_step() const { return read([&] { return quant_.step(); }); }
+    // Install trained quantizer ranges as final (no retraining). Only on an
+    // index that has never held a vector: existing codes were made with the
+    // old ranges, and a mapped file's codes cannot be rewritten.
+    void set_quantizer(const float* lo, const float* step) {
+        std::unique_lock<std::shared_mutex> w(rw_);
+        if (n_slots_ > 0) throw std::invalid_argument("set_quantizer needs an empty index (this one has held vectors)");
+        quant_.set(lo, step);
+        quant_final_ = true;
+        if (!p_.keep_floats) floats_.drop();
+    }
     std::vector<std::string> attribute_names() const { return read([&] { return attrs_.names; }); }
     // Default search effort, saved with the index; searches take theirs as an argument.
     size_t ef() const { return ef_.load(std::memory_order_relaxed); }

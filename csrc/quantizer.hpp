@@ -19,6 +19,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include <emmintrin.h>  // SSE2: part of baseline x86-64
@@ -72,6 +74,18 @@ public:
             // A constant dimension decodes exactly from code 0 with any step.
             step_[d] = range > 0.f ? range / 255.f : 1.f;
         }
+    }
+
+    // Install given ranges (dim floats each), e.g. ones trained once for
+    // several shards so that their codes and scores are comparable. Checked
+    // before anything changes: every lo finite, every step finite and > 0.
+    void set(const float* lo, const float* step) {
+        for (size_t d = 0; d < dim_; ++d)
+            if (!std::isfinite(lo[d]) || !std::isfinite(step[d]) || !(step[d] > 0.f))
+                throw std::invalid_argument("quantizer parameters must be finite with a positive step; dimension " +
+                                            std::to_string(d) + " is not");
+        lo_.assign(lo, lo + dim_);
+        step_.assign(step, step + dim_);
     }
 
     // Codes for x (dim floats) into out (dim_padded bytes); returns |x_rec|^2.

@@ -631,3 +631,40 @@ def test_native_only_features_say_so(backend: str, data: tuple[np.ndarray, np.nd
     with pytest.raises(ValueError, match="rescore=True needs the native backend"):
         index.rescore = True
     assert index.attribute_names == [] and len(index) == 50
+
+
+# ---------------------------------------------------------------------- given quantizer ranges
+def test_quantizer_copied_from_another_index(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    x, q = data
+    first = simsearch.Index(x.shape[1], num_threads=1)
+    first.add(x)
+    lo, step = first.quantizer
+    assert lo.dtype == np.float32 and lo.shape == (x.shape[1],) and not lo.flags.writeable
+    second = simsearch.Index(x.shape[1], num_threads=1, quantizer=first)
+    assert second.quantizer_final and len(second) == 0
+    second.add(x[:100])  # final: the first 100 vectors do not retrain it
+    assert all(np.array_equal(a, b) for a, b in zip(second.quantizer, first.quantizer))
+    second.save(str(tmp_path / "i"))
+    loaded = simsearch.Index.load(str(tmp_path / "i"))
+    assert loaded.quantizer_final and all(np.array_equal(a, b) for a, b in zip(loaded.quantizer, first.quantizer))
+    third = simsearch.Index(x.shape[1], num_threads=1, quantizer=(lo.astype(np.float64), step))
+    assert all(np.array_equal(a, b) for a, b in zip(third.quantizer, first.quantizer))
+
+
+def test_given_quantizer_checked_at_the_boundary() -> None:
+    dim = 8
+    lo, step = np.zeros(dim, np.float32), np.full(dim, 0.01, np.float32)
+    with pytest.raises(DimensionError, match=r"quantizer lo has shape \(7,\), expected \(8,\)"):
+        simsearch.Index(dim, quantizer=(lo[:7], step))
+    with pytest.raises(ValueError, match="quantizer step contains NaN"):
+        simsearch.Index(dim, quantizer=(lo, np.full(dim, np.nan, np.float32)))
+    with pytest.raises(ValueError, match="quantizer step must be positive, got 0.0"):
+        simsearch.Index(dim, quantizer=(lo, np.zeros(dim, np.float32)))
+    with pytest.raises(TypeError, match="quantizer lo has dtype int64"):
+        simsearch.Index(dim, quantizer=(np.zeros(dim, np.int64), step))
+    with pytest.raises(ValueError, match="native backend"):
+        simsearch.Index(dim, backend="hnswlib", quantizer=(lo, step))
+    full = simsearch.Index(dim, num_threads=1)
+    full.add(np.ones((3, dim), np.float32))
+    with pytest.raises(ValueError, match="needs an empty index"):
+        full.set_quantizer(lo, step)

@@ -272,3 +272,17 @@ def test_cli_index_build_engine_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     found, scores = index.search(vectors, k=1)
     np.testing.assert_array_equal(found[:, 0], np.arange(300))  # row i is id i
     assert np.all(scores[:, 0] > 0.99)
+
+
+def test_ray_shards_share_one_quantizer(data: tuple[np.ndarray, np.ndarray]) -> None:
+    # the int8 shards in the actors get the ranges trained once on the first batch, as local ones do
+    x, _ = data
+    index = ShardedIndex(DIM, 2, engine="ray", metric="l2", num_threads=2)
+    try:
+        index.add(x)
+        alone = simsearch.Index(DIM, metric="l2", num_threads=1)
+        alone.add(x)
+        for shared in index.shard_engine.run([(s, "quantizer", ()) for s in range(2)]):
+            assert shared is not None and all(np.array_equal(a, b) for a, b in zip(shared, alone.quantizer))
+    finally:
+        index.close()

@@ -82,6 +82,13 @@ class Index:
         so an index grown in small batches is as accurate as one built at
         once; then the ranges freeze, the copies are freed (unless
         ``rescore``), and later values outside the ranges are clipped.
+    quantizer : Index or (lo, step), optional
+        Native backend: start with these quantizer ranges, final (no
+        training), instead of learning them. An :class:`Index` gives its
+        own (:attr:`quantizer`); ``lo`` and ``step`` are float arrays of
+        shape (dim,), finite, ``step > 0``. Indexes that share ranges give
+        comparable int8 scores, which is how :class:`~simsearch.ShardedIndex`
+        merges its shards' answers without losing recall.
 
     Examples
     --------
@@ -110,6 +117,7 @@ class Index:
         ef: int = DEFAULT_EF,
         isa: str | None = None,
         train_size: int = 20000,
+        quantizer: Index | tuple[Any, Any] | None = None,
     ) -> None:
         M = check_positive_int(M, "M")
         if M < 2:
@@ -127,6 +135,8 @@ class Index:
             train_size=check_positive_int(train_size, "train_size"),
         )
         self._setup(impl, num_threads)
+        if quantizer is not None:
+            self.set_quantizer(*(quantizer.quantizer if isinstance(quantizer, Index) else quantizer))
 
     def _setup(self, impl: Backend, num_threads: int | None) -> None:
         self._impl = impl
@@ -197,6 +207,47 @@ class Index:
 
     def __len__(self) -> int:
         return len(self._impl)
+
+    @property
+    def quantizer(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The native int8 quantizer's ranges ``(lo, step)``: code ``c`` of dimension ``d`` decodes to
+        ``lo[d] + step[d] * c``. Read-only float32 arrays of shape (dim,); None for other backends."""
+        return getattr(self._impl, "quantizer", None)
+
+    @property
+    def quantizer_final(self) -> bool:
+        """Whether the quantizer's ranges are frozen: ``train_size`` vectors seen, or set by :meth:`set_quantizer`."""
+        return bool(getattr(self._impl, "quantizer_final", False))
+
+    def set_quantizer(self, lo: Any, step: Any) -> None:
+        """Install quantizer ranges, final (never retrained), on an index that has never held a vector.
+
+        Parameters
+        ----------
+        lo, step : array-like of shape (dim,), float
+            Per-dimension ranges, e.g. another index's :attr:`quantizer`;
+            finite, ``step > 0``.
+
+        Raises
+        ------
+        ValueError
+            Another backend than native, a non-empty index, wrong lengths
+            (:class:`DimensionError`), non-finite values or a step that is
+            not positive.
+        TypeError
+            Non-float arrays.
+        """
+        install = getattr(self._impl, "set_quantizer", None)
+        if install is None:
+            raise ValueError(f"quantizer ranges apply to the native backend, not {self.backend!r}")
+        arrays = []
+        for name, value in (("lo", lo), ("step", step)):
+            if np.shape(value) != (self.dim,):
+                raise DimensionError(f"quantizer {name} has shape {np.shape(value)}, expected ({self.dim},)")
+            arrays.append(as_float_matrix(value, f"quantizer {name}", self.dim)[0])
+        if not np.all(arrays[1] > 0):
+            raise ValueError(f"quantizer step must be positive, got {float(arrays[1][np.argmin(arrays[1] > 0)])}")
+        install(np.ascontiguousarray(arrays[0]), np.ascontiguousarray(arrays[1]))
 
     def __contains__(self, id_: Any) -> bool:
         return contains_one(self.contains, id_)

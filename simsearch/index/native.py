@@ -38,6 +38,24 @@ def available_isas() -> list[str]:
     return list(_core().available_isas())
 
 
+def train_quantizer(vectors: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Quantizer ranges learned from ``vectors`` exactly as a native index learns them.
+
+    Parameters
+    ----------
+    vectors : np.ndarray of shape (n, dim), float32, C-contiguous, n >= 1
+        The sample (checked by the caller); ``cosine`` rows are normalized first.
+    metric : {"cosine", "ip", "l2"}
+
+    Returns
+    -------
+    lo, step : np.ndarray of shape (dim,), float32
+        Per dimension, code ``c`` decodes to ``lo + step * c``.
+    """
+    lo, step = _core().train_quantizer(vectors, METRIC_CODES[metric])
+    return lo, step
+
+
 class NativeBackend:
     """The native int8 HNSW graph, speaking the backend protocol.
 
@@ -148,6 +166,28 @@ class NativeBackend:
 
     def __len__(self) -> int:
         return int(self.core.size)
+
+    @property
+    def quantizer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-dimension ranges ``(lo, step)``, float32 arrays of shape (dim,), read-only copies."""
+        lo, step = self.core.quantizer_param(False), self.core.quantizer_param(True)
+        lo.flags.writeable = False
+        step.flags.writeable = False
+        return lo, step
+
+    @property
+    def quantizer_final(self) -> bool:
+        """Whether the ranges are frozen (``train_size`` vectors seen, or installed by :meth:`set_quantizer`)."""
+        return bool(self.core.quantizer_final)
+
+    def set_quantizer(self, lo: np.ndarray, step: np.ndarray) -> None:
+        """Install ranges as final on an index that has never held a vector.
+
+        ``lo`` and ``step`` are float32 C-contiguous arrays of shape (dim,);
+        the core refuses non-finite values, a step that is not positive
+        (``ValueError``) and a non-empty index (``ValueError``).
+        """
+        self.core.set_quantizer(lo, step)
 
     def memory_bytes(self) -> int:
         """Bytes of index memory (memory-mapped sections excluded)."""

@@ -118,6 +118,13 @@ class Shard:
     def size(self) -> int:
         return len(self.index)
 
+    def quantizer(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The shard's quantizer ranges ``(lo, step)`` if they are final, else None (still training, or not native)."""
+        return self.index.quantizer if self.index.quantizer_final else None
+
+    def set_quantizer(self, lo: np.ndarray, step: np.ndarray) -> None:
+        self.index.set_quantizer(lo, step)
+
     def memory_bytes(self) -> int:
         return self.index.memory_bytes
 

@@ -44,6 +44,7 @@ from simsearch.errors import CorruptFileError
 from simsearch.index.core import Index, _check_attributes, _check_filter, _default_threads
 from simsearch.sharding import manifest
 from simsearch.sharding.engine import _FAILED, Engine, engine_names, open_engine
+from simsearch.sharding.quantizer import adopt_quantizer, share_quantizer
 from simsearch.sharding.routing import hash_shard, merge_top_k, nearest_centroid, probed_shards, train_centroids
 
 __all__ = ["ShardedIndex", "ShardedSearchResult", "hash_shard"]
@@ -176,6 +177,9 @@ class ShardedIndex:
         self.ef = check_ef(params.get("ef", 64))
         self.centroids_: np.ndarray | None = None
         self._next_id = 0
+        # Native shards share one quantizer, trained on the first add, so that their int8 scores
+        # compare when merged (shards that each learn their own ranges lose recall in the merge).
+        self._quantizer_shared = not self._native
 
     def _make_engine(self, sources: list[str | None], mmap: bool, engine_options: dict[str, Any]) -> Engine:
         return open_engine(
@@ -322,6 +326,9 @@ class ShardedIndex:
         names, columns = _check_attributes(attributes, n)
         if names and not self._native:
             raise ValueError("attributes need the native backend")
+        if not self._quantizer_shared:
+            train_size = int(self.index_params.get("train_size", 20000))
+            self._quantizer_shared = share_quantizer(self._engine, x, self.metric, seed=self.seed, train_size=train_size)
         if self.partition == "kmeans":
             if self.centroids_ is None:
                 self.train(x)
@@ -595,6 +602,8 @@ class ShardedIndex:
         except CorruptFileError:
             self.close()
             raise
+        if not self._quantizer_shared:
+            self._quantizer_shared = adopt_quantizer(self._engine, [s for s, src in enumerate(saved.sources) if src is None])
         return self
 
     # ------------------------------------------------------------------ helpers
