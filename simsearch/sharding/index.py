@@ -3,7 +3,8 @@
 Each shard is a plain :class:`simsearch.Index`. The sharded index routes every
 vector to one shard, fans a search out to the shards, and merges their answers
 exactly: the result is the true top-k of the union of what the shards return,
-so a sharded index is as accurate as its shards.
+so a sharded index is as accurate as its shards. Native shards share one int8
+quantizer, trained on the first ``add``, so that their scores compare.
 
 Two partitions:
 
@@ -102,7 +103,7 @@ class ShardedIndex:
         here as ``engine_options``). Any engine registered with
         :func:`simsearch.sharding.engine.register_engine` is accepted.
     seed : int, default 0
-        k-means seed.
+        Seed of the k-means and of the quantizer's training sample.
     kmeans_train_size : int, default 100000
         At most this many vectors (a seeded sample) train the centroids.
     engine_options : dict, optional
@@ -111,9 +112,12 @@ class ShardedIndex:
     **index_params
         Passed to every shard's :class:`~simsearch.Index` (``metric``,
         ``dtype``, ``M``, ``ef_construction``, ``rescore``, ``backend``,
-        ``ef``, ``isa``, ``train_size``, ``num_threads``). ``num_threads``
-        is the total for the whole index: shards run side by side, each
-        with its share.
+        ``ef``, ``isa``, ``train_size``, ``quantizer``, ``num_threads``).
+        ``num_threads`` is the total for the whole index: shards run side by
+        side, each with its share. Native shards share one quantizer, trained
+        on at most ``train_size`` vectors (a seeded sample) of the first
+        ``add``, or the ``quantizer`` given; later values outside its ranges
+        are clipped, as in one index past ``train_size``.
 
     Attributes
     ----------
@@ -177,9 +181,8 @@ class ShardedIndex:
         self.ef = check_ef(params.get("ef", 64))
         self.centroids_: np.ndarray | None = None
         self._next_id = 0
-        # Native shards share one quantizer, trained on the first add, so that their int8 scores
-        # compare when merged (shards that each learn their own ranges lose recall in the merge).
-        self._quantizer_shared = not self._native
+        # native shards share one quantizer, trained on the first add (see simsearch.sharding.quantizer)
+        self._quantizer_shared = not self._native or params.get("quantizer") is not None
 
     def _make_engine(self, sources: list[str | None], mmap: bool, engine_options: dict[str, Any]) -> Engine:
         return open_engine(
