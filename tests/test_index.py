@@ -664,6 +664,8 @@ def test_given_quantizer_checked_at_the_boundary() -> None:
         simsearch.Index(dim, quantizer=(np.zeros(dim, np.int64), step))
     with pytest.raises(ValueError, match="native backend"):
         simsearch.Index(dim, backend="hnswlib", quantizer=(lo, step))
+    with pytest.raises(ValueError, match="'hnswlib' index given has no int8 quantizer"):
+        simsearch.Index(dim, quantizer=simsearch.Index(dim, backend="hnswlib"))
     full = simsearch.Index(dim, num_threads=1)
     full.add(np.ones((3, dim), np.float32))
     with pytest.raises(ValueError, match="needs an empty index"):

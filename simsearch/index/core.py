@@ -135,8 +135,12 @@ class Index:
             train_size=check_positive_int(train_size, "train_size"),
         )
         self._setup(impl, num_threads)
+        if isinstance(quantizer, Index):
+            if quantizer.quantizer is None:
+                raise ValueError(f"quantizer: the {quantizer.backend!r} index given has no int8 quantizer to copy")
+            quantizer = quantizer.quantizer
         if quantizer is not None:
-            self.set_quantizer(*(quantizer.quantizer if isinstance(quantizer, Index) else quantizer))
+            self.set_quantizer(*quantizer)
 
     def _setup(self, impl: Backend, num_threads: int | None) -> None:
         self._impl = impl
