@@ -33,9 +33,10 @@ def asset(name: str) -> str:
 
 
 def _script_json(payload: Any) -> str:
-    # "</" would end the script element early; "<!--" would open a comment.
+    # No "<" at all inside the script element: "</script" would end it early and
+    # "<!--" would change how the browser reads the rest; JSON reads \u003c as "<".
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return text.replace("<", "\\u003c")
 
 
 def render_page(template: str, title: str, payload: Any, scripts: tuple[str, ...] = ("common.js",)) -> str:

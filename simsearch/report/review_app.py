@@ -32,6 +32,14 @@ from typing import Any
 
 from simsearch import _storage
 from simsearch.errors import SimsearchError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(f"the review page needs {err.name}; install it with: pip install 'simsearch[serve]'") from err
+
 from simsearch.report.html import render_page
 from simsearch.report.labels import LabelStore, default_labels_path
 
@@ -189,7 +197,7 @@ def state_identity(state: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def create_app(session: ReviewSession, *, token: str | None = None) -> Any:
+def create_app(session: ReviewSession, *, token: str | None = None) -> FastAPI:
     """The FastAPI app of a review page.
 
     Parameters
@@ -203,12 +211,6 @@ def create_app(session: ReviewSession, *, token: str | None = None) -> Any:
     -------
     fastapi.FastAPI
     """
-    try:
-        from fastapi import FastAPI, Request
-        from fastapi.responses import HTMLResponse, JSONResponse, Response
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"the review page needs {err.name}; install it with: pip install 'simsearch[serve]'") from err
-
     app = FastAPI(title="simsearch review", docs_url=None, redoc_url=None, openapi_url=None)
     page = render_page("review.html", f"simsearch review: {session.state.resolve().name}", {"token": bool(token)}, ("common.js", "review.js"))
 
@@ -243,8 +245,6 @@ def create_app(session: ReviewSession, *, token: str | None = None) -> Any:
             raise ValueError("the body must be JSON: {\"pair\": i, \"label\": \"match\" | \"no_match\" | \"skip\"}") from None
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(session.label, body.get("pair"), body.get("label"), body.get("labeller", ""))
 
     @app.post("/api/recalibrate")
