@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from simsearch import _tables
 from simsearch.report.evidence import pair_evidence
@@ -370,11 +371,16 @@ def state_report(
         labels = LabelStore(default_labels_path(state)).labels_table()
         if not any(v is not None for v in labels.column("label").to_pylist()):
             labels = None
-    summary: dict[str, Any] = {"state": str(Path(state).resolve().name)}
+    above = dedup.pairs()
+    summary: dict[str, Any] = {"state": str(Path(state).resolve().name), "pairs": above.num_rows}
     if dedup.calibration_ is not None:
         summary["calibration"] = dedup.calibration_.to_dict()
+    candidates = dedup.pairs(min_score=-1e9)
+    # The links shown: those above the threshold, and those that hold a group
+    # together although a recalibration has since moved the threshold past them.
+    shown = pc.or_(candidates.column("same_group"), pc.greater_equal(candidates.column("score"), dedup.threshold_))
     payload = dedup_payload(
-        dedup.pairs(), dedup.groups_.select(["id", "group_id"]), items, text_col="title", vectors=vectors,
-        threshold=dedup.threshold_, labels=labels, candidates=dedup.pairs(min_score=-1e9), summary=summary,
+        candidates.filter(shown), dedup.groups_.select(["id", "group_id"]), items, text_col="title", vectors=vectors,
+        threshold=dedup.threshold_, labels=labels, candidates=candidates, summary=summary,
     )  # fmt: skip
     return write_page(path, render_page("report.html", title or f"simsearch dedup report: {summary['state']}", payload, ("common.js", "report.js")))

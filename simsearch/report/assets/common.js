@@ -41,7 +41,7 @@ const W = 420, H = 190, PAD = { l: 44, r: 10, t: 10, b: 30 };
 
 // Histogram {edges, counts}, bars above the threshold in the accent colour, the threshold as a dashed line.
 function histogramSvg(hist, threshold, xLabel, logY) {
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
   const n = hist.counts.length, lo = hist.edges[0], hi = hist.edges[n];
   const ys = hist.counts.map((c) => (logY ? Math.log10(1 + c) : c));
   const top = Math.max(1e-9, ...ys);
@@ -68,7 +68,7 @@ function histogramSvg(hist, threshold, xLabel, logY) {
 
 // Bars of group sizes: one bar per size that occurs, counts on a log scale.
 function sizesSvg(sizes) {
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
   const n = sizes.size.length;
   const top = Math.log10(1 + Math.max(1, ...sizes.count));
   const bw = (W - PAD.l - PAD.r) / Math.max(n, 1);
@@ -88,7 +88,7 @@ function sizesSvg(sizes) {
 
 // Calibration curve: labelled share of duplicates per score bin (with its interval) against the bin's mean score.
 function calibrationSvg(cal, probability) {
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
   const lo = probability ? 0 : Math.min(...cal.score), hi = probability ? 1 : Math.max(...cal.score);
   const span = hi - lo || 1;
   const x = (v) => PAD.l + ((v - lo) / span) * (W - PAD.l - PAD.r);

@@ -243,4 +243,5 @@ function matchView() {
 
 summary();
 app.replaceChildren(charts(), ...(DATA.kind === "dedup" ? dedupView() : matchView()));
+document.body.dataset.readyMs = performance.now().toFixed(0);  // since navigation began: the open time
 document.body.dataset.ready = "1";
