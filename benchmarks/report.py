@@ -38,11 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 import _common
 import _data
+import numpy as np
+import pyarrow as pa
 
 from simsearch import CatalogMatcher, Deduplicator, EmbeddingCache, TextEncoder
 from simsearch.report import match_report, state_report
@@ -91,7 +90,11 @@ def open_times(driver: Any, path: Path, opens: int, first_row: str, detail: str)
     search = driver.find_element(By.ID, "search")
     start = time.perf_counter()
     search.send_keys("iphone")
-    wait(lambda: all("iphone" in r.text.lower() or "more" in r.text for r in driver.find_elements(By.CSS_SELECTOR, first_row)))
+    wait(
+        lambda: all(
+            "iphone" in r.text.lower() or "more" in r.text for r in driver.find_elements(By.CSS_SELECTOR, first_row)
+        )
+    )
     search_s = time.perf_counter() - start - 0.12  # less the page's 120 ms typing debounce
     driver.get(path.resolve().as_uri())
     wait(lambda: driver.execute_script("return document.body.dataset.ready") == "1")
@@ -128,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     fit_s = time.perf_counter() - start
     review = dedup.review_pairs(args.labels, seed=0)
     cluster = dict(zip(ids.tolist(), clusters.tolist()))
-    truth = [str(int(cluster[a] == cluster[b])) for a, b in zip(review.column("id_a").to_pylist(), review.column("id_b").to_pylist())]
+    truth = [
+        str(int(cluster[a] == cluster[b]))
+        for a, b in zip(review.column("id_a").to_pylist(), review.column("id_b").to_pylist())
+    ]
     labels = review.set_column(review.column_names.index("label"), "label", pa.array(truth))
     start = time.perf_counter()
     dedup_path = state_report(STATE, OUT / "dedup.html", labels=labels)
@@ -137,9 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         "fit_s": round(fit_s, 1),
         "write_s": round(dedup_write_s, 2),
         "bytes": dedup_path.stat().st_size,
-        "groups": int(len(set(dedup.groups_.column("group_id").to_pylist()))),
+        "groups": len(set(dedup.groups_.column("group_id").to_pylist())),
     }
-    print(f"dedup: state fit in {fit_s:.0f} s; report written in {dedup_write_s:.1f} s, {dedup_path.stat().st_size / 1e6:.1f} MB", flush=True)
+    print(
+        f"dedup: state fit in {fit_s:.0f} s; report written in {dedup_write_s:.1f} s, {dedup_path.stat().st_size / 1e6:.1f} MB",
+        flush=True,
+    )
 
     if not args.no_match:
         first = np.unique(clusters, return_index=True)[1]
@@ -166,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         results["dedup"].update(open_times(driver, dedup_path, args.opens, "#group-table tbody tr", "#members .member"))
         if not args.no_match:
-            results["match"].update(open_times(driver, match_path, args.opens, "#listing-table tbody tr", "#candidate-table tbody tr"))
+            results["match"].update(
+                open_times(driver, match_path, args.opens, "#listing-table tbody tr", "#candidate-table tbody tr")
+            )
         results["chromium"] = driver.capabilities.get("browserVersion")
     finally:
         driver.quit()

@@ -18,6 +18,7 @@ import pytest
 from simsearch import CatalogMatcher, Deduplicator, find_duplicates
 from simsearch._tables import MissingColumnError, read_table, write_table
 from simsearch.cli import demo_sample_path, main
+from simsearch.errors import UnknownIdError
 from simsearch.report import dedup_report, match_report, state_report
 from simsearch.report.dedup import calibration_curve
 from simsearch.report.html import wilson_interval
@@ -45,7 +46,7 @@ def duplicates(sample, encoder):
 
 def payload(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
-    block = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    block = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.DOTALL)
     assert block is not None
     return json.loads(block.group(1))
 
@@ -53,7 +54,7 @@ def payload(path: Path) -> dict:
 def assert_self_contained(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "default-src 'none'" in text  # the page may fetch nothing, by its own policy
-    assert not re.search(r"<(script|img|iframe|link)\b[^>]*\b(src|href)=", text, re.I)
+    assert not re.search(r"<(script|img|iframe|link)\b[^>]*\b(src|href)=", text, re.IGNORECASE)
     assert "@import" not in text and "url(" not in text
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text)  # the SVG namespace is a name, not a fetch
 
@@ -108,7 +109,11 @@ def test_hostile_titles_stay_data(tmp_path):
     groups = pa.table({"id": [1, 2], "group_id": [0, 0]})
     out = dedup_report(pairs, groups, items, tmp_path / "e.html", title="<b>x</b>")
     text = out.read_text()
-    assert "alert" not in text.split("<script id=\"data\"")[0] and text.count("<script") == 2 and "<title>&lt;b&gt;x&lt;/b&gt;</title>" in text
+    assert (
+        "alert" not in text.split('<script id="data"')[0]
+        and text.count("<script") == 2
+        and "<title>&lt;b&gt;x&lt;/b&gt;</title>" in text
+    )
     assert payload(out)["items"]["title"] == [evil, evil + " 64 GB"]
 
 
@@ -119,6 +124,10 @@ def test_dedup_report_bad_input(tmp_path, sample, duplicates):
     stray = pa.table({"id_a": [10**9], "id_b": [10**9 + 1], "score": [0.9]})
     with pytest.raises(ValueError, match="not in items"):
         dedup_report(stray, groups, sample, tmp_path / "x.html")
+    assert not (tmp_path / "x.html").exists()
+    strangers = pa.table({"id_a": [10**9], "id_b": [sample.column("id")[0].as_py()], "label": [1]})
+    with pytest.raises(UnknownIdError, match="not among the items"):
+        dedup_report(pairs, groups, sample, tmp_path / "x.html", labels=strangers)
     assert not (tmp_path / "x.html").exists()
 
 
@@ -161,7 +170,9 @@ def test_match_report(tmp_path, sample, encoder):
     data = payload(out)
     li, cands = data["listings"], data["candidates"]
     assert len(li["id"]) == listings.num_rows and len(cands["product"]) == matches.num_rows
-    assert data["summary"]["matched"] == len(set(matches.filter(matches.column("is_match")).column("listing_id").to_pylist()))
+    assert data["summary"]["matched"] == len(
+        set(matches.filter(matches.column("is_match")).column("listing_id").to_pylist())
+    )
     # Each listing's candidates, by rank, are the match table's.
     first = str(listings.column("id")[0].as_py())
     k = li["id"].index(first)

@@ -28,10 +28,10 @@ from simsearch.cli import demo_sample_path, main
 from simsearch.errors import CorruptFileError, FormatVersionError, UnknownIdError
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from simsearch.report.labels import default_labels_path  # noqa: E402
-from simsearch.report.review_app import ReviewSession, check_binding, create_app  # noqa: E402
+from simsearch.report.labels import default_labels_path
+from simsearch.report.review_app import ReviewSession, check_binding, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,10 @@ def test_two_labellers_none_lost_last_write_wins(state):
         for i in pairs:
             assert c.post("/api/label", json={"pair": i, "label": "match", "labeller": who}).status_code == 200
 
-    threads = [threading.Thread(target=label, args=(ann, "ann", range(0, 20, 2))), threading.Thread(target=label, args=(bob, "bob", range(1, 20, 2)))]
+    threads = [
+        threading.Thread(target=label, args=(ann, "ann", range(0, 20, 2))),
+        threading.Thread(target=label, args=(bob, "bob", range(1, 20, 2))),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -93,7 +96,10 @@ def test_two_labellers_none_lost_last_write_wins(state):
     assert sorted(map(int, labels)) == list(range(20))  # none lost
     assert {labels[str(i)]["by"] for i in range(1, 20, 2)} == {"bob"}
     assert labels["0"]["label"] == "no_match" and labels["0"]["by"] == "bob"  # the last write wins
-    assert [(h["by"], h["label"]) for h in labels["0"]["history"]] == [("ann", "match"), ("bob", "no_match")]  # both shown
+    assert [(h["by"], h["label"]) for h in labels["0"]["history"]] == [
+        ("ann", "match"),
+        ("bob", "no_match"),
+    ]  # both shown
 
 
 def test_recalibrate_and_export_for_review_import(state, tmp_path, capsys):
@@ -246,7 +252,10 @@ def test_label_reload_recalibrate_then_read_the_report(state, tmp_path):
         keys = ["m" if cluster[str(p["id_a"])] == cluster[str(p["id_b"])] else "n" for p in pairs]
         for i, key in enumerate(keys):
             ActionChains(driver).send_keys(key).perform()
-            wait_for(lambda: driver.find_element(By.ID, "status").get_attribute("data-saved") == str(i + 1), what=f"label {i + 1}")
+            wait_for(
+                lambda i=i: driver.find_element(By.ID, "status").get_attribute("data-saved") == str(i + 1),
+                what=f"label {i + 1}",
+            )
         ActionChains(driver).send_keys("\ue012").perform()  # left arrow: back to pair 5
         assert driver.find_element(By.CSS_SELECTOR, "#pair h2").text.startswith("Pair 5 of 30")
         driver.refresh()
@@ -257,9 +266,26 @@ def test_label_reload_recalibrate_then_read_the_report(state, tmp_path):
         assert [c.split(" by ")[0] for c in cells[:5]] == [{"m": "match", "n": "not a match"}[k] for k in keys]
         assert cells[5] == "not labelled"
         driver.find_element(By.ID, "recalibrate").click()
-        threshold = float(wait_for(lambda: driver.find_elements(By.ID, "new-threshold"), what="the new threshold")[0].text)
+        threshold = float(
+            wait_for(lambda: driver.find_elements(By.ID, "new-threshold"), what="the new threshold")[0].text
+        )
         assert threshold == pytest.approx(Deduplicator.load(state).threshold_, abs=1e-3)
-        if shots:
+        if shots:  # the README's picture: every pair labelled, then recalibrated
+            rest = driver.execute_script("return pairs")[5:]
+            for i, p in enumerate(rest):
+                ActionChains(driver).send_keys(
+                    "m" if cluster[str(p["id_a"])] == cluster[str(p["id_b"])] else "n"
+                ).perform()
+                wait_for(
+                    lambda i=i: driver.find_element(By.ID, "status").get_attribute("data-saved") == str(6 + i),
+                    what="a label",
+                )
+            driver.find_element(By.ID, "recalibrate").click()
+            wait_for(
+                lambda: "on 30 labelled" in driver.find_element(By.ID, "calibration").text, what="the recalibration"
+            )
+            ActionChains(driver).send_keys("\ue012" * 18).perform()  # back to a pair near the threshold
+            driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(shots / "review-page.png"))
     finally:
         server.terminate()

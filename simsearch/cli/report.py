@@ -12,15 +12,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report dedup`` and ``report match`` to the ``simsearch`` parser."""
     p_report = subparsers.add_parser("report", help="write an HTML report of dedup groups or matches (opens offline)")
     sub = p_report.add_subparsers(dest="report_command", metavar="KIND", required=True)
-    p = sub.add_parser("dedup", help="report of a dedup state (--state) or of dedup tables (--pairs, --groups, --items)")
+    p = sub.add_parser(
+        "dedup", help="report of a dedup state (--state) or of dedup tables (--pairs, --groups, --items)"
+    )
     p.add_argument("--state", help="dedup state folder (simsearch dedup ITEMS --state DIR)")
     p.add_argument("--pairs", help="pairs table written by simsearch dedup --out")
     p.add_argument("--groups", help="groups table written by simsearch dedup --groups")
     p.add_argument("--items", help="the items table the dedup read (ids and titles)")
     p.add_argument("--id-col", default="id")
     p.add_argument("--text-col", default="title")
-    p.add_argument("--threshold", type=float, default=None, help="threshold to mark (default: the state's, or the lowest pair score)")
-    p.add_argument("--labels", help="labelled pairs (id_a, id_b, label) for the calibration curve (default with --state: the review page's labels)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="threshold to mark (default: the state's, or the lowest pair score)",
+    )
+    p.add_argument(
+        "--labels",
+        help="labelled pairs (id_a, id_b, label) for the calibration curve (default with --state: the review page's labels)",
+    )
     p.add_argument("--out", required=True, help="HTML file to write")
     p.set_defaults(func=run_dedup)
     p = sub.add_parser("match", help="report of simsearch match output: each listing with its candidates")
@@ -64,5 +74,13 @@ def run_match(args: argparse.Namespace) -> None:
     """``simsearch report match``: :func:`~simsearch.report.match_report`."""
     from simsearch.report import match_report
 
-    match_report(args.matches, args.listings, args.catalog, args.out, id_col=args.id_col, text_col=args.text_col, threshold=args.threshold)
+    match_report(
+        args.matches,
+        args.listings,
+        args.catalog,
+        args.out,
+        id_col=args.id_col,
+        text_col=args.text_col,
+        threshold=args.threshold,
+    )
     _done(args.out)

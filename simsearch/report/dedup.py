@@ -34,8 +34,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import _tables
+from simsearch.applications import Deduplicator
+from simsearch.applications.incremental.state import load_state
+from simsearch.applications.review import read_labels
+from simsearch.errors import UnknownIdError
 from simsearch.report.evidence import pair_evidence
 from simsearch.report.html import histogram, json_column, render_page, wilson_interval, write_page
+from simsearch.report.labels import LabelStore, default_labels_path
 
 __all__ = ["dedup_report", "state_report"]
 
@@ -97,155 +102,77 @@ def calibration_curve(scores: np.ndarray, labels: np.ndarray, bins: int = CALIBR
     return out
 
 
-def _labelled_scores(labels: Any, pair_score: dict[tuple[str, str], float], score_col: str) -> tuple[np.ndarray, np.ndarray]:
-    """Score and 0/1 label of each labelled pair (the score from the labels table, else from the pairs)."""
-    from simsearch.applications.review import read_labels
+def _labelled_scores(
+    labels: Any, pair_score: dict[tuple[str, str], float], score_col: str, known_ids: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score and 0/1 label of each labelled pair (the score from the labels table, else from the pairs).
 
+    Raises
+    ------
+    UnknownIdError
+        A labelled pair names an id that is not among the items (a ``KeyError``).
+    """
     raw = _tables.read_table(labels, name="labels")
     table = read_labels(raw)
+    unknown = [
+        (x, y)
+        for x, y in zip(_keys(table.column("id_a")), _keys(table.column("id_b")))
+        if x not in known_ids or y not in known_ids
+    ]
+    if unknown:
+        raise UnknownIdError(
+            f"labels holds {len(unknown)} labelled pairs with ids that are not among the items (the first: "
+            f"{unknown[0][0]!r}, {unknown[0][1]!r}): were they labelled on another data set or state?"
+        )
     own = score_col if score_col in raw.column_names else ("score" if "score" in raw.column_names else None)
     if own is not None:
         # read_labels keeps the labelled rows in order; take their scores the same way.
         text = raw.column("label").cast(pa.string()).to_pylist()
         keep = [i for i, v in enumerate(text) if v is not None and str(v).strip() != ""]
-        given = np.asarray(raw.column(own).take(pa.array(keep, type=pa.int64())).to_numpy(zero_copy_only=False), dtype=np.float64)
+        given = np.asarray(
+            raw.column(own).take(pa.array(keep, type=pa.int64())).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
     else:
         given = np.full(table.num_rows, np.nan)
     a, b = _keys(table.column("id_a")), _keys(table.column("id_b"))
     scores = np.array(
-        [g if np.isfinite(g) else pair_score.get((x, y), pair_score.get((y, x), np.nan)) for g, x, y in zip(given, a, b)]
+        [
+            g if np.isfinite(g) else pair_score.get((x, y), pair_score.get((y, x), np.nan))
+            for g, x, y in zip(given, a, b)
+        ]
     )
     labels_arr = table.column("label").to_numpy().astype(np.int8)
     known = np.isfinite(scores)
     return scores[known], labels_arr[known]
 
 
-def dedup_payload(
-    pairs: pa.Table,
-    groups: pa.Table,
-    items: Any = None,
-    *,
-    id_col: str = "id",
-    text_col: str = "title",
-    vectors: np.ndarray | None = None,
-    threshold: float | None = None,
-    labels: Any = None,
-    candidates: pa.Table | None = None,
-    score_col: str | None = None,
-    scoring: Any = None,
-    summary: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The JSON data of a dedup report (see :func:`dedup_report` for the parameters)."""
-    _tables.require_columns(pairs, ["id_a", "id_b"], name="pairs")
-    _tables.require_columns(groups, ["id", "group_id"], name="groups")
-    score_col = score_column(pairs, score_col)
-    if items is not None:
-        items = _tables.read_table(items, name="items")
-        _tables.require_columns(items, [id_col], name="items")
-        all_keys = _keys(items.column(id_col))
-        titles = items.column(text_col).to_pylist() if text_col in items.column_names else None
-    else:
-        all_keys = sorted(set(_keys(groups.column("id"))) | set(_keys(pairs.column("id_a"))) | set(_keys(pairs.column("id_b"))))
-        titles = None
-    if vectors is not None and len(vectors) != len(all_keys):
-        raise ValueError(f"vectors has {len(vectors)} rows, items has {len(all_keys)}")
-    row_of = {k: i for i, k in enumerate(all_keys)}
+def _ordered_groups(groups: pa.Table, g_rows: np.ndarray, n_items: int) -> tuple[np.ndarray, ...]:
+    """Groups of two or more, largest first, each one's canonical member first.
 
-    def rows(column: Any, name: str) -> np.ndarray:
-        out = np.empty(len(column), dtype=np.int64)
-        for i, k in enumerate(_keys(column)):
-            r = row_of.get(k)
-            if r is None:
-                raise ValueError(f"{name} holds id {k!r}, which is not in items")
-            out[i] = r
-        return out
-
-    # Groups of two or more, largest first; each group's canonical member first.
-    g_rows = rows(groups.column("id"), "groups")
+    Returns
+    -------
+    rows, group_ids : ndarray of shape (m,), int64
+        Item row and group id of each member, group by group.
+    starts : ndarray of shape (n_groups,), int64
+        Where each group begins in ``rows``.
+    group_of : ndarray of shape (n_items,), int64
+        Position of each item's group in that order; -1 outside groups.
+    """
     g_ids = np.asarray(groups.column("group_id").to_numpy(), dtype=np.int64)
     canonical = (
         np.asarray(groups.column("is_canonical").to_numpy(zero_copy_only=False), dtype=bool)
         if "is_canonical" in groups.column_names
         else np.zeros(len(g_rows), dtype=bool)
     )
-    uniq, inverse, sizes = np.unique(g_ids, return_inverse=True, return_counts=True)
+    _, inverse, sizes = np.unique(g_ids, return_inverse=True, return_counts=True)
     multi = sizes[inverse] >= 2
     g_rows, g_ids, canonical, inverse = g_rows[multi], g_ids[multi], canonical[multi], inverse[multi]
     order = np.lexsort((~canonical, g_ids, -sizes[inverse]))
     g_rows, g_ids = g_rows[order], g_ids[order]
     starts = np.flatnonzero(np.r_[True, g_ids[1:] != g_ids[:-1]]) if len(g_ids) else np.zeros(0, dtype=np.int64)
-    group_of = np.full(len(all_keys), -1, dtype=np.int64)
+    group_of = np.full(n_items, -1, dtype=np.int64)
     group_of[g_rows] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(g_ids)]))
-
-    a, b = rows(pairs.column("id_a"), "pairs"), rows(pairs.column("id_b"), "pairs")
-    s = np.asarray(pairs.column(score_col).to_numpy(zero_copy_only=False), dtype=np.float64)
-    if "same_group" in pairs.column_names:
-        same = np.asarray(pairs.column("same_group").to_numpy(zero_copy_only=False), dtype=bool)
-    else:
-        same = (group_of[a] >= 0) & (group_of[a] == group_of[b])
-    shown = (group_of[a] >= 0) | (group_of[b] >= 0)
-    a, b, s, same = a[shown], b[shown], s[shown], same[shown]
-    evidence = pair_evidence(titles, a, b, vectors=vectors, scoring=scoring)
-
-    # Only the items a group or a link names travel in the page.
-    used = np.union1d(g_rows, np.r_[a, b]).astype(np.int64)
-    new_row = np.full(len(all_keys), -1, dtype=np.int64)
-    new_row[used] = np.arange(len(used))
-    weakest = np.full(len(starts), np.nan)
-    inside = same & (group_of[a] >= 0) & (group_of[a] == group_of[b])
-    if inside.any():
-        np.fmin.at(weakest, group_of[a[inside]], s[inside])
-
-    hist_scores = s
-    if candidates is not None:
-        hist_scores = np.asarray(candidates.column(score_column(candidates, score_col)).to_numpy(zero_copy_only=False), dtype=np.float64)
-    probability = is_probability(score_col)
-    if threshold is None and len(s):
-        threshold = float(s.min())
-    calibration = None
-    if labels is not None:
-        pair_score = {(all_keys[x], all_keys[y]): float(v) for x, y, v in zip(a.tolist(), b.tolist(), s.tolist())}
-        ls, ll = _labelled_scores(labels, pair_score, score_col)
-        if len(ls):
-            calibration = calibration_curve(ls, ll)
-    size_values, size_counts = np.unique(np.diff(np.r_[starts, len(g_ids)]), return_counts=True)
-    return {
-        "kind": "dedup",
-        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "score": {"column": score_col, "probability": probability, "threshold": threshold},
-        "summary": {
-            "items": len(all_keys),
-            "pairs": int(pairs.num_rows),
-            "groups": int(len(starts)),
-            "grouped_items": int(len(g_rows)),
-            "largest_group": int(size_values.max()) if len(size_values) else 0,
-            **(summary or {}),
-        },
-        "hist": histogram(hist_scores, lo=0.0 if probability else None, hi=1.0 if probability else None),
-        "hist_of": "candidate pairs" if candidates is not None else "pairs at or above the threshold",
-        "calibration": calibration,
-        "sizes": {"size": size_values.astype(int).tolist(), "count": size_counts.astype(int).tolist()},
-        "items": {
-            "id": [all_keys[r] for r in used.tolist()],
-            "title": None if titles is None else ["" if titles[r] is None else str(titles[r]) for r in used.tolist()],
-        },
-        "groups": {
-            "id": [int(g) for g in g_ids[starts].tolist()],
-            "start": [int(x) for x in starts.tolist()] + [len(g_ids)],
-            "members": new_row[g_rows].tolist(),
-            "weakest": json_column(weakest, 3),
-        },
-        "links": {
-            "a": new_row[a].tolist(),
-            "b": new_row[b].tolist(),
-            "score": json_column(s, 3),
-            "same": json_column(same),
-            "embedding": json_column(evidence["embedding"], 3),
-            "lexical": json_column(evidence["lexical"], 3),
-            "codes": json_column(evidence["codes"]),
-            "measures": json_column(evidence["measures"]),
-        },
-    }
+    return g_rows, g_ids, starts, group_of
 
 
 def dedup_report(
@@ -262,6 +189,7 @@ def dedup_report(
     candidates: pa.Table | None = None,
     score_col: str | None = None,
     scoring: Any = None,
+    summary: dict[str, Any] | None = None,
     title: str = "simsearch dedup report",
 ) -> Path:
     """Write the HTML report of a :func:`~simsearch.find_duplicates` result.
@@ -296,6 +224,9 @@ def dedup_report(
         (shown as a probability), else ``score`` (shown as a raw score).
     scoring : PairScoring, optional
         The n-gram range of the lexical evidence.
+    summary : dict, optional
+        Figures shown at the top, over the ones counted here (``pairs``,
+        ``calibration``: a :meth:`~simsearch.applications.ThresholdChoice.to_dict`).
     title : str
 
     Returns
@@ -317,10 +248,105 @@ def dedup_report(
     >>> pairs, groups = find_duplicates("offers.csv")  # doctest: +SKIP
     >>> dedup_report(pairs, groups, "offers.csv", "report.html")  # doctest: +SKIP
     """
-    payload = dedup_payload(
-        pairs, groups, items, id_col=id_col, text_col=text_col, vectors=vectors, threshold=threshold,
-        labels=labels, candidates=candidates, score_col=score_col, scoring=scoring,
-    )  # fmt: skip
+    _tables.require_columns(pairs, ["id_a", "id_b"], name="pairs")
+    _tables.require_columns(groups, ["id", "group_id"], name="groups")
+    score_col = score_column(pairs, score_col)
+    if items is not None:
+        items = _tables.read_table(items, name="items")
+        _tables.require_columns(items, [id_col], name="items")
+        all_keys = _keys(items.column(id_col))
+        titles = items.column(text_col).to_pylist() if text_col in items.column_names else None
+    else:
+        all_keys = sorted(
+            set(_keys(groups.column("id"))) | set(_keys(pairs.column("id_a"))) | set(_keys(pairs.column("id_b")))
+        )
+        titles = None
+    if vectors is not None and len(vectors) != len(all_keys):
+        raise ValueError(f"vectors has {len(vectors)} rows, items has {len(all_keys)}")
+    row_of = {k: i for i, k in enumerate(all_keys)}
+
+    def rows(column: Any, name: str) -> np.ndarray:
+        out = np.empty(len(column), dtype=np.int64)
+        for i, k in enumerate(_keys(column)):
+            r = row_of.get(k)
+            if r is None:
+                raise ValueError(f"{name} holds id {k!r}, which is not in items")
+            out[i] = r
+        return out
+
+    g_rows, g_ids, starts, group_of = _ordered_groups(groups, rows(groups.column("id"), "groups"), len(all_keys))
+
+    a, b = rows(pairs.column("id_a"), "pairs"), rows(pairs.column("id_b"), "pairs")
+    s = np.asarray(pairs.column(score_col).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if "same_group" in pairs.column_names:
+        same = np.asarray(pairs.column("same_group").to_numpy(zero_copy_only=False), dtype=bool)
+    else:
+        same = (group_of[a] >= 0) & (group_of[a] == group_of[b])
+    shown = (group_of[a] >= 0) | (group_of[b] >= 0)
+    a, b, s, same = a[shown], b[shown], s[shown], same[shown]
+    evidence = pair_evidence(titles, a, b, vectors=vectors, scoring=scoring)
+
+    # Only the items a group or a link names travel in the page.
+    used = np.union1d(g_rows, np.r_[a, b]).astype(np.int64)
+    new_row = np.full(len(all_keys), -1, dtype=np.int64)
+    new_row[used] = np.arange(len(used))
+    weakest = np.full(len(starts), np.nan)
+    inside = same & (group_of[a] >= 0) & (group_of[a] == group_of[b])
+    if inside.any():
+        np.fmin.at(weakest, group_of[a[inside]], s[inside])
+
+    hist_scores = s
+    if candidates is not None:
+        hist_scores = np.asarray(
+            candidates.column(score_column(candidates, score_col)).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
+    probability = is_probability(score_col)
+    if threshold is None and len(s):
+        threshold = float(s.min())
+    calibration = None
+    if labels is not None:
+        pair_score = {(all_keys[x], all_keys[y]): float(v) for x, y, v in zip(a.tolist(), b.tolist(), s.tolist())}
+        ls, ll = _labelled_scores(labels, pair_score, score_col, row_of)
+        if len(ls):
+            calibration = calibration_curve(ls, ll)
+    size_values, size_counts = np.unique(np.diff(np.r_[starts, len(g_ids)]), return_counts=True)
+    payload = {
+        "kind": "dedup",
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "score": {"column": score_col, "probability": probability, "threshold": threshold},
+        "summary": {
+            "items": len(all_keys),
+            "pairs": int(pairs.num_rows),
+            "groups": len(starts),
+            "grouped_items": len(g_rows),
+            "largest_group": int(size_values.max()) if len(size_values) else 0,
+            **(summary or {}),
+        },
+        "hist": histogram(hist_scores, lo=0.0 if probability else None, hi=1.0 if probability else None),
+        "hist_of": "candidate pairs" if candidates is not None else "pairs at or above the threshold",
+        "calibration": calibration,
+        "sizes": {"size": size_values.astype(int).tolist(), "count": size_counts.astype(int).tolist()},
+        "items": {
+            "id": [all_keys[r] for r in used.tolist()],
+            "title": None if titles is None else ["" if titles[r] is None else str(titles[r]) for r in used.tolist()],
+        },
+        "groups": {
+            "id": [int(g) for g in g_ids[starts].tolist()],
+            "start": [int(x) for x in starts.tolist()] + [len(g_ids)],
+            "members": new_row[g_rows].tolist(),
+            "weakest": json_column(weakest, 3),
+        },
+        "links": {
+            "a": new_row[a].tolist(),
+            "b": new_row[b].tolist(),
+            "score": json_column(s, 3),
+            "same": json_column(same),
+            "embedding": json_column(evidence["embedding"], 3),
+            "lexical": json_column(evidence["lexical"], 3),
+            "codes": json_column(evidence["codes"]),
+            "measures": json_column(evidence["measures"]),
+        },
+    }
     return write_page(path, render_page("report.html", title, payload, ("common.js", "report.js")))
 
 
@@ -357,10 +383,6 @@ def state_report(
         (:class:`~simsearch.errors.FormatVersionError`), a damaged file
         (:class:`~simsearch.errors.CorruptFileError`).
     """
-    from simsearch.applications import Deduplicator
-    from simsearch.applications.incremental.state import load_state
-    from simsearch.report.labels import LabelStore, default_labels_path
-
     dedup = Deduplicator.load(state)
     files = load_state(state)  # the titles and vectors beside the results
     alive = files.sections["alive"].astype(bool)
@@ -379,8 +401,8 @@ def state_report(
     # The links shown: those above the threshold, and those that hold a group
     # together although a recalibration has since moved the threshold past them.
     shown = pc.or_(candidates.column("same_group"), pc.greater_equal(candidates.column("score"), dedup.threshold_))
-    payload = dedup_payload(
-        candidates.filter(shown), dedup.groups_.select(["id", "group_id"]), items, text_col="title", vectors=vectors,
+    return dedup_report(
+        candidates.filter(shown), dedup.groups_.select(["id", "group_id"]), items, path, vectors=vectors,
         threshold=dedup.threshold_, labels=labels, candidates=candidates, summary=summary,
+        title=title or f"simsearch dedup report: {summary['state']}",
     )  # fmt: skip
-    return write_page(path, render_page("report.html", title or f"simsearch dedup report: {summary['state']}", payload, ("common.js", "report.js")))

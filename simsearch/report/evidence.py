@@ -11,6 +11,7 @@ at hand, as the dedup does), and whether model codes and measures agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from simsearch.applications.lexical import (

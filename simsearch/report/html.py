@@ -16,6 +16,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,9 @@ def json_column(values: Any, digits: int | None = None) -> list[Any] | None:
     return a.tolist()
 
 
-def histogram(values: np.ndarray, bins: int = 40, lo: float | None = None, hi: float | None = None) -> dict[str, list[float]]:
+def histogram(
+    values: np.ndarray, bins: int = 40, lo: float | None = None, hi: float | None = None
+) -> dict[str, list[float]]:
     """Equal-width histogram: ``edges`` (``bins + 1`` floats) and ``counts`` (``bins`` ints)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -132,8 +135,6 @@ def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tup
     """
     if n <= 0:
         return 0.0, 1.0
-    from statistics import NormalDist
-
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = successes / n
     denom = 1 + z * z / n

@@ -184,14 +184,20 @@ class LabelStore:
         """
         body = self.read()
         pairs = body["pairs"]
-        columns: dict[str, list[Any]] = {name: [p.get(name) for p in pairs] for name in _PAIR_FIELDS if pairs and name in pairs[0]}
+        columns: dict[str, list[Any]] = {
+            name: [p.get(name) for p in pairs] for name in _PAIR_FIELDS if pairs and name in pairs[0]
+        }
         label, by = [], []
         for i in range(len(pairs)):
             entry = body["labels"].get(str(i))
             value = None if entry is None else LABEL_VALUES.get(entry["label"])
             label.append(None if value is None else str(value))
             by.append(None if entry is None else entry["by"])
-        table = pa.table(columns) if columns else pa.table({"id_a": pa.array([], pa.string()), "id_b": pa.array([], pa.string())})
+        table = (
+            pa.table(columns)
+            if columns
+            else pa.table({"id_a": pa.array([], pa.string()), "id_b": pa.array([], pa.string())})
+        )
         return table.append_column("label", pa.array(label, type=pa.string())).append_column(
             "labelled_by", pa.array(by, type=pa.string())
         )

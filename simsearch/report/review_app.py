@@ -30,7 +30,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pyarrow.csv as pcsv
+
 from simsearch import _storage
+from simsearch.applications import Deduplicator
+from simsearch.applications.incremental.state import load_state
 from simsearch.errors import SimsearchError
 
 try:
@@ -105,11 +109,11 @@ class ReviewSession:
         seed: int = 0,
         target_precision: float | None = None,
     ) -> None:
-        from simsearch.applications import Deduplicator
-
         self.state = Path(state)
         if not self.state.is_dir():
-            raise FileNotFoundError(f"no dedup state at {str(self.state)!r} (make one with: simsearch dedup ITEMS --state DIR)")
+            raise FileNotFoundError(
+                f"no dedup state at {str(self.state)!r} (make one with: simsearch dedup ITEMS --state DIR)"
+            )
         self.target_precision = target_precision
         dedup = Deduplicator.load(self.state)
         if dedup.n_items_ == 0:
@@ -158,8 +162,6 @@ class ReviewSession:
             No label yet, no pair labelled a match, or an unreachable target
             precision; the state is unchanged.
         """
-        from simsearch.applications import Deduplicator
-
         table = self.store.labels_table()
         labelled = sum(v is not None for v in table.column("label").to_pylist())
         if labelled == 0:
@@ -177,8 +179,6 @@ class ReviewSession:
 
     def export_csv(self) -> bytes:
         """The labels as the CSV ``simsearch review import`` reads."""
-        import pyarrow.csv as pcsv
-
         buf = io.BytesIO()
         pcsv.write_csv(self.store.labels_table(), buf)
         return buf.getvalue()
@@ -186,8 +186,6 @@ class ReviewSession:
 
 def state_identity(state: str | os.PathLike[str]) -> dict[str, Any]:
     """What a labels file records of its state: the kind of items and the encoder's name and fingerprint."""
-    from simsearch.applications.incremental.state import load_state
-
     header = load_state(state).header
     encoder = header.get("encoder") or {}
     return {
@@ -212,14 +210,21 @@ def create_app(session: ReviewSession, *, token: str | None = None) -> FastAPI:
     fastapi.FastAPI
     """
     app = FastAPI(title="simsearch review", docs_url=None, redoc_url=None, openapi_url=None)
-    page = render_page("review.html", f"simsearch review: {session.state.resolve().name}", {"token": bool(token)}, ("common.js", "review.js"))
+    page = render_page(
+        "review.html",
+        f"simsearch review: {session.state.resolve().name}",
+        {"token": bool(token)},
+        ("common.js", "review.js"),
+    )
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Any:
         if token:
             given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
             if not hmac.compare_digest(given.encode(), token.encode()):
-                return JSONResponse({"error": "missing or wrong token: open the address the server printed"}, status_code=401)
+                return JSONResponse(
+                    {"error": "missing or wrong token: open the address the server printed"}, status_code=401
+                )
         return await call_next(request)
 
     @app.exception_handler(SimsearchError)
@@ -242,7 +247,7 @@ def create_app(session: ReviewSession, *, token: str | None = None) -> FastAPI:
         try:
             body = await request.json()
         except ValueError:
-            raise ValueError("the body must be JSON: {\"pair\": i, \"label\": \"match\" | \"no_match\" | \"skip\"}") from None
+            raise ValueError('the body must be JSON: {"pair": i, "label": "match" | "no_match" | "skip"}') from None
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         return await run_in_threadpool(session.label, body.get("pair"), body.get("label"), body.get("labeller", ""))

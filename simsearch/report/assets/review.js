@@ -111,7 +111,11 @@ async function recalibrate() {
 async function refresh(first) {
   try {
     const s = await api("/api/state");
-    pairs = s.pairs; labels = s.labels; threshold = s.threshold;
+    pairs = s.pairs; threshold = s.threshold;
+    // Labels are never taken back: a snapshot that left before our last save returns must not hide it.
+    const merged = { ...labels };
+    for (const [k, e] of Object.entries(s.labels)) if (!merged[k] || e.at >= merged[k].at) merged[k] = e;
+    labels = merged;
     if (first) {
       calibration = s.calibration;
       const open = pairs.findIndex((_, i) => !labels[String(i)]);  // resume at the first pair without a label
