@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from simsearch import _tables
 from simsearch.applications import Deduplicator
@@ -184,6 +185,7 @@ def dedup_report(
     id_col: str = "id",
     text_col: str = "title",
     vectors: np.ndarray | None = None,
+    tfidf: Any = None,
     threshold: float | None = None,
     labels: Any = None,
     candidates: pa.Table | None = None,
@@ -211,6 +213,9 @@ def dedup_report(
     vectors : ndarray of shape (n_items, dim), float, optional
         The items' embeddings, row ``i`` for item ``i``: adds the embedding
         cosine to each link's evidence.
+    tfidf : scipy.sparse.csr_matrix of shape (n_items, n_terms), optional
+        The items' L2-normalized character n-gram TF-IDF rows; default
+        fitted on the titles here.
     threshold : float, optional
         Marked on the score distribution; default the lowest pair score.
     labels : table or path, optional
@@ -284,7 +289,7 @@ def dedup_report(
         same = (group_of[a] >= 0) & (group_of[a] == group_of[b])
     shown = (group_of[a] >= 0) | (group_of[b] >= 0)
     a, b, s, same = a[shown], b[shown], s[shown], same[shown]
-    evidence = pair_evidence(titles, a, b, vectors=vectors, scoring=scoring)
+    evidence = pair_evidence(titles, a, b, vectors=vectors, tfidf=tfidf, scoring=scoring)
 
     # Only the items a group or a link names travel in the page.
     used = np.union1d(g_rows, np.r_[a, b]).astype(np.int64)
@@ -387,7 +392,14 @@ def state_report(
     files = load_state(state)  # the titles and vectors beside the results
     alive = files.sections["alive"].astype(bool)
     items = files.items.filter(pa.array(alive))
-    vectors = files.sections["vectors"][alive]
+    sections = files.sections
+    vectors = sections["vectors"][alive]
+    tfidf = None
+    if "tfidf_data" in sections:  # the n-gram rows the dedup scored with
+        shape = (len(alive), len(files.vocabulary))  # type: ignore[arg-type]
+        tfidf = sp.csr_matrix(
+            (sections["tfidf_data"], sections["tfidf_indices"], sections["tfidf_indptr"]), shape=shape
+        )[alive]
     items = items.rename_columns(["id" if c == "item_id" else c for c in items.column_names])
     if labels is None and default_labels_path(state).exists():
         labels = LabelStore(default_labels_path(state)).labels_table()
@@ -402,7 +414,7 @@ def state_report(
     # together although a recalibration has since moved the threshold past them.
     shown = pc.or_(candidates.column("same_group"), pc.greater_equal(candidates.column("score"), dedup.threshold_))
     return dedup_report(
-        candidates.filter(shown), dedup.groups_.select(["id", "group_id"]), items, path, vectors=vectors,
+        candidates.filter(shown), dedup.groups_.select(["id", "group_id"]), items, path, vectors=vectors, tfidf=tfidf,
         threshold=dedup.threshold_, labels=labels, candidates=candidates, summary=summary,
         title=title or f"simsearch dedup report: {summary['state']}",
     )  # fmt: skip

@@ -11,6 +11,7 @@ at hand, as the dedup does), and whether model codes and measures agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from simsearch.applications.lexical import (
     LexicalModel,
     PairScoring,
     code_relation,
+    extract_facts,
     measures_conflict,
     rowwise_dot,
 )
@@ -31,6 +33,7 @@ def pair_evidence(
     rows_b: np.ndarray,
     *,
     vectors: np.ndarray | None = None,
+    tfidf: Any = None,
     scoring: PairScoring | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Similarity parts of each pair ``(rows_a[i], rows_b[i])``.
@@ -43,6 +46,9 @@ def pair_evidence(
         Row positions of the two sides of each pair.
     vectors : ndarray of shape (n, dim), float, optional
         Embeddings of every row; their cosine is ``embedding``.
+    tfidf : scipy.sparse.csr_matrix of shape (n, n_terms), optional
+        L2-normalized character n-gram TF-IDF rows (a dedup state keeps
+        them); default fitted on ``titles`` here.
     scoring : PairScoring, optional
         Gives the n-gram range of the TF-IDF; default ``PairScoring()``.
 
@@ -66,9 +72,10 @@ def pair_evidence(
     if titles is None or len(rows_a) == 0:
         return out
     titles = list(titles)
-    features = LexicalModel(scoring or PairScoring()).fit(titles).transform(titles)
-    out["lexical"] = rowwise_dot(features.tfidf, rows_a, features.tfidf, rows_b)
-    facts = features.facts
+    if tfidf is None:
+        tfidf = LexicalModel(scoring or PairScoring()).fit(titles).vectorizer_.transform(titles).tocsr()
+    out["lexical"] = rowwise_dot(tfidf, rows_a, tfidf, rows_b)
+    facts = {row: extract_facts(titles[row]) for row in np.union1d(rows_a, rows_b).tolist()}
     codes = np.zeros(len(rows_a), dtype=np.int8)
     measures = np.zeros(len(rows_a), dtype=np.int8)
     for i, (a, b) in enumerate(zip(rows_a.tolist(), rows_b.tolist())):

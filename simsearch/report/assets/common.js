@@ -37,7 +37,7 @@ function svg(tag, attrs, ...children) {
   return node;
 }
 
-const W = 420, H = 190, PAD = { l: 44, r: 10, t: 10, b: 30 };
+const W = 420, H = 200, PAD = { l: 30, r: 12, t: 18, b: 30 };
 
 // Histogram {edges, counts}, bars above the threshold in the accent colour, the threshold as a dashed line.
 function histogramSvg(hist, threshold, xLabel, logY) {
@@ -57,11 +57,11 @@ function histogramSvg(hist, threshold, xLabel, logY) {
   root.append(svg("line", { class: "axis", x1: PAD.l, x2: W - PAD.r, y1: H - PAD.b, y2: H - PAD.b }));
   for (const v of [lo, (lo + hi) / 2, hi]) root.append(svg("text", { x: x(v), y: H - PAD.b + 14, "text-anchor": "middle" }, fmt(v, 2)));
   root.append(svg("text", { x: (W + PAD.l) / 2, y: H - 3, "text-anchor": "middle" }, xLabel));
-  root.append(svg("text", { x: 4, y: PAD.t + 8 }, logY ? `${Math.max(...hist.counts)} (log)` : String(Math.max(...hist.counts))));
   if (threshold !== null && threshold !== undefined) {
     const tx = x(Math.min(hi, Math.max(lo, threshold)));
     root.append(svg("line", { class: "thr", x1: tx, x2: tx, y1: PAD.t, y2: H - PAD.b }));
-    root.append(svg("text", { x: tx + 4, y: PAD.t + 10 }, `threshold ${fmt(threshold)}`));
+    const right = tx < W / 2;  // the label on the side with room
+    root.append(svg("text", { x: right ? tx + 4 : tx - 4, y: PAD.t - 5, "text-anchor": right ? "start" : "end" }, `threshold ${fmt(threshold)}`));
   }
   return root;
 }
@@ -77,12 +77,12 @@ function sizesSvg(sizes) {
     const bar = svg("rect", { class: "bar above", x: PAD.l + i * bw + 0.5, y: H - PAD.b - h, width: Math.max(0.5, bw - 1), height: h });
     bar.append(svg("title", {}, `${sizes.count[i]} groups of ${s}`));
     root.append(bar);
-    if (n <= 16 || i === 0 || i === n - 1 || i % Math.ceil(n / 8) === 0)
+    const step = Math.ceil(n / 8);
+    if (n <= 16 || i === n - 1 || (i % step === 0 && n - 1 - i >= step / 2))
       root.append(svg("text", { x: PAD.l + (i + 0.5) * bw, y: H - PAD.b + 14, "text-anchor": "middle" }, s));
   });
   root.append(svg("line", { class: "axis", x1: PAD.l, x2: W - PAD.r, y1: H - PAD.b, y2: H - PAD.b }));
   root.append(svg("text", { x: (W + PAD.l) / 2, y: H - 3, "text-anchor": "middle" }, "group size (items)"));
-  root.append(svg("text", { x: 4, y: PAD.t + 8 }, `${Math.max(...sizes.count)} (log)`));
   return root;
 }
 

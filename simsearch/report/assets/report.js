@@ -30,7 +30,7 @@ function charts() {
   const sec = el("section", { id: "charts" }, el("h2", {}, "Scores and sizes"));
   const grid = el("div", { class: "charts" });
   grid.append(el("figure", { id: "score-histogram" }, histogramSvg(DATA.hist, DATA.score.threshold, SCORE_NAME, true),
-    el("figcaption", {}, `Distribution of ${DATA.hist_of} (counts on a log scale); the dashed line is the threshold.`)));
+    el("figcaption", {}, `Distribution of ${DATA.hist_of} (counts on a log scale, the highest bar ${Math.max(...DATA.hist.counts).toLocaleString()}); the dashed line is the threshold.`)));
   if (DATA.calibration) {
     grid.append(el("figure", { id: "calibration" }, calibrationSvg(DATA.calibration, PROB),
       el("figcaption", {}, `Calibration: share of labelled pairs that are duplicates per score bin (bars: 95% Wilson intervals)${PROB ? "; the dashed line is perfect calibration" : ""}.`)));
@@ -38,7 +38,7 @@ function charts() {
     grid.append(el("figure", { id: "calibration" }, el("p", { class: "muted" }, "No labels yet: label pairs with `simsearch review serve` (or pass labels) to see the calibration curve.")));
   }
   if (DATA.kind === "dedup") {
-    grid.append(el("figure", { id: "group-sizes" }, sizesSvg(DATA.sizes), el("figcaption", {}, "Groups by size (counts on a log scale): a long tail of giant groups is the sign of chained weak links.")));
+    grid.append(el("figure", { id: "group-sizes" }, sizesSvg(DATA.sizes), el("figcaption", {}, `Groups by size (counts on a log scale, the highest bar ${Math.max(...DATA.sizes.count).toLocaleString()}): a long tail of giant groups is the sign of chained weak links.`)));
   }
   sec.append(grid);
   return sec;
