@@ -135,14 +135,17 @@ function dedupView() {
     const links = linksOf[g].slice();
     const cols = [["score", SCORE_NAME], ["embedding", "embedding cos"], ["lexical", "n-gram cos"], ["codes", "model codes"], ["measures", "measures"]];
     const linkTable = el("table", { id: "link-table" });
+    const linkBox = el("div");
+    const linkPager = new Pager(100);
     function drawLinks() {
       const key = linkSort.key;
       links.sort((x, y) => linkSort.dir * (((L[key] || [])[x] ?? -9) - ((L[key] || [])[y] ?? -9)));
       const head = el("tr", {}, el("th", {}, "item"), el("th", {}, "linked to"),
-        ...cols.filter(([k]) => L[k]).map(([k, name]) => el("th", { class: "sortable", onclick: () => { linkSort = { key: k, dir: linkSort.key === k ? -linkSort.dir : -1 }; drawLinks(); } },
+        ...cols.filter(([k]) => L[k]).map(([k, name]) => el("th", { class: "sortable", onclick: () => { linkSort = { key: k, dir: linkSort.key === k ? -linkSort.dir : -1 }; linkPager.page = 0; drawLinks(); } },
           name + (linkSort.key === k ? (linkSort.dir < 0 ? " ▼" : " ▲") : ""))), el("th", {}, "link"));
       const tb = el("tbody");
-      for (const i of links) {
+      linkPager.set(links);
+      for (const i of linkPager.slice()) {
         const a = L.a[i], b = L.b[i];
         const kept = L.same[i] === 1, outside = !(inGroup.has(a) && inGroup.has(b));
         tb.append(el("tr", {},
@@ -155,12 +158,13 @@ function dedupView() {
           el("td", {}, kept ? el("span", { class: "tag agree" }, "kept") : el("span", { class: "tag cut" }, outside ? "to another group" : "cut"))));
       }
       linkTable.replaceChildren(el("thead", {}, head), tb);
+      linkBox.replaceChildren(linkTable, links.length > linkPager.pageSize ? linkPager.controls(drawLinks) : "");
     }
     drawLinks();
     detail.hidden = false;
     detail.replaceChildren(el("h2", {}, `Group ${G.id[g]}: ${members.length} items, ${links.length} links`),
       el("p", { class: "note" }, "Words one side has and the other lacks are highlighted. “cut”: a pair above the threshold that the refinement did not keep in one group."),
-      cards, linkTable);
+      cards, linkBox);
     detail.scrollIntoView({ block: "start" });
   }
 
@@ -179,7 +183,8 @@ function matchView() {
   const search = el("input", { type: "search", id: "search", placeholder: "search listing titles or ids…", "aria-label": "search" });
   const filter = el("select", { id: "filter" }, el("option", { value: "all" }, "all listings"), el("option", { value: "matched" }, "matched"), el("option", { value: "unmatched" }, "not matched"));
   const sort = el("select", { id: "sort" }, el("option", { value: "input" }, "input order"), el("option", { value: "best" }, "best score first"), el("option", { value: "worst" }, "lowest best score first"));
-  sec.append(el("div", { class: "toolbar" }, search, filter, sort));
+  const count = el("span", { class: "muted", id: "match-count" });
+  sec.append(el("div", { class: "toolbar" }, search, filter, sort, count));
   const body = el("div");
   sec.append(body);
   const detail = el("section", { id: "detail", hidden: true });
@@ -198,6 +203,7 @@ function matchView() {
     const best = (i) => (Li.best[i] === null ? -Infinity : Li.best[i]);
     if (sort.value === "best") rows.sort((a, b) => best(b) - best(a));
     if (sort.value === "worst") rows.sort((a, b) => best(a) - best(b));
+    count.textContent = q ? `${rows.length} listings contain “${search.value.trim()}”` : "";
     pager.page = 0;
     pager.set(rows);
     draw();
