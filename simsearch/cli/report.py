@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from simsearch.cli._common import CommandError
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="threshold to mark (default: the state's, or the lowest pair score)",
+        help="with --pairs: the threshold to mark (default the lowest pair score); a state marks its own",
     )
     p.add_argument(
         "--labels",
@@ -45,8 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _done(path: str) -> None:
-    from pathlib import Path
-
     size = Path(path).stat().st_size
     print(f"wrote {path} ({size / 1e6:.1f} MB): open it in any browser, offline", file=sys.stderr)
 
