@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from simsearch.cli import classify, dedup, demo, eval, index, match, review, serve, train
+from simsearch.cli import classify, dedup, demo, eval, index, match, report, review, serve, train
 from simsearch.cli._common import CommandError
 from simsearch.cli.demo import demo_sample_path
 from simsearch.errors import SimsearchError
@@ -29,7 +29,7 @@ from simsearch.errors import SimsearchError
 __all__ = ["CommandError", "build_parser", "demo_sample_path", "main"]
 
 # In the order ``simsearch --help`` lists them.
-_COMMANDS = (index, match, train, dedup, review, classify, eval, serve, demo)
+_COMMANDS = (index, match, train, dedup, review, report, classify, eval, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``simsearch review export|import``: label pairs near a dedup state's threshold, then recalibrate it."""
+"""``simsearch review export|import|serve``: label pairs near a dedup state's threshold (in a CSV or in the browser), then recalibrate it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from simsearch.cli.dedup import load_state
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``review export`` and ``review import`` to the ``simsearch`` parser."""
+    """Add ``review export``, ``review import`` and ``review serve`` to the ``simsearch`` parser."""
     p_review = subparsers.add_parser("review", help="label pairs near the dedup threshold and recalibrate it")
     review_sub = p_review.add_subparsers(dest="review_command", metavar="ACTION", required=True)
     p = review_sub.add_parser("export", help="write pairs to label (CSV with an empty label column)")
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--state", required=True, help="dedup state folder")
     p.add_argument("--target-precision", type=float, default=None, help="lowest threshold with at least this precision (default: maximum F1)")
     p.set_defaults(func=run_import)
+    register_serve(review_sub)
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -44,3 +45,28 @@ def run_import(args: argparse.Namespace) -> None:
     dedup.save(args.state)
     print(result.summary(), file=sys.stderr)
     print(json.dumps(result.to_dict()))
+
+
+def register_serve(review_sub: argparse._SubParsersAction) -> None:
+    """Add ``review serve``: the labelling page of the review loop."""
+    p = review_sub.add_parser("serve", help="label pairs in the browser (keys m / n / s), then recalibrate")
+    p.add_argument("--state", required=True, help="dedup state folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8766)
+    p.add_argument("--token", default=None, help="secret every request must carry (required beyond 127.0.0.1)")
+    p.add_argument("-n", type=int, default=200, help="pairs to label in a new review (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", default=None, help="labels file (default STATE/review/labels.json)")
+    p.add_argument("--target-precision", type=float, default=None, help="recalibrate to the lowest threshold with at least this precision (default: maximum F1)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """``simsearch review serve``: :func:`~simsearch.report.review_app.serve_review`."""
+    from simsearch.report.review_app import serve_review
+
+    serve_review(
+        args.state, host=args.host, port=args.port, token=args.token, labels_path=args.labels, n=args.n, seed=args.seed,
+        target_precision=args.target_precision,
+        on_ready=lambda url: print(f"review page of {args.state}: {url} (Ctrl-C to stop)", file=sys.stderr, flush=True),
+    )  # fmt: skip
