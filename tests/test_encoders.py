@@ -7,6 +7,7 @@ fixtures); SIMSEARCH_CACHE points at a temporary directory.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -418,6 +419,19 @@ def test_every_available_path_agrees_with_fp32(by_path, fp32, titles):
 def test_fingerprint_differs_between_paths(by_path):
     prints = {enc.fingerprint for enc in by_path.values()}
     assert len(prints) == len(by_path)
+
+
+def test_onnxruntime_fingerprints_are_unchanged(fp32, int8):
+    # Caches and index folders written before paths existed keep matching.
+    from simsearch.encoders.export import RECIPE_VERSION
+    from simsearch.encoders.text import _fingerprint
+
+    for enc in (fp32, int8):
+        h = hashlib.sha256()
+        for part in (RECIPE_VERSION, enc.source.content_hash(), enc.precision, str(enc.max_length)):
+            h.update(part.encode())
+            h.update(b"\0")
+        assert enc.fingerprint == h.hexdigest() == _fingerprint(enc.source.content_hash(), enc.path, enc.precision, 128)
 
 
 def test_openvino_path_is_thread_safe_and_batch_independent(by_path, titles):

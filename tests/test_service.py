@@ -243,7 +243,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def encoder():
     from simsearch import TextEncoder
 
-    return TextEncoder()
+    return TextEncoder(precision="int8")  # the precision `simsearch index build` uses by default
 
 
 @pytest.fixture()

@@ -147,7 +147,7 @@ class TextEncoder:
         self.num_threads = num_threads
         self.dim = self.source.dim
         self.name = self.source.name
-        self.fingerprint = _fingerprint(self.source.content_hash(), path, max_length)
+        self.fingerprint = _fingerprint(self.source.content_hash(), path, precision, max_length)
         self._tokenizer = _load_tokenizer(self.source.tokenizer_file, max_length)
         self.onnx_path: Path | None = None
         if path == "openvino-bf16":
@@ -297,11 +297,14 @@ def _load_tokenizer(path: Path, max_length: int) -> Any:
     return tokenizer
 
 
-def _fingerprint(content_hash: str, path: str, max_length: int) -> str:
-    # The path names the runtime, precision and kernels: vectors from two
-    # paths differ slightly, so they never share cache entries.
+def _fingerprint(content_hash: str, path: str, precision: str, max_length: int) -> str:
+    # OpenVINO paths hash their name, so their vectors never share cache
+    # entries with onnxruntime's. onnxruntime paths hash the precision alone,
+    # as before paths existed: the same int8 graph on VNNI or AVX2 is one
+    # model, and caches and index folders written earlier keep matching.
+    runtime = path if path.startswith("openvino") else precision
     h = hashlib.sha256()
-    for part in (RECIPE_VERSION, content_hash, path, str(max_length)):
+    for part in (RECIPE_VERSION, content_hash, runtime, str(max_length)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
