@@ -109,7 +109,7 @@ class LeanOnnx:
             compiled = core.compile_model(
                 core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
             )
-            self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
             self.compiled = compiled
             request = compiled.create_infer_request()
 
@@ -154,8 +154,8 @@ def fc_kernels(compiled: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        if str(info["layerType"]) in ("FullyConnected", "MatMul"):
-            key = f"{info['primitiveType']}:{info['runtimePrecision']}"
+        if info["layerType"].astype(str) in ("FullyConnected", "MatMul"):
+            key = f"{info['primitiveType'].astype(str)}:{info['runtimePrecision'].astype(str)}"
             out[key] = out.get(key, 0) + 1
     return out
 
