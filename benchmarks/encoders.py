@@ -10,8 +10,20 @@ Variants (all all-MiniLM-L6-v2 unless noted):
   plain (unfused) ONNX export, ``quantize_dynamic`` with one scale per weight
   tensor, int8 weights, uint8 activations, MatMul only, run by a lean
   tokenizers + onnxruntime loop.
-* ``simsearch-fp32``, ``simsearch-int8``: :class:`simsearch.TextEncoder`.
+* ``st-openvino-anchor``: what sentence-transformers' ``backend="openvino"``
+  runs, without its wrapper: that backend needs ``optimum-intel``, whose
+  releases on the package index pin transformers below the installed 5.x
+  (it fails at import), so the anchor is the same plain export compiled by
+  OpenVINO with its own defaults (``PERFORMANCE_HINT=LATENCY``, OpenVINO's
+  precision choice: bf16 where the CPU has bf16 matmuls) in the same lean
+  tokenizers loop. Having no sentence-transformers overhead, it is a
+  stricter anchor than the real backend.
+* ``simsearch-fp32``, ``simsearch-int8``: :class:`simsearch.TextEncoder` on
+  onnxruntime; ``simsearch-default``: ``TextEncoder()``, the path chosen for
+  this CPU (printed, with the OpenVINO kernels that ran).
 * ``student-int8``: a distilled student (``--student DIR``), when given.
+
+Run it on one core: ``taskset -c 1 python benchmarks/encoders.py --threads 1``.
 
 Figures: titles/s at batch 32 and 64 (median of ``--repeats`` passes over
 ``--speed-n`` PriceRunner titles, variants interleaved), the same per second
@@ -23,7 +35,7 @@ The last line printed is one JSON object with the headline figures.
 
 Usage::
 
-    python benchmarks/encoders.py [--n 2000] [--speed-n 2000] [--repeats 3] [--threads 1 2] [--student DIR] [--cache-n N]
+    taskset -c 1 python benchmarks/encoders.py [--n 2000] [--speed-n 2000] [--repeats 3] [--threads 1] [--student DIR] [--cache-n N]
 """
 
 from __future__ import annotations
@@ -84,16 +96,36 @@ def recall_at_1(encode: Callable[[list[str], int], np.ndarray], ab: tuple) -> fl
 
 
 class LeanOnnx:
-    """tokenizers + onnxruntime with sorted batches and mean pooling: no simsearch code."""
+    """tokenizers + onnxruntime (or OpenVINO) with sorted batches and mean pooling: no simsearch code."""
 
-    def __init__(self, path: Path, model_dir: Path, threads: int) -> None:
-        import onnxruntime as ort
+    def __init__(self, path: Path, model_dir: Path, threads: int, runtime: str = "onnxruntime") -> None:
         from tokenizers import Tokenizer
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        if runtime == "openvino":
+            import openvino as ov
+
+            core = ov.Core()
+            # OpenVINO's defaults, as sentence-transformers' OpenVINO backend leaves them.
+            compiled = core.compile_model(
+                core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+            )
+            self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+            self.compiled = compiled
+            request = compiled.create_infer_request()
+
+            def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+                request.infer(feed, share_inputs=True)
+                return request.get_output_tensor(0).data.copy()
+
+            self.run = run
+        else:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.run = lambda feed: session.run(None, feed)[0]
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tok.no_padding()
         self.tok.enable_truncation(128)
@@ -110,15 +142,26 @@ class LeanOnnx:
             for j, i in enumerate(rows):
                 ids[j, : len(encs[i].ids)] = encs[i].ids
                 mask[j, : len(encs[i].ids)] = 1
-            h = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+            h = self.run({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
             m = mask[..., None].astype(np.float32)
             v = (h * m).sum(1) / m.sum(1)
             out[rows] = v / np.linalg.norm(v, axis=1, keepdims=True)
         return out
 
 
-def st_int8_recipe(model_dir: Path, workdir: Path) -> Path:
-    """The plain export quantized as sentence-transformers' avx512_vnni config does (see module doc)."""
+def fc_kernels(compiled: Any) -> dict[str, int]:
+    """OpenVINO's kernels for the matmuls of a compiled model that has run once: {primitive: count}."""
+    out: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("FullyConnected", "MatMul"):
+            key = f"{info['primitiveType'].astype(str)}:{info['runtimePrecision'].astype(str)}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def st_int8_recipe(model_dir: Path, workdir: Path) -> tuple[Path, Path]:
+    """The plain export, and it quantized as sentence-transformers' avx512_vnni config does (see module doc)."""
     import logging
     import warnings
 
@@ -151,7 +194,7 @@ def st_int8_recipe(model_dir: Path, workdir: Path) -> Path:
             str(raw), str(out), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False,
             op_types_to_quantize=["MatMul"],
         )
-    return out
+    return raw, out
 
 
 def timed(encode: Callable[[list[str], int], np.ndarray], titles: list[str], batch: int) -> tuple[float, float]:
@@ -217,7 +260,7 @@ def main() -> None:
     ap.add_argument("--speed-n", type=int, default=2000, help="the first this many of them are timed")
     ap.add_argument("--repeats", type=int, default=3, help="passes per throughput figure (median)")
     ap.add_argument("--latency-n", type=int, default=300, help="single titles timed for p50/p99")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--student", type=Path, default=None, help="distilled student directory (simsearch.distill)")
     ap.add_argument("--cache-n", type=int, default=0, help="also encode this many distinct titles twice through the cache")
     args = ap.parse_args()
@@ -226,16 +269,22 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from simsearch import TextEncoder
+    from simsearch.encoders import cpu as enc_cpu
 
     print(_common.host_line())
     flags = _common.cpu_flags()
+    flags.update({f: f in enc_cpu.cpu_flags() for f in ("avx512_bf16", "amx_bf16")})
+    print(f"encoder paths on this CPU, fastest first: {enc_cpu.available_paths()}; "
+          f"CPU affinity: {sorted(os.sched_getaffinity(0))}")
     titles = pricerunner_titles(args.n)
     ab = abt_buy()
     model_dir = _common.model_dir()
     workdir = Path(tempfile.mkdtemp(prefix="simsearch-bench-"))
 
     st = SentenceTransformer(str(model_dir), device="cpu")
-    st_int8 = st_int8_recipe(model_dir, workdir)
+    plain, st_int8 = st_int8_recipe(model_dir, workdir)
+    anchors: dict[int, LeanOnnx] = {}
+    encs: dict[str, TextEncoder] = {}
 
     def variants(threads: int) -> dict[str, Callable[[list[str], int], np.ndarray]]:
         torch.set_num_threads(threads)
@@ -243,9 +292,15 @@ def main() -> None:
             "st-fp32": lambda t, b: st.encode(t, batch_size=b, normalize_embeddings=True, convert_to_numpy=True),
             "st-int8-recipe": LeanOnnx(st_int8, model_dir, threads).encode,
         }
-        for precision in ("fp32", "int8"):
+        try:
+            anchors[threads] = LeanOnnx(plain, model_dir, threads, runtime="openvino")
+            out["st-openvino-anchor"] = anchors[threads].encode
+        except ImportError:
+            print("  openvino is not installed: no OpenVINO anchor", file=sys.stderr)
+        for label, precision in (("fp32", "fp32"), ("int8", "int8"), ("default", None)):
             enc = TextEncoder(precision=precision, num_threads=threads)
-            out[f"simsearch-{precision}"] = lambda t, b, enc=enc: enc.encode(t, batch_size=b, progress=False)
+            encs[label] = enc
+            out[f"simsearch-{label}"] = lambda t, b, enc=enc: enc.encode(t, batch_size=b, progress=False)
         if args.student is not None:
             enc = TextEncoder(model=args.student, precision="int8", num_threads=threads)
             out["student-int8"] = lambda t, b, enc=enc: enc.encode(t, batch_size=b, progress=False)
@@ -272,6 +327,15 @@ def main() -> None:
             rows[(name, threads)] = r
             print(f"  speed {name} at {threads} thread(s): {r}", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
+    default = encs["default"]
+    ran: dict[str, Any] = {"simsearch_default_path": default.path, "simsearch_int8_path": encs["int8"].path}
+    if default.path.startswith("openvino"):
+        ran["simsearch_default_kernels"] = fc_kernels(default._runner.model)
+    anchor = anchors.get(min(args.threads))
+    if anchor is not None:
+        ran["openvino_anchor_precision"] = anchor.precision
+        ran["openvino_anchor_kernels"] = fc_kernels(anchor.compiled)
+    print(f"\npaths that ran: {json.dumps(ran)}")
 
     print(
         f"\nquality on {args.n} PriceRunner titles, speed on {len(speed_titles)} (median of {args.repeats}, "
@@ -291,16 +355,22 @@ def main() -> None:
         )
 
     one = min(args.threads)
-    head: dict[str, Any] = {"cpu_flags": flags, "n_titles": args.n, "speed_titles": len(speed_titles)}
+    head: dict[str, Any] = {"cpu_flags": flags, "n_titles": args.n, "speed_titles": len(speed_titles), **ran}
+    head["load_before_after"] = [round(load_before[0], 1), round(load_after[0], 1)]
     for name in quality:
         head[f"{name}_titles_per_s_b32_{one}t"] = round(rows[(name, one)]["b32"], 1)
         head[f"{name}_titles_per_cpu_s_b32_{one}t"] = round(rows[(name, one)]["b32_cpu"], 1)
-        head[f"{name}_p50_ms"] = round(rows[(name, one)]["p50"], 2)
-        head[f"{name}_p99_ms"] = round(rows[(name, one)]["p99"], 2)
+        for key in ("p50", "p99", "p50_cpu", "p99_cpu"):
+            head[f"{name}_{key}_ms"] = round(rows[(name, one)][key], 2)
         head[f"{name}_cos"] = round(quality[name]["cos"], 4)
         head[f"{name}_overlap10"] = round(quality[name]["overlap"], 3)
         head[f"{name}_recall1"] = round(quality[name]["recall1"], 3)
     for key in ("b32", "b32_cpu"):
+        for ref_name in ("st-fp32", "st-openvino-anchor"):
+            if (ref_name, one) in rows:
+                head[f"default_speedup_vs_{ref_name}_{key}"] = round(
+                    rows[("simsearch-default", one)][key] / rows[(ref_name, one)][key], 2
+                )
         head[f"int8_speedup_vs_st_fp32_{key}"] = round(rows[("simsearch-int8", one)][key] / rows[("st-fp32", one)][key], 2)
         head[f"int8_speedup_vs_st_int8_recipe_{key}"] = round(
             rows[("simsearch-int8", one)][key] / rows[("st-int8-recipe", one)][key], 2

@@ -60,6 +60,13 @@ def test_serving_errors_come_from_simsearch_errors():
 # -- the service, real encoder ---------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def encoder(model_cache):
+    from simsearch import TextEncoder
+
+    return TextEncoder(precision="int8")  # the precision `simsearch index build` uses by default
+
+
 @pytest.fixture()
 def folder(sample_index: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "index"

@@ -2,7 +2,8 @@
 
 :class:`TextEncoder` and :class:`ImageEncoder` export their model to ONNX once
 (cached by fingerprint), quantize it to int8 on request and run it with
-onnxruntime (CPU, CUDA) or torch-neuronx; :func:`distill` trains a smaller
+OpenVINO or onnxruntime on the CPU (the path fastest on the CPU at hand, see
+:mod:`simsearch.encoders.cpu`), onnxruntime on CUDA, or torch-neuronx; :func:`distill` trains a smaller
 student text model and :func:`finetune` adapts one to labelled pairs. torch is
 imported only to export or train.
 """

