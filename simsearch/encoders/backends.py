@@ -58,6 +58,9 @@ class OnnxBackend:
         if num_threads is not None:
             options.intra_op_num_threads = int(num_threads)
         options.log_severity_level = 3
+        # Idle intra-op threads otherwise spin between calls: on a busy or small
+        # machine that doubled the CPU per title (12.5 vs 6.2 ms measured here).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         self.input_names = tuple(i.name for i in self.session.get_inputs())
 
