@@ -386,6 +386,8 @@ class Candidates:
         The index the join built in this process (None for the Ray engine).
     rules : dict
         ``(row_a, row_b) -> rule adjustment``, filled by :meth:`cross`.
+    vetoes : dict
+        ``(row_a, row_b) -> conflict``, filled by :meth:`conflict`.
     """
 
     loaded: LoadedItems
@@ -394,6 +396,7 @@ class Candidates:
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
     index: Any = None
     rules: dict[tuple[int, int], float] = field(default_factory=dict)
+    vetoes: dict[tuple[int, int], bool] = field(default_factory=dict)
 
     @property
     def items(self) -> Items:
@@ -406,6 +409,10 @@ class Candidates:
     def cross(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
         """Scores of every pair across two row lists, shape (len(rows_a), len(rows_b)), float32."""
         return self.items.cross_scores(self.items, rows_a, rows_b, self.scoring, self.rules)
+
+    def conflict(self, rows_a: np.ndarray, rows_b: np.ndarray) -> bool:
+        """Whether any pair across two row lists has conflicting attributes (never one group)."""
+        return self.items.conflicts(self.items, rows_a, rows_b, self.vetoes)
 
     def group(self, threshold: float, refine: bool, max_group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Group label of every row (int64, shape (n,)) and the mask of pairs at or above ``threshold``."""
@@ -420,6 +427,7 @@ class Candidates:
             link_threshold=threshold,
             max_group_size=max_group_size,
             refine=refine,
+            conflict=self.conflict if self.loaded.lexical_text else None,
         )
         return labels, hit
 
