@@ -6,10 +6,10 @@ TF-IDF]`` (:class:`TitleFeatures`) and returns the weighted mean of the two
 probability vectors. Neighbours see what the embedding sees (synonyms, word
 order); the linear head weighs the tokens that name a category (``"fridge"``,
 ``"cpu"``) and the character n-grams that catch spellings and model-code
-prefixes. Measured in ``benchmarks/quality.py``: PriceRunner categories 0.986
-against 0.957 for TF-IDF + logistic regression and 0.963 for the neighbours
+prefixes. Measured in ``benchmarks/quality.py``: PriceRunner categories 0.985
+against 0.957 for TF-IDF + logistic regression and 0.962 for the neighbours
 alone; the defaults were chosen once on PriceRunner and WDC product categories
-together (``benchmarks/RESULTS.md``).
+together (see the README).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         Candidates come from the index over both; the final ``k`` neighbours are
         chosen by the exact similarity. ``0`` (the default) uses the embedding
         alone: the lexical evidence enters through the linear head instead,
-        which uses it better (0.952 with ``0.5`` and no head, against 0.963 at
+        which uses it better (0.952 with ``0.5`` and no head, against 0.962 at
         ``0``, on PriceRunner).
     linear_weight : float, default 0.7
         Texts only: weight of the linear head in ``predict_proba``,

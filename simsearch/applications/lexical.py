@@ -249,7 +249,9 @@ class PairScoring:
     - measure_conflict_penalty [conflicting measures]``.
 
     Scores therefore lie in about ``[-1.2, 1.2]``; two identical titles score 1
-    (plus the code bonus if they carry a code).
+    (plus the code bonus if they carry a code). The dedup reports this raw
+    score as a probability through
+    :class:`~simsearch.applications.dedup_calibration.PairCalibration`.
 
     Parameters
     ----------
