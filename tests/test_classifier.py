@@ -76,6 +76,17 @@ def test_texts_with_an_encoder(encoder, sample):
     assert set(clf.classes_) == set(category)
     accuracy = clf.score([t for t, m in zip(titles, test) if m], category[test])
     assert accuracy >= 0.9
+    assert clf.linear_ is not None  # the defaults fuse the linear head
+    held_out = [t for t, m in zip(titles, test) if m]
+    proba = clf.predict_proba(held_out)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    # linear_weight=0 is the neighbours' vote alone.
+    vote = KNNClassifier(k=5, encoder=encoder, linear_weight=0.0).fit([t for t, m in zip(titles, test) if not m], category[~test])
+    assert vote.linear_ is None
+    w = clf.linear_weight
+    np.testing.assert_allclose(
+        proba, w * clf.linear_.predict_proba(clf.features_.transform(held_out, encoder.encode(held_out, progress=False))) + (1 - w) * vote.predict_proba(held_out), atol=1e-5
+    )
 
 
 def test_bad_input(encoder):

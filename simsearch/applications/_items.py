@@ -18,6 +18,7 @@ from simsearch.applications.lexical import (
     LexicalModel,
     PairScoring,
     TextFeatures,
+    facts_conflict,
     hybrid_vectors,
     rowwise_dot,
     rule_adjustment,
@@ -206,6 +207,43 @@ class Items:
                         cache[key] = adj
                 out[i, j] += adj
         return out
+
+    def conflicts(
+        self,
+        other: Items,
+        rows_self: np.ndarray,
+        rows_other: np.ndarray,
+        cache: dict[tuple[int, int], bool] | None = None,
+    ) -> bool:
+        """Whether any pair across two row lists names different products (:func:`facts_conflict`).
+
+        Parameters
+        ----------
+        other : Items
+        rows_self, rows_other : ndarray of int
+        cache : dict, optional
+            ``(row_self, row_other) -> conflict``, filled and reused.
+
+        Returns
+        -------
+        bool
+            Always False without lexical features.
+        """
+        left, right = self.features, other.features
+        if left is None or right is None:
+            return False
+        for ra in np.asarray(rows_self).tolist():
+            fa = left.facts[ra]
+            for rb in np.asarray(rows_other).tolist():
+                key = (ra, rb)
+                hit = cache.get(key) if cache is not None else None
+                if hit is None:
+                    hit = facts_conflict(fa, right.facts[rb])
+                    if cache is not None:
+                        cache[key] = hit
+                if hit:
+                    return True
+        return False
 
 
 def build_index(

@@ -8,8 +8,14 @@ all load their input with :func:`load_items`, join it with :func:`self_join`
 (or :func:`knn_pairs` for new rows) and group the result through
 :class:`Candidates`. The policies they share live here once:
 
-- **Default threshold** (:func:`default_threshold`): 0.5 for titles scored
-  with lexical evidence, 0.9 cosine otherwise.
+- **Scores as probabilities.** For titles scored with lexical evidence every
+  pair score is the probability that the two are one product: the raw
+  :class:`~simsearch.applications.PairScoring` score through the shipped
+  :class:`~simsearch.applications.dedup_calibration.PairCalibration`.
+  Vectors keep their cosine (no calibration carries over between models).
+- **Default threshold** (:func:`default_threshold`): probability 0.15 for
+  titles scored with lexical evidence (see :data:`DEFAULT_TEXT_THRESHOLD`),
+  0.9 cosine otherwise.
 - **Search effort** (:func:`chosen_ef`, :func:`search_ef`): an ``ef`` the user
   gave, as an argument or in ``index_params``, is used as given; only when
   none was given does a join use its own default, ``max(2 * k, 64)``.
@@ -32,6 +38,7 @@ import pyarrow as pa
 from simsearch import _tables
 from simsearch._validation import NO_ID, check_ef, check_k, check_positive_int, check_threshold
 from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar
+from simsearch.applications.dedup_calibration import PairCalibration, default_calibration
 from simsearch.applications.grouping import canonical_members, group_pairs
 from simsearch.applications.lexical import LexicalModel, PairScoring
 
@@ -57,8 +64,9 @@ __all__ = [
     "unique_pairs",
 ]
 
-#: Default pair threshold for titles scored with lexical evidence (see PairScoring).
-DEFAULT_TEXT_THRESHOLD = 0.5
+#: Default pair threshold for titles scored with lexical evidence: a probability
+#: (see :mod:`~simsearch.applications.dedup_calibration`).
+DEFAULT_TEXT_THRESHOLD = 0.15
 #: Default cosine threshold for bare vectors.
 DEFAULT_VECTOR_THRESHOLD = 0.9
 #: Least search effort of a candidate search when the user gave none.
@@ -93,8 +101,8 @@ def default_threshold(lexical_text: bool) -> float:
 
 
 def default_thresholds(lexical_text: bool) -> list[float]:
-    """Thresholds a threshold choice tries by default: 0.20..0.95 by 0.025 (lexical titles), else 0.70..0.99 by 0.01."""
-    grid = np.arange(0.2, 0.951, 0.025) if lexical_text else np.arange(0.7, 0.991, 0.01)
+    """Thresholds a threshold choice tries by default: probabilities 0.05..0.95 by 0.025 (lexical titles), else cosines 0.70..0.99 by 0.01."""
+    grid = np.arange(0.05, 0.951, 0.025) if lexical_text else np.arange(0.7, 0.991, 0.01)
     return np.round(grid, 4).tolist()
 
 
@@ -166,6 +174,10 @@ class LoadedItems:
     def lexical_text(self) -> bool:
         """Titles scored with lexical evidence (the default threshold depends on it)."""
         return self.items.features is not None
+
+    def default_calibration(self) -> PairCalibration | None:
+        """The shipped calibration for titles with lexical scoring; None (cosines) for vectors."""
+        return default_calibration() if self.lexical_text else None
 
 
 def load_items(
@@ -260,6 +272,7 @@ def knn_pairs(
     batch_size: int,
     progress: bool | None,
     ef: int | None = None,
+    calibration: PairCalibration | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scored pairs between ``rows`` and their ``k`` nearest neighbours in ``index``.
 
@@ -278,6 +291,9 @@ def knn_pairs(
     progress : bool or None
     ef : int or None
         The user's search effort; None for the default.
+    calibration : PairCalibration, optional
+        Maps raw pair scores to probabilities; ``floor`` and the returned
+        scores are then probabilities.
 
     Returns
     -------
@@ -289,6 +305,7 @@ def knn_pairs(
     kk = min(k + 1, len(index))  # the item itself comes back too
     if len(rows) == 0 or kk < 2:
         return no_pairs()
+    raw_floor = floor if calibration is None else calibration.raw(floor)
     keep_a, keep_b, keep_s = [], [], []
     bar = progress_bar(len(rows), "searching", progress)
     for start in range(0, len(rows), batch_size):
@@ -300,11 +317,11 @@ def knn_pairs(
         a, b = np.minimum(a, b), np.maximum(a, b)
         key = np.unique(a * n + b)  # one pair found from both ends counts once
         a, b = key // n, key % n
-        s = items.pair_scores(items, a, b, scoring, floor=floor)
-        hit = s >= floor
+        s = items.pair_scores(items, a, b, scoring, floor=raw_floor)
+        hit = s >= raw_floor
         keep_a.append(a[hit])
         keep_b.append(b[hit])
-        keep_s.append(s[hit])
+        keep_s.append(s[hit] if calibration is None else calibration.apply(s[hit]))
         bar.update(len(batch))
     bar.close()
     return unique_pairs(n, np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s))
@@ -332,6 +349,7 @@ def self_join(
     batch_size: int = 10_000,
     progress: bool | None = None,
     ef: int | None = None,
+    raw_scores: bool = False,
 ) -> Candidates:
     """Index the items in this process and join each with its ``k`` nearest neighbours.
 
@@ -350,6 +368,9 @@ def self_join(
     progress : bool or None
     ef : int, optional
         The search effort; default ``index_params["ef"]``, else ``max(2 k, 64)``.
+    raw_scores : bool, default False
+        Keep the raw pair scores (for fitting a calibration) instead of the
+        probabilities of :meth:`LoadedItems.default_calibration`.
 
     Returns
     -------
@@ -360,13 +381,15 @@ def self_join(
     batch_size = check_positive_int(batch_size, "batch_size")
     ef = chosen_ef(ef, index_params)
     floor = default_threshold(loaded.lexical_text) if floor is None else floor
+    calibration = None if raw_scores else loaded.default_calibration()
     items = loaded.items
     if len(items) < 2:
-        return Candidates(loaded, scoring, floor, no_pairs())
+        return Candidates(loaded, scoring, floor, no_pairs(), calibration=calibration)
     params = {"ef_construction": 100, **(index_params or {})}
     index = build_index(items.search, params, progress)
-    pairs = knn_pairs(index, items, np.arange(len(items), dtype=np.int64), k, scoring, floor, batch_size, progress, ef)
-    return Candidates(loaded, scoring, floor, pairs, index=index)
+    rows = np.arange(len(items), dtype=np.int64)
+    pairs = knn_pairs(index, items, rows, k, scoring, floor, batch_size, progress, ef, calibration)
+    return Candidates(loaded, scoring, floor, pairs, index=index, calibration=calibration)
 
 
 # ---------------------------------------------------------------- the joined pairs
@@ -386,6 +409,11 @@ class Candidates:
         The index the join built in this process (None for the Ray engine).
     rules : dict
         ``(row_a, row_b) -> rule adjustment``, filled by :meth:`cross`.
+    vetoes : dict
+        ``(row_a, row_b) -> conflict``, filled by :meth:`conflict`.
+    calibration : PairCalibration or None
+        Maps raw scores to the probabilities in ``pairs`` and :meth:`cross`
+        (None: raw scores, or cosines for vectors).
     """
 
     loaded: LoadedItems
@@ -394,6 +422,8 @@ class Candidates:
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
     index: Any = None
     rules: dict[tuple[int, int], float] = field(default_factory=dict)
+    vetoes: dict[tuple[int, int], bool] = field(default_factory=dict)
+    calibration: PairCalibration | None = None
 
     @property
     def items(self) -> Items:
@@ -405,7 +435,12 @@ class Candidates:
 
     def cross(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
         """Scores of every pair across two row lists, shape (len(rows_a), len(rows_b)), float32."""
-        return self.items.cross_scores(self.items, rows_a, rows_b, self.scoring, self.rules)
+        raw = self.items.cross_scores(self.items, rows_a, rows_b, self.scoring, self.rules)
+        return raw if self.calibration is None else self.calibration.apply(raw)
+
+    def conflict(self, rows_a: np.ndarray, rows_b: np.ndarray) -> bool:
+        """Whether any pair across two row lists has conflicting attributes (never one group)."""
+        return self.items.conflicts(self.items, rows_a, rows_b, self.vetoes)
 
     def group(self, threshold: float, refine: bool, max_group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Group label of every row (int64, shape (n,)) and the mask of pairs at or above ``threshold``."""
@@ -420,6 +455,7 @@ class Candidates:
             link_threshold=threshold,
             max_group_size=max_group_size,
             refine=refine,
+            conflict=self.conflict if self.loaded.lexical_text else None,
         )
         return labels, hit
 

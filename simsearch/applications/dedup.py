@@ -12,10 +12,13 @@
 2. **Scores.** Each candidate pair is scored exactly, once: the cosine of the
    float vectors, and for titles the weighted sum with the TF-IDF cosine plus
    the model-code and measure rules of
-   :class:`~simsearch.applications.PairScoring`.
+   :class:`~simsearch.applications.PairScoring`, mapped to a probability in
+   [0, 1] by the shipped calibration
+   (:mod:`~simsearch.applications.dedup_calibration`).
 3. **Groups.** Pairs at or above ``threshold`` are merged strongest first, and
    two groups merge only if their mean cross score also reaches the threshold
-   and the result stays within ``max_group_size``
+   and the result stays within ``max_group_size``, and never across two
+   titles whose codes, measures or brands conflict
    (:func:`~simsearch.applications.grouping.group_pairs`); ``refine=False``
    gives plain connected components. Each group's canonical member is its
    medoid.
@@ -147,10 +150,14 @@ def find_duplicates(
         title column, encoded with ``encoder``. With ``engine="ray"``: the
         path of a Parquet file (or folder) or CSV file.
     threshold : float, optional
-        Least pair score for two items to be duplicates. Default: 0.5 for titles
-        with lexical scoring (the score of
-        :class:`~simsearch.applications.PairScoring`), 0.9 cosine otherwise.
-        :func:`choose_threshold` picks one from labels.
+        Least pair score for two items to be duplicates. For titles with
+        lexical scoring the score is the probability that the two are one
+        product (the :class:`~simsearch.applications.PairScoring` score through
+        the shipped calibration, :mod:`~simsearch.applications.dedup_calibration`)
+        and the default is 0.15, the threshold of best mean group F1 over the
+        PriceRunner and Shopee development sets together; for vectors the
+        score is the cosine and the default 0.9. :func:`choose_threshold`
+        picks one from labels.
     k : int, default 10
         Neighbours looked up per item; a group can still grow past ``k + 1``
         through its members' neighbours.
@@ -272,8 +279,8 @@ def choose_threshold(
         True group of each item (equal labels: duplicates). ``None`` reads them
         from ``label_col`` of the table.
     thresholds : sequence of float, optional
-        Candidates to try; default 0.20 to 0.95 by 0.025 for titles with lexical
-        scoring, 0.70 to 0.99 by 0.01 otherwise.
+        Candidates to try; default probabilities 0.05 to 0.95 by 0.025 for
+        titles with lexical scoring, cosines 0.70 to 0.99 by 0.01 otherwise.
     label_col : str, optional
         Column of ``data`` holding the labels.
     k, ids, id_col, text_col, encoder, lexical, scoring, refine, max_group_size, include_singletons

@@ -9,7 +9,12 @@ groups only when they agree *as groups*:
 - two groups merge only if the **mean score over all pairs across them** (average
   linkage, scored exactly by a callback) is at least ``link_threshold``, so a
   member joins a group by being close to the group, not to one member;
-- a merge that would make a group larger than ``max_group_size`` is refused.
+- a merge that would make a group larger than ``max_group_size`` is refused;
+- a merge that would put two items whose attributes conflict (model codes
+  that are near misses, different capacities or sizes, different brands: see
+  :func:`~simsearch.applications.lexical.facts_conflict`) in one group is
+  refused, however strong the pairs that propose it: a group is split where
+  its members disagree.
 
 With ``refine=False`` the result is plain connected components (scipy), for
 callers who want single linkage.
@@ -23,6 +28,8 @@ import numpy as np
 
 #: Scores every pair across two member lists: ``f(rows_a, rows_b) -> (len(a), len(b))``.
 CrossScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: Whether any pair across two member lists conflicts: ``f(rows_a, rows_b) -> bool``.
+Conflict = Callable[[np.ndarray, np.ndarray], bool]
 
 
 class UnionFind:
@@ -89,6 +96,7 @@ def group_pairs(
     max_group_size: int | None = 100,
     refine: bool = True,
     initial: np.ndarray | None = None,
+    conflict: Conflict | None = None,
 ) -> np.ndarray:
     """Group ``n`` items from scored pairs.
 
@@ -115,6 +123,9 @@ def group_pairs(
         Groups to start from: items with equal values begin in one group, as
         if already merged (incremental dedup seeds the existing groups this
         way); the pairs then merge groups as usual.
+    conflict : callable, optional
+        ``f(rows_a, rows_b)``: True if any pair across two groups must not
+        share a group. Such merges are refused (refining only).
 
     Returns
     -------
@@ -148,12 +159,15 @@ def group_pairs(
         ga, gb = uf.group(a), uf.group(b)
         if len(ga) + len(gb) > cap:
             continue
-        if link_threshold is not None and (len(ga) > 1 or len(gb) > 1):
+        linkage = link_threshold is not None and (len(ga) > 1 or len(gb) > 1)
+        if linkage or conflict is not None:
             key = (a, int(version[a]), b, int(version[b])) if a < b else (b, int(version[b]), a, int(version[a]))
             if key in refused:
                 continue
-            cross = cross_score(np.asarray(ga), np.asarray(gb))  # type: ignore[misc]
-            if float(np.mean(cross)) < link_threshold:
+            if conflict is not None and conflict(np.asarray(ga), np.asarray(gb)):
+                refused.add(key)
+                continue
+            if linkage and float(np.mean(cross_score(np.asarray(ga), np.asarray(gb)))) < link_threshold:  # type: ignore[misc]
                 refused.add(key)
                 continue
         root = uf.union(a, b)

@@ -48,7 +48,9 @@ __all__ = [
     "best_f1_threshold",  # lives in metrics.py; importable from here as before
     "code_relation",
     "extract_facts",
+    "facts_conflict",
     "hybrid_vectors",
+    "leads_conflict",
     "measures_conflict",
     "normalize_title",
     "rowwise_dot",
@@ -69,6 +71,8 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:[-/._][a-z0-9]+)*")
 _SEPARATORS = re.compile(r"[-/._]")
 _DIGIT_RUN = re.compile(r"\d{3,}")
 _LEADING_LETTERS = re.compile(r"^[a-z]*")
+# Alphabetic tokens (any script), bounded by non-word characters or digits.
+_WORD = re.compile(r"(?<![^\W\d_])[^\W\d_]+(?![^\W\d_])")
 # Literal byte escapes ("\xf0\x9f...") left in scraped titles by a bad decode.
 _BYTE_ESCAPE = re.compile(r"\\x[0-9a-f]{2}")
 
@@ -102,11 +106,18 @@ class TitleFacts:
         ``(unit, value)`` pairs, units canonical (``("inch", "55")``).
     digit_runs : frozenset of str
         Runs of three or more digits inside the codes.
+    lead : str
+        The first token when it is a word of three or more letters (in
+        product titles, usually the brand), else ``""``.
+    words : frozenset of str
+        Every alphabetic token of the title.
     """
 
     codes: frozenset[str] = frozenset()
     measures: frozenset[tuple[str, str]] = frozenset()
     digit_runs: frozenset[str] = frozenset()
+    lead: str = ""
+    words: frozenset[str] = frozenset()
 
 
 def extract_facts(text: str) -> TitleFacts:
@@ -129,7 +140,7 @@ def extract_facts(text: str) -> TitleFacts:
     """
     text = normalize_title(text)
     measures = frozenset(
-        (_UNIT_ALIASES.get(unit, unit), value.replace(",", ".")) for value, unit in _MEASURE.findall(text)
+        (_UNIT_ALIASES.get(unit, unit), _number(value)) for value, unit in _MEASURE.findall(text)
     )
     codes = set()
     for token in _TOKEN.findall(_MEASURE.sub(" ", text)):
@@ -137,7 +148,17 @@ def extract_facts(text: str) -> TitleFacts:
         if len(code) >= 3 and any(c.isdigit() for c in code):
             codes.add(code)
     runs = frozenset(run for code in codes for run in _DIGIT_RUN.findall(code))
-    return TitleFacts(frozenset(codes), measures, runs)
+    words = _WORD.findall(text)
+    lead = words[0] if words and len(words[0]) >= 3 and text.lstrip().startswith(words[0]) else ""
+    return TitleFacts(frozenset(codes), measures, runs, lead, frozenset(words))
+
+
+def _number(value: str) -> str:
+    """A measure's value in one spelling: ``"3,10"`` and ``"3.1"`` are both ``"3.1"``."""
+    value = value.replace(",", ".")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value
 
 
 def _edit_distance_at_most_2(a: str, b: str) -> bool:
@@ -197,6 +218,28 @@ def measures_conflict(a: TitleFacts, b: TitleFacts) -> bool:
     )
 
 
+def leads_conflict(a: TitleFacts, b: TitleFacts) -> bool:
+    """True if the titles open with different words and neither names the other's.
+
+    Product titles open with the brand (``"cello c55ansmt ..."`` against
+    ``"electriq 50 ..."``); a title that opens otherwise (``"iphone 8"`` against
+    ``"apple iphone 8"``) still names the other's first word somewhere, and is
+    not counted as a conflict.
+    """
+    return bool(a.lead and b.lead and a.lead != b.lead and a.lead not in b.words and b.lead not in a.words)
+
+
+def facts_conflict(a: TitleFacts, b: TitleFacts) -> bool:
+    """Whether two titles name different products by their attributes.
+
+    True when their model codes are near misses (:func:`code_relation` is
+    -1), they state conflicting measures (:func:`measures_conflict`) or they
+    open with different brands (:func:`leads_conflict`). Grouping never puts
+    two such titles in one group.
+    """
+    return code_relation(a, b) < 0 or measures_conflict(a, b) or leads_conflict(a, b)
+
+
 @dataclass
 class PairScoring:
     """How a pair score is made from the embedding and the lexical evidence.
@@ -206,7 +249,9 @@ class PairScoring:
     - measure_conflict_penalty [conflicting measures]``.
 
     Scores therefore lie in about ``[-1.2, 1.2]``; two identical titles score 1
-    (plus the code bonus if they carry a code).
+    (plus the code bonus if they carry a code). The dedup reports this raw
+    score as a probability through
+    :class:`~simsearch.applications.dedup_calibration.PairCalibration`.
 
     Parameters
     ----------

@@ -24,6 +24,7 @@ from simsearch._validation import NO_ID, check_k
 __all__ = [
     "ThresholdChoice",
     "best_f1_threshold",
+    "expected_calibration_error",
     "mean_group_f1",
     "pairwise_precision_recall",
     "recall_at_k",
@@ -349,3 +350,36 @@ def match_recall_at_k(true_pairs: set[tuple[Any, Any]], found: Iterable[tuple[An
         if (lid, pid) in true_pairs:
             best[lid] = min(rank, best.get(lid, rank))
     return {f"recall@{r}": sum(1 for lid in listings if best.get(lid, 10**9) <= r) / len(listings) for r in ks}
+
+
+def expected_calibration_error(probabilities: Any, labels: Any, bins: int = 10) -> float:
+    """Expected calibration error of probabilities against binary outcomes.
+
+    The mean, weighted by bin size, of ``|mean probability - fraction of
+    positives|`` over ``bins`` equal-width bins of ``[0, 1]``.
+
+    Parameters
+    ----------
+    probabilities : array-like of shape (m,), float in [0, 1]
+    labels : array-like of shape (m,), bool or 0/1
+    bins : int, default 10
+
+    Returns
+    -------
+    float
+        0 for no input.
+
+    Examples
+    --------
+    >>> expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 1, 0, 0])
+    0.1
+    """
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    y = np.asarray(labels).astype(np.float64).ravel()
+    if len(p) != len(y):
+        raise ValueError(f"probabilities has {len(p)} entries, labels has {len(y)}")
+    if len(p) == 0:
+        return 0.0
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    gap = np.abs(np.bincount(which, p, bins) - np.bincount(which, y, bins))
+    return round(float(gap.sum() / len(p)), 12)

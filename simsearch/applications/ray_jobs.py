@@ -266,21 +266,22 @@ def ray_join(
     else:
         loaded = LoadedItems(Items.from_vectors(vectors), ids, titles)
     floor = default_threshold(loaded.lexical_text) if floor is None else floor
+    calibration = loaded.default_calibration()
     n = len(loaded.items)
     if n < 2:
-        return Candidates(loaded, scoring, floor, no_pairs())
+        return Candidates(loaded, scoring, floor, no_pairs(), calibration=calibration)
     params = {"ef_construction": 100, **(index_params or {})}
     index = build_sharded_index(loaded.items.search, n_shards, params, progress)
     parts = []
     try:
         for shard in range(n_shards):
             rows = np.sort(index.shard_ids(shard).astype(np.int64))
-            parts.append(knn_pairs(index, loaded.items, rows, k, scoring, floor, batch_size, progress, ef))
+            parts.append(knn_pairs(index, loaded.items, rows, k, scoring, floor, batch_size, progress, ef, calibration))
     finally:
         index.close()
     # a pair found from both ends, in two shards' passes: kept once
     pairs = unique_pairs(n, *(np.concatenate([p[i] for p in parts]) for i in range(3)))
-    return Candidates(loaded, scoring, floor, pairs)
+    return Candidates(loaded, scoring, floor, pairs, calibration=calibration)
 
 
 def find_duplicates_on_ray(

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("items", help="Parquet or CSV with id and title columns")
     _common.add_columns(p)
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--threshold", type=float, default=None, help="least pair score (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None, help="least pair score: a probability for titles (default 0.15), a cosine for vectors (default 0.9)")
     p.add_argument("--label-col", help="column of known groups: choose the threshold from it")
     p.add_argument("--max-group-size", type=int, default=100)
     p.add_argument("--no-lexical", action="store_true", help="embedding cosine only")

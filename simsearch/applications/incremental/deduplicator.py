@@ -36,6 +36,7 @@ from simsearch.applications.incremental.state import (
     load_state,
     save_state,
 )
+from simsearch.applications.dedup_calibration import PairCalibration
 from simsearch.applications.lexical import LexicalModel, PairScoring, TextFeatures, extract_facts, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice
 from simsearch.errors import NotFittedError
@@ -52,8 +53,9 @@ class Deduplicator(ReviewLoop):
     Parameters
     ----------
     threshold : float, optional
-        Least pair score for two items to be duplicates. Default: 0.5 for
-        titles with lexical scoring, 0.9 cosine for vectors (as
+        Least pair score for two items to be duplicates: a probability for
+        titles with lexical scoring (default 0.15), a cosine for vectors
+        (default 0.9), as
         :func:`~simsearch.find_duplicates`). A calibration from reviewed pairs
         (:meth:`calibrate`) replaces it.
     k : int, default 10
@@ -187,6 +189,8 @@ class Deduplicator(ReviewLoop):
         self._lexical_model = loaded.lexical_model
         self._index = cands.index if cands.index is not None else self._new_index(cands.items.search)
         self._rules = cands.rules
+        self._vetoes = cands.vetoes
+        self._score_calibration = cands.calibration
         self._keys = cands.ids
         self._row_of = row_map(self._keys)
         self._alive = np.ones(n, dtype=bool)
@@ -272,8 +276,21 @@ class Deduplicator(ReviewLoop):
         return a[keep], b[keep], s[keep]
 
     def _cross(self, items: Items) -> Any:
-        scoring, rules = self._scoring, self._rules
-        return lambda ra, rb: items.cross_scores(items, ra, rb, scoring, rules)
+        scoring, rules, calibration = self._scoring, self._rules, self._score_calibration
+        if calibration is None:
+            return lambda ra, rb: items.cross_scores(items, ra, rb, scoring, rules)
+        return lambda ra, rb: calibration.apply(items.cross_scores(items, ra, rb, scoring, rules))
+
+    def _conflict(self, items: Items) -> Any:
+        if items.features is None:
+            return None
+        vetoes = self._vetoes
+        return lambda ra, rb: items.conflicts(items, ra, rb, vetoes)
+
+    def _pair_scores(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """Scores of pairs of rows, as the join gave them (probabilities for titles)."""
+        raw = self._items.pair_scores(self._items, rows_a, rows_b, self._scoring)
+        return raw if self._score_calibration is None else self._score_calibration.apply(raw)
 
     # ------------------------------------------------------------------ update
     def update(self, new_items: Any = None, new_ids: Any = None, removed_ids: Any = None) -> pa.Table:
@@ -339,7 +356,7 @@ class Deduplicator(ReviewLoop):
             alive[removed_rows] = False
             na, nb, ns = knn_pairs(
                 self._index, items, new_rows, self.k, self._scoring, self._floor, self.batch_size, self.progress,
-                chosen_ef(self.ef, self.index_params),
+                chosen_ef(self.ef, self.index_params), self._score_calibration,
             )
             a, b, s = self._edges
             keep = alive[a] & alive[b]
@@ -348,7 +365,7 @@ class Deduplicator(ReviewLoop):
             old_group[removed_rows] = -1
             cluster, affected = regroup(
                 self._cross(items), alive, old_group, self._group, edges, new_rows, removed_rows, threshold,
-                self._grouped_at, self._next_group, self.max_group_size,
+                self._grouped_at, self._next_group, self.max_group_size, self._conflict(items),
             )  # fmt: skip
             group, next_group, events = assign_ids(cluster, affected, old_group, self._group, self._next_group)
         except BaseException:
@@ -511,6 +528,7 @@ class Deduplicator(ReviewLoop):
             "grouped_at": self._grouped_at,
             "next_group": self._next_group,
             "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
+            "score_calibration": None if self._score_calibration is None else self._score_calibration.to_dict(),
         }
         a, b, s = self._edges
         sections: dict[str, np.ndarray] = {
@@ -610,6 +628,10 @@ class Deduplicator(ReviewLoop):
         self._index = Index.load(files.index_path, num_threads=(self.index_params or {}).get("num_threads"))
         self._scoring = scoring
         self._rules = {}
+        self._vetoes = {}
+        # States written before scores were probabilities have none: their raw scores stay raw.
+        score_cal = header.get("score_calibration")
+        self._score_calibration = None if score_cal is None else PairCalibration.from_dict(score_cal)
         self._alive = sections["alive"].astype(bool)
         self._group = sections["group"].astype(np.int64)
         self._edges = (sections["edge_a"].astype(np.int64), sections["edge_b"].astype(np.int64), sections["edge_s"])

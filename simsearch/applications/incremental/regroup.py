@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.applications.grouping import CrossScore, connected_components, group_pairs
+from simsearch.applications.grouping import Conflict, CrossScore, connected_components, group_pairs
 
 __all__ = ["assign_ids", "cut_large_groups", "regroup"]
 
@@ -36,6 +36,7 @@ def regroup(
     grouped_at: float,
     next_group: int,
     cap: int | None,
+    conflict: Conflict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster labels of every row and the mask of rows whose group may have changed.
 
@@ -59,6 +60,9 @@ def regroup(
         The next unused group id.
     cap : int or None
         ``max_group_size``.
+    conflict : callable, optional
+        Whether two row lists hold a pair that must not share a group (see
+        :func:`group_pairs`).
 
     Returns
     -------
@@ -72,7 +76,9 @@ def regroup(
     a, b, s = a[hit], b[hit], s[hit]
     if threshold != grouped_at:
         # A new threshold: regroup everything from the stored pairs.
-        cluster = group_pairs(n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap)
+        cluster = group_pairs(
+            n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap, conflict=conflict
+        )
         affected = alive.copy()
     else:
         # Seeds: the current groups, new items alone; dead rows alone.
@@ -108,6 +114,7 @@ def regroup(
                 link_threshold=threshold,
                 max_group_size=cap,
                 initial=cluster[region],
+                conflict=None if conflict is None else lambda x, y: conflict(region[x], region[y]),
             )
             cluster[region] = 3 * n + next_group + region[labels]
             affected[region] = True

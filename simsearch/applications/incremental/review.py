@@ -119,7 +119,7 @@ class ReviewLoop:
         table = read_labels(labels)
         rows_a = self._rows_of(table.column("id_a"), "id_a")
         rows_b = self._rows_of(table.column("id_b"), "id_b")
-        scores = self._items.pair_scores(self._items, rows_a, rows_b, self._scoring)
+        scores = self._pair_scores(rows_a, rows_b)
         result = calibrate(
             scores,
             table.column("label").to_numpy(),
