@@ -64,7 +64,7 @@ def test_dedup_report_shows_every_pair_and_group(tmp_path, sample, duplicates):
     out = dedup_report(pairs, groups, sample, tmp_path / "r.html", threshold=0.5)
     assert_self_contained(out)
     data = payload(out)
-    assert data["kind"] == "dedup" and data["score"] == {"column": "score", "probability": False, "threshold": 0.5}
+    assert data["kind"] == "dedup" and data["score"] == {"column": "score", "probability": True, "threshold": 0.5}  # calibrated by find_duplicates
     g = data["groups"]
     sizes = np.diff(g["start"])
     assert len(sizes) == len(set(groups.column("group_id").to_pylist())) == data["summary"]["groups"]
@@ -78,9 +78,12 @@ def test_dedup_report_shows_every_pair_and_group(tmp_path, sample, duplicates):
         assert {first[m]["group_id"] for m in members} == {g["id"][k]}
         assert first[members[0]]["is_canonical"]
     links = data["links"]
-    assert len(links["a"]) == pairs.num_rows
-    assert links["score"] == pytest.approx(pairs.column("score").to_numpy(), abs=1e-3)
-    assert sum(data["hist"]["counts"]) == pairs.num_rows
+    # every pair touching a group is a link (a pair the conflict rule kept apart can join two singletons)
+    grouped = set(groups.column("id").to_pylist())
+    touching = [i for i, (x, y) in enumerate(zip(pairs.column("id_a").to_pylist(), pairs.column("id_b").to_pylist())) if x in grouped or y in grouped]
+    assert len(links["a"]) == len(touching) >= pairs.num_rows - 5
+    assert links["score"] == pytest.approx(pairs.column("score").to_numpy()[touching], abs=1e-3)
+    assert sum(data["hist"]["counts"]) == len(touching)
     title = dict(zip(ids, data["items"]["title"]))
     row = sample.to_pylist()
     assert title[str(row[0]["id"])] == row[0]["title"]
@@ -98,7 +101,8 @@ def test_probability_column_is_shown_as_one(tmp_path, sample, duplicates):
     assert data["score"]["column"] == "probability" and data["score"]["probability"] is True
     assert data["hist"]["edges"][0] == 0 and data["hist"]["edges"][-1] == 1
     assert data["score"]["threshold"] == pytest.approx(0.5)
-    raw = payload(dedup_report(calibrated, groups, sample, tmp_path / "s.html", score_col="score"))
+    uncalibrated = calibrated.replace_schema_metadata(None)  # no mark that "score" is calibrated
+    raw = payload(dedup_report(uncalibrated, groups, sample, tmp_path / "s.html", score_col="score"))
     assert raw["score"]["probability"] is False
 
 
@@ -200,3 +204,13 @@ def test_report_cli(tmp_path, sample, duplicates, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "dedup", "--state", str(tmp_path / "empty"), "--out", str(tmp_path / "n.html")]) == 2
     assert "not a dedup state" in capsys.readouterr().err and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_calibrated_dedup_scores_are_shown_as_probabilities(duplicates):
+    from simsearch.report.dedup import is_probability
+
+    pairs, _ = duplicates
+    assert is_probability("score", pairs)  # find_duplicates calibrates title scores and says so
+    assert float(pairs.column("score").to_numpy().max()) <= 1.0
+    raw = pairs.replace_schema_metadata(None)
+    assert not is_probability("score", raw)

@@ -42,6 +42,9 @@ from simsearch.applications.dedup_calibration import PairCalibration, default_ca
 from simsearch.applications.grouping import canonical_members, group_pairs
 from simsearch.applications.lexical import LexicalModel, PairScoring
 
+#: Schema metadata key of a pairs table: b"probability" when its ``score`` column is calibrated.
+SCORE_KIND_KEY = b"simsearch.score"
+
 __all__ = [
     "DEFAULT_TEXT_THRESHOLD",
     "DEFAULT_VECTOR_THRESHOLD",
@@ -481,6 +484,8 @@ class Candidates:
                 "same_group": pa.array(labels[a] == labels[b]),
             }
         )
+        if self.calibration is not None:  # readers (the HTML report) show calibrated scores as probabilities
+            pairs = pairs.replace_schema_metadata({SCORE_KIND_KEY: b"probability"})
         sizes = np.bincount(labels, minlength=len(labels))[labels]
         rows = np.arange(len(labels)) if include_singletons else np.flatnonzero(sizes > 1)
         canon = canonical_members(labels, self.cross)

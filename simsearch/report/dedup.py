@@ -57,9 +57,16 @@ def score_column(table: pa.Table, score_col: str | None) -> str:
     return score_col
 
 
-def is_probability(name: str) -> bool:
-    """Whether a score column holds probabilities (its name says so)."""
-    return "probability" in name.lower()
+def is_probability(name: str, table: pa.Table | None = None) -> bool:
+    """Whether a score column holds probabilities: its name says so, or the pairs table's metadata does.
+
+    ``find_duplicates`` marks calibrated ``score`` columns with the schema
+    metadata ``{b"simsearch.score": b"probability"}``.
+    """
+    if "probability" in name.lower():
+        return True
+    meta = table.schema.metadata if table is not None else None
+    return name == "score" and bool(meta) and meta.get(b"simsearch.score") == b"probability"
 
 
 def _keys(column: Any) -> list[str]:
@@ -305,7 +312,7 @@ def dedup_report(
         hist_scores = np.asarray(
             candidates.column(score_column(candidates, score_col)).to_numpy(zero_copy_only=False), dtype=np.float64
         )
-    probability = is_probability(score_col)
+    probability = is_probability(score_col, pairs)
     if threshold is None and len(s):
         threshold = float(s.min())
     calibration = None
