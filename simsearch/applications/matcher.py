@@ -14,6 +14,7 @@ from simsearch.applications._items import Items, as_vectors, build_index, defaul
 from simsearch.applications.candidates import check_score, chosen_ef, cross_join, default_threshold
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
+from simsearch.applications.pair_model import PairModel, resolve_pair_model, top_per_row
 from simsearch.applications.pair_scorer import (
     FeatureConfig,
     PairScorer,
@@ -37,7 +38,11 @@ class CatalogMatcher:
     index, scores each candidate exactly (embedding cosine, character n-gram
     TF-IDF cosine, model codes and measures: see
     :class:`~simsearch.applications.PairScoring`), fuses an image cosine when
-    both sides have images, and returns the best ``k``.
+    both sides have images, and returns the best ``k``. With a pair model
+    (the default, without images), the best ``rerank`` candidates of that
+    score are then scored by the cross-encoder
+    (:class:`~simsearch.applications.pair_model.PairModel`), so ``score`` is
+    a calibrated match probability with no labels needed.
 
     ``fit_pairs`` learns from labelled (listing, product) pairs instead: it
     fine-tunes the encoder (:func:`~simsearch.finetune`), indexes the catalog
@@ -53,7 +58,8 @@ class CatalogMatcher:
         Encodes titles; default ``TextEncoder()`` (all-MiniLM-L6-v2, int8).
     threshold : float, optional
         Least score of a match. ``None``: the threshold learned by
-        :meth:`calibrate` if it ran, else 0.5 (lexical scoring) or 0.9 (embedding
+        :meth:`calibrate` if it ran, else the pair model's (chosen on its
+        validation pairs), else 0.5 (lexical scoring) or 0.9 (embedding
         cosine only).
     k : int, default 5
         Products returned per listing.
@@ -81,6 +87,17 @@ class CatalogMatcher:
         Listings per step of :meth:`match`.
     progress : bool or None, default None
         Progress bars; ``None`` shows them when stderr is a terminal.
+    ef : int, optional
+        Search breadth of the retrieval.
+    pair_model : "default", PairModel, path or None, default "default"
+        The cross-encoder stage: ``"default"`` is the model shipped with
+        simsearch (:func:`~simsearch.applications.pair_model.default_pair_model`),
+        a path opens a saved one, ``None`` scores with the lexical score
+        alone. Not used with images, nor after :meth:`fit_pairs` (its pair
+        scorer decides).
+    rerank : int, optional
+        Candidates per listing the pair model scores; default ``max(2 * k, 10)``
+        (at most ``n_candidates``).
 
     Attributes
     ----------
@@ -123,6 +140,8 @@ class CatalogMatcher:
         batch_size: int = 4096,
         progress: bool | None = None,
         ef: int | None = None,
+        pair_model: str | os.PathLike[str] | PairModel | None = "default",
+        rerank: int | None = None,
     ) -> None:
         k = check_k(k)
         if n_candidates is not None and check_k(n_candidates, "n_candidates") < k:
@@ -132,6 +151,8 @@ class CatalogMatcher:
         if threshold is not None:
             check_score(threshold)
         check_positive_int(batch_size, "batch_size")
+        if rerank is not None:
+            check_k(rerank, "rerank")
         chosen_ef(ef, index_params)
         self.encoder = encoder
         self.threshold = threshold
@@ -148,6 +169,8 @@ class CatalogMatcher:
         self.batch_size = batch_size
         self.progress = progress
         self.ef = ef
+        self.pair_model = pair_model
+        self.rerank = rerank
         self.calibration_: ThresholdChoice | None = None
         self.pair_scorer_: PairScorer | None = None
         self.feature_config_: FeatureConfig | None = None
@@ -214,7 +237,15 @@ class CatalogMatcher:
             return float(self.threshold)
         if self.pair_scorer_ is not None:
             return 0.5  # a calibrated probability
+        if self._pair_model() is not None:
+            return self._pair_model().threshold  # type: ignore[union-attr]
         return default_threshold(self.lexical)
+
+    def _pair_model(self) -> PairModel | None:
+        """The cross-encoder stage in use, or None (images, a learned pair scorer, or none asked for)."""
+        if self.image_col or self.pair_scorer_ is not None:
+            return None
+        return resolve_pair_model(self.pair_model)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "index_"):
@@ -305,13 +336,12 @@ class CatalogMatcher:
             scores = self.pair_scorer_.predict_proba(features).astype(np.float32)
         else:
             scores = self._scores(items, rows, prods, self._images(table, "listings") if self.image_col else None)
-        # Best k per listing: sort by (listing, -score), then keep the first k of each run.
-        order = np.lexsort((prods, -scores, rows))
-        rows, prods, scores = rows[order], prods[order], scores[order]
-        starts = np.searchsorted(rows, rows, side="left")
-        rank = np.arange(len(rows)) - starts + 1
-        keep = rank <= self.k
-        rows, prods, scores, rank = rows[keep], prods[keep], scores[keep], rank[keep]
+            model = self._pair_model()
+            if model is not None:
+                rows, prods, scores, _, _ = top_per_row(rows, prods, scores, self.rerank or max(2 * self.k, 10))
+                texts = _tables.text_column(table, text_col, name="listings")
+                scores = model.predict_proba([texts[r] for r in rows], [self.catalog_texts_[p] for p in prods]).astype(np.float32)
+        rows, prods, scores, rank, kept_at = top_per_row(rows, prods, scores, self.k)
         result = {
             "listing_id": listing_ids.take(pa.array(rows)),
             "product_id": self.product_ids_.take(pa.array(prods)),
@@ -321,7 +351,7 @@ class CatalogMatcher:
         }
         if self.pair_scorer_ is not None:
             # Explaining costs one prediction per feature: only for the rows returned.
-            kept = features[order][keep]
+            kept = features[kept_at]
             result["top_features"] = pa.array(self.pair_scorer_.contributions(kept), type=pa.list_(pa.string()))
         return pa.table(result)
 
@@ -385,6 +415,11 @@ class CatalogMatcher:
         if self.pair_scorer_ is not None:
             side = self._listing_side(lt, text_col, items)
             return self.pair_scorer_.predict_proba(self._pair_features(side, listing_rows, product_rows)).astype(np.float32)
+        model = self._pair_model()
+        if model is not None:
+            texts = _tables.text_column(lt, text_col, name="listings")
+            left = [texts[r] for r in listing_rows]
+            return model.predict_proba(left, [self.catalog_texts_[p] for p in product_rows]).astype(np.float32)
         images = self._images(lt, "listings") if (self.image_col and self.image_col in lt.column_names) else None
         return self._scores(items, listing_rows, product_rows, images)
 
