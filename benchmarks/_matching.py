@@ -25,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _common
 import numpy as np
 
-import _common
-
-from simsearch.applications.calibration import expected_calibration_error, format_reliability, reliability_table
+from simsearch.applications.calibration import (
+    expected_calibration_error,
+    format_reliability,
+    reliability_table,
+)
 from simsearch.applications.metrics import best_f1_threshold
 from simsearch.applications.pair_model import PairModel, default_pair_model, serialize
 

@@ -35,12 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 import _common
 import _data
 import _matching
+import numpy as np
+import pyarrow as pa
 
 from simsearch import CatalogMatcher, TextEncoder
 from simsearch.applications import best_f1_threshold
@@ -108,7 +107,7 @@ def main() -> None:
     print(_common.host_line() + f"; python {platform.python_version()}")
     suffix = f".{args.size}" if args.size else ""
     result = _matching.run_dataset(args.data, suffix=suffix, zero_shot=args.zero_shot, work=args.work,
-                                   speed=not args.no_speed, name=args.data.name)
+                                   speed=not args.no_speed, name=f"{args.data.parent.name}/{args.data.name}")
     result.update({"data": str(args.data), "cpu_flags": _common.cpu_flags()})
     if args.two_stage and not args.zero_shot and _matching.is_deepmatcher(args.data):
         result["two_stage"] = two_stage(args)

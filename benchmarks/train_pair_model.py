@@ -25,6 +25,7 @@ import _matching
 from simsearch.applications.pair_model import DEFAULT_PAIR_MODEL_DIR
 from simsearch.applications.pair_training import train_pair_model
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_PAIR_MODEL_DIR)

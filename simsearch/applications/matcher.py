@@ -10,21 +10,38 @@ import pyarrow as pa
 
 from simsearch import _tables
 from simsearch._validation import check_k, check_positive_int
-from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar, unit_rows
-from simsearch.applications.candidates import check_score, chosen_ef, cross_join, default_threshold
+from simsearch.applications._items import (
+    Items,
+    as_vectors,
+    build_index,
+    default_encoder,
+    progress_bar,
+    unit_rows,
+)
+from simsearch.applications.candidates import (
+    check_score,
+    chosen_ef,
+    cross_join,
+    default_threshold,
+)
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
+from simsearch.applications.pair_learning import fit_pairs
 from simsearch.applications.pair_model import PairModel, resolve_pair_model, top_per_row
 from simsearch.applications.pair_scorer import (
     FeatureConfig,
     PairScorer,
     PairSide,
     best_candidate_scores,
-    labelled_pairs,
     pair_features,
-    text_pairs,
 )
-from simsearch.applications.saved_matcher import MANIFEST, MATCHER_FORMAT, MATCHER_FORMAT_VERSION, read_matcher, write_matcher
+from simsearch.applications.saved_matcher import (
+    MANIFEST,
+    MATCHER_FORMAT,
+    MATCHER_FORMAT_VERSION,
+    read_matcher,
+    write_matcher,
+)
 from simsearch.errors import NotFittedError
 
 __all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "CatalogMatcher"]
@@ -96,7 +113,7 @@ class CatalogMatcher:
         alone. Not used with images, nor after :meth:`fit_pairs` (its pair
         scorer decides).
     rerank : int, optional
-        Candidates per listing the pair model scores; default ``max(2 * k, 10)``
+        Candidates per listing the pair model scores; default ``max(2 * k, 5)``
         (at most ``n_candidates``).
 
     Attributes
@@ -338,7 +355,7 @@ class CatalogMatcher:
             scores = self._scores(items, rows, prods, self._images(table, "listings") if self.image_col else None)
             model = self._pair_model()
             if model is not None:
-                rows, prods, scores, _, _ = top_per_row(rows, prods, scores, self.rerank or max(2 * self.k, 10))
+                rows, prods, scores, _, _ = top_per_row(rows, prods, scores, self.rerank or max(2 * self.k, 5))
                 texts = _tables.text_column(table, text_col, name="listings")
                 scores = model.predict_proba([texts[r] for r in rows], [self.catalog_texts_[p] for p in prods]).astype(np.float32)
         rows, prods, scores, rank, kept_at = top_per_row(rows, prods, scores, self.k)
@@ -602,62 +619,13 @@ class CatalogMatcher:
         MissingColumnError
             A missing column (a ``ValueError``).
         """
-        from simsearch.encoders import TextEncoder
-        from simsearch.encoders import finetune as finetune_encoder
-
-        if not self.lexical:
-            raise ValueError("fit_pairs needs the lexical features: make the matcher with lexical=True")
-        if self.image_col:
-            raise ValueError("fit_pairs learns from titles only: make the matcher without image_col")
-        lid, ltext = listing_id_col or self.id_col, listing_text_col or self.text_col
-        config = FeatureConfig(price_col, tuple(extra_cols))
-        listing_table = _tables.read_table(listings, [lid, ltext, *config.columns], name="listings")
-        catalog_table = _tables.read_table(catalog, [self.id_col, self.text_col, *config.columns], name="catalog")
-        _tables.require_rows(listing_table, name="listings")
-        _tables.require_rows(catalog_table, name="catalog")
-        listing_text = dict(zip(_tables.id_column(listing_table, lid, name="listings").to_pylist(),
-                                _tables.text_column(listing_table, ltext, name="listings")))
-        product_text = dict(zip(_tables.id_column(catalog_table, self.id_col, name="catalog").to_pylist(),
-                                _tables.text_column(catalog_table, self.text_col, name="catalog")))
-        cols = (listing_col, product_col, label_col)
-        train = labelled_pairs(pairs, cols, listing_text, product_text, "pairs")
-        valid = labelled_pairs(valid_pairs, cols, listing_text, product_text, "valid_pairs") if valid_pairs is not None else None
-
-        encoder = default_encoder() if self.encoder is None else self.encoder
-        self.finetune_dir_ = None
-        if finetune:
-            if not isinstance(encoder, TextEncoder):
-                raise ValueError(f"finetune=True needs a TextEncoder, got {type(encoder).__name__}")
-            out = _new_model_dir() if finetune_dir is None else finetune_dir
-            params = {"progress": self.progress, **(finetune_params or {})}
-            self.finetune_dir_ = finetune_encoder(
-                encoder, text_pairs(train, listing_text, product_text),
-                text_pairs(valid, listing_text, product_text) if valid is not None else None, out=out, **params,
-            )
-            encoder = TextEncoder(
-                model=self.finetune_dir_, precision=encoder.precision, max_length=encoder.max_length,
-                batch_size=encoder.batch_size, num_threads=encoder.num_threads,
-            )
-
-        self.feature_config_ = config
-        self.pair_scorer_ = None
-        self.calibration_ = None
-        self._fit_catalog(catalog_table, encoder)
-
-        def features(labelled: pa.Table) -> np.ndarray:
-            lt, rows, prods = self._resolve_pairs(labelled, listing_table, listing_col, product_col, lid, ltext)
-            items = self._listing_items(lt, ltext)
-            return self._pair_features(self._listing_side(lt, ltext, items), rows, prods)
-
-        X = features(train)
-        y = train.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64)
-        scorer = PairScorer(learner=learner, calibration=calibration).fit(X, y, config.names)
-        self.pair_scorer_ = scorer
-        if valid is not None:
-            labels = valid.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64)
-            self.calibration_ = best_f1_threshold(scorer.predict_proba(features(valid)), labels)
-        return self
-
+        return fit_pairs(
+            self, pairs, listings, catalog, valid_pairs=valid_pairs, listing_col=listing_col,
+            product_col=product_col, label_col=label_col, listing_id_col=listing_id_col,
+            listing_text_col=listing_text_col, finetune=finetune, finetune_dir=finetune_dir,
+            finetune_params=finetune_params, price_col=price_col, extra_cols=extra_cols, learner=learner,
+            calibration=calibration,
+        )
 
     # -- files -------------------------------------------------------------
 
@@ -701,14 +669,3 @@ class CatalogMatcher:
         """
         return read_matcher(cls, path, progress=progress, num_threads=num_threads)
 
-
-def _new_model_dir() -> Any:
-    """A fresh path for a fine-tuned model under the simsearch cache."""
-    import tempfile
-    from pathlib import Path
-
-    from simsearch._storage import cache_dir
-
-    root = cache_dir() / "finetuned"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root)) / "model"

@@ -46,7 +46,11 @@ import numpy as np
 
 from simsearch import _storage
 from simsearch.applications.calibration import Calibrator
-from simsearch.applications.lexical import code_relation, extract_facts, measures_conflict, normalize_title
+from simsearch.applications.lexical import (
+    extract_facts,
+    normalize_title,
+)
+from simsearch.applications.pair_scorer import BASE_FEATURES, code_and_measure_features
 
 __all__ = [
     "DEFAULT_PAIR_MODEL_DIR",
@@ -72,14 +76,8 @@ PAIR_FEATURES = (
     "token_jaccard",
     "trigram_jaccard",
     "number_jaccard",
-    "codes_both",
-    "code_shared",
-    "code_conflict",
-    "code_contained",
-    "measures_both",
-    "measure_shared",
-    "measure_conflict",
-    "length_ratio",
+    # The pair scorer's code, measure and length features, same meaning.
+    *BASE_FEATURES[BASE_FEATURES.index("codes_both") :],
 )
 
 _MARKER = re.compile(r"(?:^|\s)COL \S+ VAL(?=\s|$)")
@@ -157,21 +155,7 @@ def pair_features(left: Sequence[str], right: Sequence[str]) -> np.ndarray:
         out[i, 0] = _jaccard(set(_WORD.findall(a)), set(_WORD.findall(b)))
         out[i, 1] = _jaccard(_trigrams(a), _trigrams(b))
         out[i, 2] = _jaccard(set(_NUMBER.findall(a)), set(_NUMBER.findall(b)))
-        fa, fb = extract_facts(a), extract_facts(b)
-        if fa.codes and fb.codes:
-            out[i, 3] = 1.0
-            relation = code_relation(fa, fb)
-            out[i, 4] = relation > 0
-            out[i, 5] = relation < 0
-        if fa.codes or fb.codes:
-            sa, sb = _SQUASH.sub("", a), _SQUASH.sub("", b)
-            in_b = sum(c in sb for c in fa.codes) / len(fa.codes) if fa.codes else 0.0
-            in_a = sum(c in sa for c in fb.codes) / len(fb.codes) if fb.codes else 0.0
-            out[i, 6] = max(in_a, in_b)
-        if fa.measures and fb.measures:
-            out[i, 7] = 1.0
-            out[i, 8] = bool(fa.measures & fb.measures)
-            out[i, 9] = measures_conflict(fa, fb)
+        out[i, 3:10] = code_and_measure_features(extract_facts(a), extract_facts(b), _SQUASH.sub("", a), _SQUASH.sub("", b))
         la, lb = len(a), len(b)
         out[i, 10] = min(la, lb) / max(la, lb) if max(la, lb) else 0.0
     return out

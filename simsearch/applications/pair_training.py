@@ -156,7 +156,7 @@ class _quiet:
         self._warnings.__enter__()
         warnings.simplefilter("ignore")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._warnings.__exit__(*exc)
         self._log.setLevel(self._level)
 
