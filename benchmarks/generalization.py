@@ -16,7 +16,9 @@ For every data set of ``../shared/data/er_benchmarks`` plus Abt-Buy
   set's train split (WDC: ``small``; at most ``_matching.TRAIN_CAP`` pairs),
   head, calibration and threshold on its valid split;
 - **published**: the best published supervised F1 we cite, with the paper;
-- **pairs/s**: the shipped int8 model's ``predict_proba`` on the test pairs.
+- **pairs/s**: the shipped int8 model's ``predict_proba`` on the test pairs;
+  once per run, beside sentence-transformers' ``CrossEncoder`` fp32 on the
+  same weights and pairs (256 test pairs of the first set).
 
 Training costs CPU minutes per set, so supervised runs only on the sets
 named by ``--supervised`` (default: the small ones), and ``--quick`` scores
@@ -72,6 +74,11 @@ def main() -> None:
             row.update({"supervised_f1": sup["f1"], "supervised_ece": sup["ece"], "train_seconds": sup["train_seconds"]})
         rows.append(row)
 
+    speed = None
+    if rows and _matching.POOL_TORCH_DIR.is_dir():
+        first = _matching.DATASETS[rows[0]["dataset"]]
+        speed = _matching.speed_against_cross_encoder(model, _matching.POOL_TORCH_DIR, _matching.read_split(first.folder, "test")[:256])
+
     def cell(v: float | None) -> str:
         return "  -  " if v is None else f"{v:.3f}"
 
@@ -82,7 +89,7 @@ def main() -> None:
         met = "-" if r["in_pool"] or r["tfidf_anchor"] is None else ("yes" if r["zero_shot_f1"] >= r["tfidf_anchor"] + 0.15 else "no")
         print(f"| {r['dataset']} | {cell(r['tfidf_anchor'])} | {cell(r.get('supervised_f1'))} | {zero} | {met} | "
               f"{cell(r['published'])} ({r['published_source']}) | {r['pairs_per_s']:.0f} |")
-    print(json.dumps({"rows": rows, "pool": sorted(pool), "quick": args.quick, "cpu_flags": _common.cpu_flags()}))
+    print(json.dumps({"rows": rows, "pool": sorted(pool), "quick": args.quick, "speed": speed, "cpu_flags": _common.cpu_flags()}))
 
 
 if __name__ == "__main__":
