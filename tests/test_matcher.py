@@ -19,8 +19,8 @@ from simsearch import CatalogMatcher
 from simsearch._tables import MissingColumnError, read_table
 from simsearch.applications import PairScoring, best_f1_threshold
 from simsearch.applications.pair_model import DEFAULT_PAIR_MODEL_DIR, default_pair_model
-from simsearch.errors import NotFittedError
 from simsearch.cli import demo_sample_path
+from simsearch.errors import NotFittedError
 
 DATA = Path(os.environ.get("SIMSEARCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
