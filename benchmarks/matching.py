@@ -1,26 +1,29 @@
-"""Learned matching on a DeepMatcher-layout data set (Abt-Buy by default), anchor beside simsearch.
+"""Learned matching on a DeepMatcher- or Ditto-format data set (Abt-Buy by default).
 
-    python benchmarks/matching.py [--data DIR] [--epochs 2] [--trainable-layers 3]
+    python benchmarks/matching.py [--data DIR] [--zero-shot] [--two-stage]
 
-``DIR`` holds ``tableA.csv``, ``tableB.csv`` and ``train.csv``, ``valid.csv``,
-``test.csv`` (``ltable_id, rtable_id, label``), as DeepMatcher publishes its
-benchmarks. Train on train, select on valid, report on test:
+``DIR`` is a DeepMatcher folder (``tableA.csv``, ``tableB.csv`` and
+``train.csv``, ``valid.csv``, ``test.csv`` of ``ltable_id, rtable_id,
+label``, tables with whatever columns they have) or a Ditto folder of
+``er_benchmarks`` (``train.txt``, ``valid.txt``, ``test.txt``; ``--size
+small`` picks ``train.txt.small`` / ``valid.txt.small``).
 
-- **anchor**: all-MiniLM-L6-v2 fp32 cosine of the titles, threshold of best F1
-  on train + valid (what a new user does first; the issue measured F1 0.47);
-- **fine-tuned cosine**: the encoder after :func:`simsearch.finetune` on the
-  train pairs (early stopping on valid), int8, threshold of best F1 on valid;
-- **two-stage**: ``CatalogMatcher.fit_pairs``: that encoder plus the calibrated
-  pair scorer, threshold of best F1 on valid.
+Default (supervised): the cross-encoder pair model
+(:func:`simsearch.applications.pair_training.train_pair_model`, one recipe
+for every data set: 3 layers of all-MiniLM-L6-v2, 64 tokens, one epoch over
+at most 1,600 train pairs) fine-tuned on train, its head, calibration and
+threshold fit on valid, int8 ONNX, scored on test.
 
-Also: retrieval recall@1 and @5 of each encoder over all of table B for the
-test pairs' matches; the pair scorer's throughput (pairs scored per second,
-``score_pairs`` on the test pairs, listing encoding included) and end-to-end
-``match`` of every table-A row against table B (listings per second); the
-training time. Columns are found from the tables: the title is the string
-column filled most often (shorter on ties), a numeric column named like
-"price" gives the price feature, other columns both tables share are extra
-features. The last line printed is one JSON object.
+``--zero-shot``: the pair model shipped with simsearch, trained on other
+data sets (its README says which), scores test; only ``tableA.csv``,
+``tableB.csv`` and ``test.csv`` (or ``test.txt``) of ``DIR`` are read.
+
+Both print F1 at the model's threshold, a reliability diagram (bins: mean
+predicted, observed share, count), the expected calibration error and
+pairs/s beside sentence-transformers' ``CrossEncoder`` fp32 on the same
+pairs. ``--two-stage`` also runs the older path (the MiniLM cosine anchor,
+the fine-tuned bi-encoder and ``CatalogMatcher.fit_pairs``' pair scorer) on
+DeepMatcher folders. The last line printed is one JSON object with ``f1``.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 import _common
 import _data
+import _matching
+import numpy as np
+import pyarrow as pa
 
 from simsearch import CatalogMatcher, TextEncoder
 from simsearch.applications import best_f1_threshold
@@ -73,15 +76,6 @@ def pair_table(t: pa.Table) -> pa.Table:
     return pa.table({"listing_id": t.column("ltable_id"), "product_id": t.column("rtable_id"), "label": t.column("label")})
 
 
-def prf(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = scores >= threshold
-    tp = int((pred & (labels == 1)).sum())
-    precision = tp / max(int(pred.sum()), 1)
-    recall = tp / max(int((labels == 1).sum()), 1)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"f1": round(f1, 4), "precision": round(precision, 4), "recall": round(recall, 4), "threshold": round(float(threshold), 4)}
-
-
 def cosine_pairs(va: np.ndarray, vb: np.ndarray, pairs: pa.Table, row_a: dict, row_b: dict) -> np.ndarray:
     ia = np.array([row_a[v] for v in pairs.column("listing_id").to_pylist()])
     ib = np.array([row_b[v] for v in pairs.column("product_id").to_pylist()])
@@ -101,12 +95,27 @@ def retrieval(va: np.ndarray, vb: np.ndarray, pairs: pa.Table, row_a: dict, row_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--zero-shot", action="store_true", help="score test with the shipped model; read nothing else")
+    ap.add_argument("--size", default="", help="Ditto train/valid size suffix, e.g. small")
+    ap.add_argument("--no-speed", action="store_true", help="skip the CrossEncoder speed comparison")
+    ap.add_argument("--two-stage", action="store_true", help="also run the bi-encoder + pair scorer path")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--trainable-layers", type=int, default=3)
     ap.add_argument("--learning-rate", type=float, default=5e-5)
-    ap.add_argument("--work", type=Path, default=None, help="where the fine-tuned model goes (default: a temp dir)")
+    ap.add_argument("--work", type=Path, default=None, help="where the fine-tuned models go (default: a temp dir)")
     args = ap.parse_args()
+    print(_common.host_line() + f"; python {platform.python_version()}")
+    suffix = f".{args.size}" if args.size else ""
+    result = _matching.run_dataset(args.data, suffix=suffix, zero_shot=args.zero_shot, work=args.work,
+                                   speed=not args.no_speed, name=f"{args.data.parent.name}/{args.data.name}")
+    result.update({"data": str(args.data), "cpu_flags": _common.cpu_flags()})
+    if args.two_stage and not args.zero_shot and _matching.is_deepmatcher(args.data):
+        result["two_stage"] = two_stage(args)
+    print(json.dumps(result))
 
+
+def two_stage(args: argparse.Namespace) -> dict:
+    """The MiniLM anchor, the fine-tuned bi-encoder cosine and ``fit_pairs``' pair scorer (DeepMatcher folders)."""
     tables = _data.deepmatcher_tables(args.data)
     a, b = tables["tableA"], tables["tableB"]
     train, valid, test = (pair_table(tables[s]) for s in ("train", "valid", "test"))
@@ -118,8 +127,6 @@ def main() -> None:
     texts_a = [t or "untitled" for t in a.column("title").to_pylist()]
     texts_b = [t or "untitled" for t in b.column("title").to_pylist()]
     y_test = test.column("label").to_numpy()
-    print(_common.host_line() + f"; python {platform.python_version()}")
-    flags = _common.cpu_flags()
     print(f"data {args.data}: A {a.num_rows} rows, B {b.num_rows} rows; pairs train {train.num_rows}, "
           f"valid {valid.num_rows}, test {test.num_rows}; title column {title!r}, price {price!r}, extra {extra}")
 
@@ -129,14 +136,14 @@ def main() -> None:
     va, vb = base.encode(texts_a, progress=False), base.encode(texts_b, progress=False)
     dev = pa.concat_tables([train, valid])
     cal = best_f1_threshold(cosine_pairs(va, vb, dev, row_a, row_b), dev.column("label").to_numpy())
-    anchor = prf(cosine_pairs(va, vb, test, row_a, row_b), y_test, cal.threshold)
+    anchor = _matching.prf(cosine_pairs(va, vb, test, row_a, row_b), y_test, cal.threshold)
     anchor.update(retrieval(va, vb, test, row_a, row_b))
     anchor["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"anchor all-MiniLM-L6-v2 fp32 cosine: {anchor}")
 
     # (b, c) simsearch: fine-tune + pair scorer.
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="simsearch-matching-"))
-    matcher = CatalogMatcher(TextEncoder(precision="int8"), k=5, progress=True)
+    matcher = CatalogMatcher(TextEncoder(precision="int8"), k=5, progress=True, pair_model=None)
     t0 = time.perf_counter()
     matcher.fit_pairs(
         train, a, b, valid_pairs=valid, price_col=price, extra_cols=extra, finetune_dir=work / "encoder",
@@ -150,14 +157,14 @@ def main() -> None:
     enc = matcher.encoder_
     fa, fb = enc.encode(texts_a, progress=False), enc.encode(texts_b, progress=False)
     cal = best_f1_threshold(cosine_pairs(fa, fb, valid, row_a, row_b), valid.column("label").to_numpy())
-    tuned = prf(cosine_pairs(fa, fb, test, row_a, row_b), y_test, cal.threshold)
+    tuned = _matching.prf(cosine_pairs(fa, fb, test, row_a, row_b), y_test, cal.threshold)
     tuned.update(retrieval(fa, fb, test, row_a, row_b))
     print(f"fine-tuned encoder int8 cosine: {tuned}")
 
     t0 = time.perf_counter()
     probs = matcher.score_pairs(test, a)
     score_s = time.perf_counter() - t0
-    two_stage = prf(probs, y_test, matcher.threshold_)
+    two_stage = _matching.prf(probs, y_test, matcher.threshold_)
     two_stage["pairs_per_s"] = round(test.num_rows / score_s, 1)
 
     t0 = time.perf_counter()
@@ -175,7 +182,7 @@ def main() -> None:
     example = result.slice(0, 1).to_pylist()[0]
     print(f"example row: {example}")
 
-    print("\nAbt-Buy test pairs, F1 / precision / recall:")
+    print("\ntest pairs, F1 / precision / recall:")
     print(f"  anchor MiniLM cosine      {anchor['f1']:.3f} / {anchor['precision']:.3f} / {anchor['recall']:.3f}")
     print(f"  fine-tuned cosine         {tuned['f1']:.3f} / {tuned['precision']:.3f} / {tuned['recall']:.3f}")
     print(f"  two-stage                 {two_stage['f1']:.3f} / {two_stage['precision']:.3f} / {two_stage['recall']:.3f}")
@@ -183,13 +190,10 @@ def main() -> None:
         print(f"  published {name:<15} {f1:.3f} ({source})")
     print(f"retrieval recall@1/@5: anchor {anchor['recall_at_1']}/{anchor['recall_at_5']}, "
           f"fine-tuned {tuned['recall_at_1']}/{tuned['recall_at_5']}; two-stage top-1 accuracy {two_stage['top1_accuracy']}")
-    print(json.dumps({
-        "data": str(args.data), "cpu_flags": flags,
-        "f1": two_stage["f1"], "precision": two_stage["precision"], "recall": two_stage["recall"],
-        "anchor": anchor, "finetuned_cosine": tuned, "two_stage": two_stage,
-        "valid_f1_by_epoch": info["valid_f1_by_epoch"],
-        "published": {k: v[0] for k, v in PUBLISHED.items()},
-    }))
+    return {
+        "f1": two_stage["f1"], "anchor": anchor, "finetuned_cosine": tuned, "two_stage": two_stage,
+        "valid_f1_by_epoch": info["valid_f1_by_epoch"], "published": {k: v[0] for k, v in PUBLISHED.items()},
+    }
 
 
 if __name__ == "__main__":

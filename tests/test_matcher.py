@@ -1,4 +1,4 @@
-"""CatalogMatcher: retrieval, exact re-scoring, calibration, image fusion, bad input.
+"""CatalogMatcher: retrieval, exact re-scoring, the pair-model stage, calibration, image fusion, bad input.
 
 Real titles: the bundled PriceRunner sample (offers matched to product names)
 always; an Abt-Buy slice when ``../shared/data`` is there.
@@ -14,6 +14,8 @@ import pytest
 from simsearch import CatalogMatcher
 from simsearch._tables import MissingColumnError
 from simsearch.applications import PairScoring, best_f1_threshold
+from simsearch.applications.pair_model import DEFAULT_PAIR_MODEL_DIR, default_pair_model
+from simsearch.cli import demo_sample_path
 from simsearch.errors import NotFittedError
 
 from _helpers import data_rows, products
@@ -33,6 +35,9 @@ def catalog(offers: pa.Table) -> pa.Table:
 @pytest.fixture(scope="module")
 def matcher(encoder, catalog) -> CatalogMatcher:
     return CatalogMatcher(encoder, k=3, progress=False).fit(catalog)
+
+
+shipped = pytest.mark.skipif(not (DEFAULT_PAIR_MODEL_DIR / "pair_model.json").is_file(), reason="no shipped pair model")
 
 
 def truth_of(offers: pa.Table) -> dict:
@@ -66,7 +71,44 @@ def test_lexical_scores_beat_the_embedding_alone(encoder, catalog, offers):
         top = top.filter(pc.equal(top.column("rank"), 1)).to_pylist()
         return float(np.mean([truth[r["listing_id"]] == r["product_id"] for r in top]))
 
-    assert accuracy(CatalogMatcher(encoder, k=1, progress=False)) > accuracy(CatalogMatcher(encoder, k=1, lexical=False, progress=False))
+    lexical = CatalogMatcher(encoder, k=1, progress=False)
+    assert accuracy(lexical) > accuracy(CatalogMatcher(encoder, k=1, lexical=False, progress=False))
+
+
+@shipped
+def test_default_pair_model_gives_probabilities(encoder, catalog, offers):
+    """With no labels, the shipped pair model re-scores the best candidates: scores are probabilities."""
+    sample = offers.slice(0, 30)
+    m = CatalogMatcher(encoder, k=2, rerank=4, progress=False, pair_model="default").fit(catalog)
+    result = m.match(sample)
+    scores = result.column("score").to_numpy()
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert m.threshold_ == default_pair_model().threshold
+    assert result.column("is_match").to_pylist() == [s >= m.threshold_ for s in scores]
+    top = result.filter(pc.equal(result.column("rank"), 1))
+    truth = truth_of(sample)
+    assert np.mean([truth[r["listing_id"]] == r["product_id"] for r in top.to_pylist()]) >= 0.7
+    # score_pairs gives the same probabilities (int8 activations are scaled per batch: close, not equal).
+    pairs = pa.table({"listing_id": result.column("listing_id"), "product_id": result.column("product_id")})
+    np.testing.assert_allclose(m.score_pairs(pairs, sample), scores, atol=0.05)
+
+
+@shipped
+def test_saved_matcher_keeps_its_pair_model(encoder, catalog, offers, tmp_path):
+    m = CatalogMatcher(encoder, k=1, rerank=2, progress=False, pair_model="default").fit(catalog.slice(0, 30))
+    m.save(tmp_path / "m")
+    loaded = CatalogMatcher.load(tmp_path / "m", progress=False)
+    assert loaded.pair_model == "default" and loaded.threshold_ == m.threshold_
+    plain = CatalogMatcher(encoder, k=1, progress=False).fit(catalog.slice(0, 5))
+    plain.save(tmp_path / "p")
+    assert CatalogMatcher.load(tmp_path / "p", progress=False).pair_model is None
+    model = default_pair_model()
+    custom = CatalogMatcher(encoder, k=1, rerank=2, progress=False, pair_model=model.directory).fit(catalog.slice(0, 30))
+    custom.save(tmp_path / "c")
+    assert (tmp_path / "c" / "pair_model" / "pair_model.json").is_file()
+    again = CatalogMatcher.load(tmp_path / "c", progress=False)
+    listing = offers.slice(0, 5)
+    np.testing.assert_allclose(again.match(listing).column("score").to_numpy(), custom.match(listing).column("score").to_numpy(), atol=1e-6)
 
 
 def test_scores_match_score_pairs(matcher, offers):
@@ -147,6 +189,10 @@ def test_bad_input(encoder, matcher, tmp_path):
         CatalogMatcher(encoder, image_col="img").fit({"id": [1], "title": ["x"], "img": ["a.jpg"]})
     with pytest.raises(ValueError, match="vector_weight"):
         PairScoring(vector_weight=2.0)
+    with pytest.raises(ValueError, match="rerank"):
+        CatalogMatcher(encoder, rerank=0)
+    with pytest.raises(TypeError, match="pair_model"):
+        CatalogMatcher(encoder, pair_model=3).fit({"id": [1], "title": ["x"]}).match({"id": [1], "title": ["x"]})
 
 
 def test_abt_buy_slice_recall(encoder):

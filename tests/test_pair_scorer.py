@@ -136,7 +136,7 @@ def test_load_refuses_foreign_and_newer_directories(tmp_path):
     with pytest.raises(ValueError, match="format 'something-else'"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text(json.dumps({"format": "simsearch-catalog-matcher", "format_version": 7}))
-    with pytest.raises(FormatVersionError, match="format_version 7; this simsearch reads \\[1, 2\\].*upgrade"):
+    with pytest.raises(FormatVersionError, match="format_version 7; this simsearch reads \\[1, 2, 3\\].*upgrade"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text("{not json")
     with pytest.raises(CorruptFileError, match="not valid JSON"):
@@ -239,7 +239,7 @@ def test_match_schema_and_explanations(learned, slice_):
 def test_save_load_round_trip(learned, slice_, tmp_path):
     learned.save(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / "matcher.json").read_text())
-    assert manifest["format_version"] == 2 and "pair_scorer.skops" in manifest["checksums"]
+    assert manifest["format_version"] == 3 and "pair_scorer.skops" in manifest["checksums"]
     assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in (tmp_path / "m").rglob("*"))
     loaded = CatalogMatcher.load(tmp_path / "m", progress=False)
     assert loaded.threshold_ == learned.threshold_
@@ -252,13 +252,15 @@ def test_save_load_round_trip(learned, slice_, tmp_path):
     with pytest.raises(FileExistsError):
         learned.save(tmp_path / "m")
     # a newer version or a changed file is refused
-    manifest["format_version"] = 3
+    manifest["format_version"] = 4
     (tmp_path / "m" / "matcher.json").write_text(json.dumps(manifest))
-    with pytest.raises(FormatVersionError, match="format_version 3"):
+    with pytest.raises(FormatVersionError, match="format_version 4"):
         CatalogMatcher.load(tmp_path / "m")
     # a folder of format version 1 (checksums under "files", the calibration's n_pairs) still loads
     old = {**manifest, "format_version": 1, "files": manifest["checksums"]}
     del old["checksums"]
+    # Versions 1 and 2 predate the pair model and its parameters.
+    old["params"] = {k: v for k, v in manifest["params"].items() if k not in ("pair_model", "rerank")}
     if old["calibration"] is not None:
         old["calibration"] = {k: old["calibration"][k] for k in ("threshold", "f1", "precision", "recall", "n_positive")}
         old["calibration"]["n_pairs"] = manifest["calibration"]["n_labelled"]

@@ -10,20 +10,38 @@ import pyarrow as pa
 
 from simsearch import _tables
 from simsearch._validation import check_k, check_positive_int
-from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar, unit_rows
-from simsearch.applications.candidates import check_score, chosen_ef, cross_join, default_threshold
+from simsearch.applications._items import (
+    Items,
+    as_vectors,
+    build_index,
+    default_encoder,
+    progress_bar,
+    unit_rows,
+)
+from simsearch.applications.candidates import (
+    check_score,
+    chosen_ef,
+    cross_join,
+    default_threshold,
+)
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
+from simsearch.applications.pair_learning import fit_pairs
+from simsearch.applications.pair_model import PairModel, resolve_pair_model, top_per_row
 from simsearch.applications.pair_scorer import (
     FeatureConfig,
     PairScorer,
     PairSide,
     best_candidate_scores,
-    labelled_pairs,
     pair_features,
-    text_pairs,
 )
-from simsearch.applications.saved_matcher import MANIFEST, MATCHER_FORMAT, MATCHER_FORMAT_VERSION, read_matcher, write_matcher
+from simsearch.applications.saved_matcher import (
+    MANIFEST,
+    MATCHER_FORMAT,
+    MATCHER_FORMAT_VERSION,
+    read_matcher,
+    write_matcher,
+)
 from simsearch.errors import NotFittedError
 
 __all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "CatalogMatcher"]
@@ -37,7 +55,14 @@ class CatalogMatcher:
     index, scores each candidate exactly (embedding cosine, character n-gram
     TF-IDF cosine, model codes and measures: see
     :class:`~simsearch.applications.PairScoring`), fuses an image cosine when
-    both sides have images, and returns the best ``k``.
+    both sides have images, and returns the best ``k``. With a pair model
+    (``pair_model="default"`` or your own; not with images), the best
+    ``rerank`` candidates of that score are then scored by the cross-encoder
+    (:class:`~simsearch.applications.pair_model.PairModel`), so ``score`` is
+    a calibrated match probability with no labels needed. The shipped model
+    ranks worse than the lexical score on product titles today (top-1 0.79
+    against 0.94 on the bundled PriceRunner sample, ``benchmarks/RESULTS.md``),
+    so it is not the default.
 
     ``fit_pairs`` learns from labelled (listing, product) pairs instead: it
     fine-tunes the encoder (:func:`~simsearch.finetune`), indexes the catalog
@@ -53,7 +78,8 @@ class CatalogMatcher:
         Encodes titles; default ``TextEncoder()`` (all-MiniLM-L6-v2, int8).
     threshold : float, optional
         Least score of a match. ``None``: the threshold learned by
-        :meth:`calibrate` if it ran, else 0.5 (lexical scoring) or 0.9 (embedding
+        :meth:`calibrate` if it ran, else the pair model's (chosen on its
+        validation pairs), else 0.5 (lexical scoring) or 0.9 (embedding
         cosine only).
     k : int, default 5
         Products returned per listing.
@@ -81,6 +107,18 @@ class CatalogMatcher:
         Listings per step of :meth:`match`.
     progress : bool or None, default None
         Progress bars; ``None`` shows them when stderr is a terminal.
+    ef : int, optional
+        Search breadth of the retrieval.
+    pair_model : "default", PairModel, path or None, default None
+        The cross-encoder stage: ``"default"`` is the model shipped with
+        simsearch (:func:`~simsearch.applications.pair_model.default_pair_model`),
+        a path opens a saved one (e.g. from
+        :func:`~simsearch.applications.pair_training.train_pair_model`),
+        ``None`` scores with the lexical score alone. Not used with images,
+        nor after :meth:`fit_pairs` (its pair scorer decides).
+    rerank : int, optional
+        Candidates per listing the pair model scores; default ``max(2 * k, 5)``
+        (at most ``n_candidates``).
 
     Attributes
     ----------
@@ -123,6 +161,8 @@ class CatalogMatcher:
         batch_size: int = 4096,
         progress: bool | None = None,
         ef: int | None = None,
+        pair_model: str | os.PathLike[str] | PairModel | None = None,
+        rerank: int | None = None,
     ) -> None:
         k = check_k(k)
         if n_candidates is not None and check_k(n_candidates, "n_candidates") < k:
@@ -132,6 +172,8 @@ class CatalogMatcher:
         if threshold is not None:
             check_score(threshold)
         check_positive_int(batch_size, "batch_size")
+        if rerank is not None:
+            check_k(rerank, "rerank")
         chosen_ef(ef, index_params)
         self.encoder = encoder
         self.threshold = threshold
@@ -148,6 +190,8 @@ class CatalogMatcher:
         self.batch_size = batch_size
         self.progress = progress
         self.ef = ef
+        self.pair_model = pair_model
+        self.rerank = rerank
         self.calibration_: ThresholdChoice | None = None
         self.pair_scorer_: PairScorer | None = None
         self.feature_config_: FeatureConfig | None = None
@@ -214,7 +258,15 @@ class CatalogMatcher:
             return float(self.threshold)
         if self.pair_scorer_ is not None:
             return 0.5  # a calibrated probability
+        if self._pair_model() is not None:
+            return self._pair_model().threshold  # type: ignore[union-attr]
         return default_threshold(self.lexical)
+
+    def _pair_model(self) -> PairModel | None:
+        """The cross-encoder stage in use, or None (images, a learned pair scorer, or none asked for)."""
+        if self.image_col or self.pair_scorer_ is not None:
+            return None
+        return resolve_pair_model(self.pair_model)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "index_"):
@@ -305,13 +357,12 @@ class CatalogMatcher:
             scores = self.pair_scorer_.predict_proba(features).astype(np.float32)
         else:
             scores = self._scores(items, rows, prods, self._images(table, "listings") if self.image_col else None)
-        # Best k per listing: sort by (listing, -score), then keep the first k of each run.
-        order = np.lexsort((prods, -scores, rows))
-        rows, prods, scores = rows[order], prods[order], scores[order]
-        starts = np.searchsorted(rows, rows, side="left")
-        rank = np.arange(len(rows)) - starts + 1
-        keep = rank <= self.k
-        rows, prods, scores, rank = rows[keep], prods[keep], scores[keep], rank[keep]
+            model = self._pair_model()
+            if model is not None:
+                rows, prods, scores, _, _ = top_per_row(rows, prods, scores, self.rerank or max(2 * self.k, 5))
+                texts = _tables.text_column(table, text_col, name="listings")
+                scores = model.predict_proba([texts[r] for r in rows], [self.catalog_texts_[p] for p in prods]).astype(np.float32)
+        rows, prods, scores, rank, kept_at = top_per_row(rows, prods, scores, self.k)
         result = {
             "listing_id": listing_ids.take(pa.array(rows)),
             "product_id": self.product_ids_.take(pa.array(prods)),
@@ -321,7 +372,7 @@ class CatalogMatcher:
         }
         if self.pair_scorer_ is not None:
             # Explaining costs one prediction per feature: only for the rows returned.
-            kept = features[order][keep]
+            kept = features[kept_at]
             result["top_features"] = pa.array(self.pair_scorer_.contributions(kept), type=pa.list_(pa.string()))
         return pa.table(result)
 
@@ -385,6 +436,11 @@ class CatalogMatcher:
         if self.pair_scorer_ is not None:
             side = self._listing_side(lt, text_col, items)
             return self.pair_scorer_.predict_proba(self._pair_features(side, listing_rows, product_rows)).astype(np.float32)
+        model = self._pair_model()
+        if model is not None:
+            texts = _tables.text_column(lt, text_col, name="listings")
+            left = [texts[r] for r in listing_rows]
+            return model.predict_proba(left, [self.catalog_texts_[p] for p in product_rows]).astype(np.float32)
         images = self._images(lt, "listings") if (self.image_col and self.image_col in lt.column_names) else None
         return self._scores(items, listing_rows, product_rows, images)
 
@@ -567,62 +623,13 @@ class CatalogMatcher:
         MissingColumnError
             A missing column (a ``ValueError``).
         """
-        from simsearch.encoders import TextEncoder
-        from simsearch.encoders import finetune as finetune_encoder
-
-        if not self.lexical:
-            raise ValueError("fit_pairs needs the lexical features: make the matcher with lexical=True")
-        if self.image_col:
-            raise ValueError("fit_pairs learns from titles only: make the matcher without image_col")
-        lid, ltext = listing_id_col or self.id_col, listing_text_col or self.text_col
-        config = FeatureConfig(price_col, tuple(extra_cols))
-        listing_table = _tables.read_table(listings, [lid, ltext, *config.columns], name="listings")
-        catalog_table = _tables.read_table(catalog, [self.id_col, self.text_col, *config.columns], name="catalog")
-        _tables.require_rows(listing_table, name="listings")
-        _tables.require_rows(catalog_table, name="catalog")
-        listing_text = dict(zip(_tables.id_column(listing_table, lid, name="listings").to_pylist(),
-                                _tables.text_column(listing_table, ltext, name="listings")))
-        product_text = dict(zip(_tables.id_column(catalog_table, self.id_col, name="catalog").to_pylist(),
-                                _tables.text_column(catalog_table, self.text_col, name="catalog")))
-        cols = (listing_col, product_col, label_col)
-        train = labelled_pairs(pairs, cols, listing_text, product_text, "pairs")
-        valid = labelled_pairs(valid_pairs, cols, listing_text, product_text, "valid_pairs") if valid_pairs is not None else None
-
-        encoder = default_encoder() if self.encoder is None else self.encoder
-        self.finetune_dir_ = None
-        if finetune:
-            if not isinstance(encoder, TextEncoder):
-                raise ValueError(f"finetune=True needs a TextEncoder, got {type(encoder).__name__}")
-            out = _new_model_dir() if finetune_dir is None else finetune_dir
-            params = {"progress": self.progress, **(finetune_params or {})}
-            self.finetune_dir_ = finetune_encoder(
-                encoder, text_pairs(train, listing_text, product_text),
-                text_pairs(valid, listing_text, product_text) if valid is not None else None, out=out, **params,
-            )
-            encoder = TextEncoder(
-                model=self.finetune_dir_, precision=encoder.precision, max_length=encoder.max_length,
-                batch_size=encoder.batch_size, num_threads=encoder.num_threads,
-            )
-
-        self.feature_config_ = config
-        self.pair_scorer_ = None
-        self.calibration_ = None
-        self._fit_catalog(catalog_table, encoder)
-
-        def features(labelled: pa.Table) -> np.ndarray:
-            lt, rows, prods = self._resolve_pairs(labelled, listing_table, listing_col, product_col, lid, ltext)
-            items = self._listing_items(lt, ltext)
-            return self._pair_features(self._listing_side(lt, ltext, items), rows, prods)
-
-        X = features(train)
-        y = train.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64)
-        scorer = PairScorer(learner=learner, calibration=calibration).fit(X, y, config.names)
-        self.pair_scorer_ = scorer
-        if valid is not None:
-            labels = valid.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64)
-            self.calibration_ = best_f1_threshold(scorer.predict_proba(features(valid)), labels)
-        return self
-
+        return fit_pairs(
+            self, pairs, listings, catalog, valid_pairs=valid_pairs, listing_col=listing_col,
+            product_col=product_col, label_col=label_col, listing_id_col=listing_id_col,
+            listing_text_col=listing_text_col, finetune=finetune, finetune_dir=finetune_dir,
+            finetune_params=finetune_params, price_col=price_col, extra_cols=extra_cols, learner=learner,
+            calibration=calibration,
+        )
 
     # -- files -------------------------------------------------------------
 
@@ -666,14 +673,3 @@ class CatalogMatcher:
         """
         return read_matcher(cls, path, progress=progress, num_threads=num_threads)
 
-
-def _new_model_dir() -> Any:
-    """A fresh path for a fine-tuned model under the simsearch cache."""
-    import tempfile
-    from pathlib import Path
-
-    from simsearch._storage import cache_dir
-
-    root = cache_dir() / "finetuned"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root)) / "model"

@@ -49,6 +49,7 @@ import pyarrow as pa
 from simsearch import _tables
 from simsearch.applications.lexical import (
     TextFeatures,
+    TitleFacts,
     code_relation,
     measures_conflict,
     normalize_title,
@@ -175,6 +176,27 @@ def best_candidate_scores(
     return best_e, best_t
 
 
+def code_and_measure_features(fa: TitleFacts, fb: TitleFacts, squashed_a: str, squashed_b: str) -> tuple[float, ...]:
+    """``codes_both`` .. ``measure_conflict`` of :data:`BASE_FEATURES` for two titles' facts.
+
+    ``squashed_a`` and ``squashed_b`` are the normalized titles with spaces
+    and separators removed (for ``code_contained``).
+    """
+    codes_both = code_shared = code_conflict = contained = 0.0
+    if fa.codes and fb.codes:
+        codes_both = 1.0
+        relation = code_relation(fa, fb)
+        code_shared, code_conflict = float(relation > 0), float(relation < 0)
+    if fa.codes or fb.codes:
+        in_b = sum(c in squashed_b for c in fa.codes) / len(fa.codes) if fa.codes else 0.0
+        in_a = sum(c in squashed_a for c in fb.codes) / len(fb.codes) if fb.codes else 0.0
+        contained = max(in_a, in_b)
+    measures = (0.0, 0.0, 0.0)
+    if fa.measures and fb.measures:
+        measures = (1.0, float(bool(fa.measures & fb.measures)), float(measures_conflict(fa, fb)))
+    return (codes_both, code_shared, code_conflict, contained, *measures)
+
+
 def pair_features(
     config: FeatureConfig,
     listings: PairSide,
@@ -216,20 +238,7 @@ def pair_features(
     for i, (r, p) in enumerate(zip(rows.tolist(), prods.tolist())):
         a, b = lw[r], cw[p]
         out[i, 4] = len(a & b) / len(a | b) if (a or b) else 0.0
-        fa, fb = lf[r], cf[p]
-        if fa.codes and fb.codes:
-            out[i, 5] = 1.0
-            relation = code_relation(fa, fb)
-            out[i, 6] = relation > 0
-            out[i, 7] = relation < 0
-        if fa.codes or fb.codes:
-            in_b = sum(c in cs[p] for c in fa.codes) / len(fa.codes) if fa.codes else 0.0
-            in_a = sum(c in ls[r] for c in fb.codes) / len(fb.codes) if fb.codes else 0.0
-            out[i, 8] = max(in_a, in_b)
-        if fa.measures and fb.measures:
-            out[i, 9] = 1.0
-            out[i, 10] = bool(fa.measures & fb.measures)
-            out[i, 11] = measures_conflict(fa, fb)
+        out[i, 5:12] = code_and_measure_features(lf[r], cf[p], ls[r], cs[p])
         la, lb = len(listings.texts[r]), len(catalog.texts[p])
         out[i, 12] = min(la, lb) / max(la, lb) if max(la, lb) else 0.0
     col = len(BASE_FEATURES)
@@ -484,6 +493,7 @@ __all__ = [
     "PairSide",
     "as_number",
     "best_candidate_scores",
+    "code_and_measure_features",
     "labelled_pairs",
     "pair_features",
     "text_pairs",

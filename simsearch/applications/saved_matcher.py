@@ -10,13 +10,16 @@ Layout::
     catalog.simspy    catalog vectors (checksummed container)
     catalog.parquet   ids, titles, feature columns
     pair_scorer.skops the learned second stage, after fit_pairs
+    pair_model/       a pair model given as an object or path (not the shipped default)
 
 Nothing is pickled. The folder is built under a temporary name and renamed
 into place when complete (:func:`~simsearch._storage.atomic_dir`).
 
 Format versions: 1 listed the checksums under ``files``; 2 writes the
-manifest with :func:`~simsearch._storage.write_manifest` (``checksums``).
-Both are read.
+manifest with :func:`~simsearch._storage.write_manifest` (``checksums``); 3
+adds the ``pair_model`` parameter (``"default"``, ``"folder"`` for the copy in
+``pair_model/``, or null). All are read; a version-1 or -2 folder predates
+the pair model and loads without one, so it scores as it did.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from simsearch import _fileio, _storage
 from simsearch.applications._items import Items
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice
+from simsearch.applications.pair_model import PairModel, resolve_pair_model
 from simsearch.applications.pair_scorer import FeatureConfig, PairScorer
 from simsearch.errors import CorruptFileError
 
@@ -41,8 +45,8 @@ __all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "read_matcher
 
 #: Folder format of :meth:`CatalogMatcher.save`.
 MATCHER_FORMAT = "simsearch-catalog-matcher"
-MATCHER_FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+MATCHER_FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "matcher.json"
 # Files of a text model directory that a saved matcher keeps.
 _ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -83,12 +87,16 @@ def write_matcher(m: Any, path: str | os.PathLike[str]) -> None:
         pq.write_table(pa.table(columns), tmp / "catalog.parquet")
         if m.pair_scorer_ is not None:
             m.pair_scorer_.save(tmp / "pair_scorer.skops")
+        pair_model = m.pair_model if m.pair_model is None or m.pair_model == "default" else "folder"
+        if pair_model == "folder":
+            resolve_pair_model(m.pair_model).save(tmp / "pair_model")  # type: ignore[union-attr]
         scoring = m.scoring
         fields = {
             "params": {
                 "k": m.k, "id_col": m.id_col, "text_col": m.text_col, "lexical": m.lexical,
                 "threshold": m.threshold, "n_candidates": m.n_candidates,
                 "index_params": m.index_params, "batch_size": m.batch_size,
+                "pair_model": pair_model, "rerank": m.rerank,
                 "scoring": {
                     "vector_weight": scoring.vector_weight, "code_bonus": scoring.code_bonus,
                     "code_conflict_penalty": scoring.code_conflict_penalty,
@@ -135,6 +143,10 @@ def read_matcher(cls: type, path: str | os.PathLike[str], *, progress: bool | No
     params = dict(manifest["params"])
     scoring = dict(params.pop("scoring"))
     scoring["ngram_range"] = tuple(scoring["ngram_range"])
+    # Versions 1 and 2 predate the pair model: they score without one.
+    params.setdefault("pair_model", None)
+    if params["pair_model"] == "folder":
+        params["pair_model"] = PairModel.load(path / "pair_model")
     enc = manifest["encoder"]
     encoder = TextEncoder(
         model=path / "encoder", precision=enc["precision"], max_length=enc["max_length"],
