@@ -15,7 +15,6 @@ from simsearch import CatalogMatcher
 from simsearch._tables import MissingColumnError
 from simsearch.applications import PairScoring, best_f1_threshold
 from simsearch.applications.pair_model import DEFAULT_PAIR_MODEL_DIR, default_pair_model
-from simsearch.cli import demo_sample_path
 from simsearch.errors import NotFittedError
 
 from _helpers import data_rows, products
