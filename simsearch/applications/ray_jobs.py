@@ -72,7 +72,7 @@ def _ray() -> Any:
 class _EncodeBatch:
     """Ray Data worker: one encoder, loaded once, applied to every batch it gets."""
 
-    def __init__(self, model: str | None, precision: str, text_col: str) -> None:
+    def __init__(self, model: str | None, precision: str | None, text_col: str) -> None:
         from simsearch.encoders import TextEncoder
 
         self.encoder = TextEncoder(model=model, precision=precision)
@@ -96,7 +96,7 @@ def encode_table(
     id_col: str = "id",
     text_col: str = "title",
     model: str | None = None,
-    precision: str = "int8",
+    precision: str | None = None,
     workers: int | None = None,
     batch_size: int = 256,
     progress: bool | None = None,
@@ -110,7 +110,10 @@ def encode_table(
     id_col, text_col : str
         Columns holding the ids and the titles.
     model, precision
-        As for :class:`~simsearch.TextEncoder`.
+        As for :class:`~simsearch.TextEncoder` (``precision=None``: its
+        default path on each worker's CPU; pin it, e.g. ``"int8"``, on a
+        cluster whose nodes have different CPUs, so every vector comes from
+        the same model).
     workers : int, optional
         Most encoding workers (each takes one CPU; Ray Data starts more as
         blocks wait). Default: the CPUs of the Ray cluster less one, which
@@ -231,7 +234,7 @@ def ray_join(
     n_shards: int = 4,
     workers: int | None = None,
     model: str | None = None,
-    precision: str = "int8",
+    precision: str | None = None,
 ) -> Candidates:
     """The candidate join of a Parquet/CSV file: encoded by Ray Data, joined on a sharded Ray index.
 
@@ -292,7 +295,7 @@ def find_duplicates_on_ray(
     id_col: str = "id",
     text_col: str = "title",
     model: str | None = None,
-    precision: str = "int8",
+    precision: str | None = None,
     lexical: bool = True,
     scoring: PairScoring | None = None,
     refine: bool = True,
