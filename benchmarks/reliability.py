@@ -191,7 +191,7 @@ def reader(r):
     with lock:
         some = r.sample(sorted(live), 5)
     ix.contains(np.array(some, dtype=np.uint64)); (some[0] in ix)
-    ix.get_vectors(some[:2]); ids = ix.ids(); ix.attribute_names; ix.memory_bytes()
+    ix.get_vectors(some[:2]); ids = ix.ids(); ix.attribute_names; ix.memory_bytes
     if np.unique(ids).size != ids.size:
         violations.append("ids() repeats an id")
     count("read")
