@@ -211,6 +211,7 @@ def _native_bases(workdir: Path) -> list[Path]:
         "base_ip": {"metric": IP, "n": 100, "train_limit": 40, "removed": 4},
         "base_empty": {"n": 0},
     }
+    workdir.mkdir(parents=True, exist_ok=True)
     out = []
     for name, kw in specs.items():
         path = workdir / name
@@ -225,7 +226,6 @@ def _native_bases(workdir: Path) -> list[Path]:
 
 def native_cases(workdir: Path, n: int, rng: np.random.Generator, mode: str) -> list[dict[str, Any]]:
     """``n`` edited native index files (see the module docstring); ``mode`` ``pristine`` gives the bases."""
-    workdir.mkdir(parents=True, exist_ok=True)
     bases = _native_bases(workdir)
     root = _case_root(workdir, mode)
     if mode == "pristine":
