@@ -104,6 +104,9 @@ def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bo
             summary["examples"] = [
                 f"{o['verdict']}: {o['mutation']} -> {o['type']}: {o['message']}"[:240] for o in result.bad("crash", "hang", "untyped")[:5]
             ]
+            summary["builtin_examples"] = [
+                f"{o['mutation']} -> {o['type']}: {o['message']}"[:240] for o in result.bad("tolerated")[:5]
+            ]
             out[f"{name}/{mode}"] = summary
             print(
                 f"fuzz {name:>10}/{mode:<8} {summary['cases']:6d} cases: {summary['crash']} crashes, {summary['hang']} hangs, "
@@ -113,6 +116,8 @@ def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bo
             )
             for line in summary["examples"]:
                 print(f"    {line}")
+            for line in summary["builtin_examples"][:3]:
+                print(f"    builtin: {line}")
     return out
 
 
