@@ -96,6 +96,8 @@ def test_1_ctrl_c_interrupts_a_long_add() -> None:
     code = """
     import os, signal, threading, time, numpy as np
     from simsearch import _core
+    # a child of a shell's background job inherits SIGINT ignored: take it back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ix = _core.NativeIndex(32, 2, 16, 200, False, "", 1, 20000)
     x = np.random.default_rng(0).normal(size=(200000, 32)).astype(np.float32)
     threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
