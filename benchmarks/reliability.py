@@ -474,7 +474,7 @@ def atheris_run(work: Path, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {"installed": True}
     seeds = work / "atheris-seeds-index"
     seeds.mkdir(parents=True, exist_ok=True)
-    for base in fuzz_index_files._native_bases(work / "atheris-bases"):
+    for base in fuzz_index_files.native_bases(work / "atheris-bases"):
         (seeds / base.name).write_bytes(base.read_bytes())
     for backend in ("hnswlib", "faiss"):
         (seeds / backend).write_bytes(fuzz_index_files.base_backend_index(backend, work / "atheris-bases").read_bytes())

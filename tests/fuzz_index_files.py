@@ -204,7 +204,8 @@ def _raw_edit(data: bytearray, rng: np.random.Generator) -> str:
     return "raw: random bytes"
 
 
-def _native_bases(workdir: Path) -> list[Path]:
+def native_bases(workdir: Path) -> list[Path]:
+    """The four saved native files the cases are cut from (built under ``workdir`` once)."""
     specs = {
         "base_cos": {"n": 120, "removed": 6, "attributes": True},
         "base_l2": {"metric": L2, "n": 150, "keep_floats": True, "train_limit": 60},
@@ -226,7 +227,7 @@ def _native_bases(workdir: Path) -> list[Path]:
 
 def native_cases(workdir: Path, n: int, rng: np.random.Generator, mode: str) -> list[dict[str, Any]]:
     """``n`` edited native index files (see the module docstring); ``mode`` ``pristine`` gives the bases."""
-    bases = _native_bases(workdir)
+    bases = native_bases(workdir)
     root = _case_root(workdir, mode)
     if mode == "pristine":
         return [{"path": os.fspath(b), "mutation": "none"} for b in bases]
