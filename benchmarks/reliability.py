@@ -6,9 +6,11 @@ concurrency stress test of one :class:`simsearch.Index` and the failures of
 the two dependencies the library talks to (Redis, Ray):
 
 - **fuzz**: every format in ``_faults.FUZZERS`` (sharded manifests, dedup
-  state, saved matchers, the CLI index folder, the SQLite cache; the native
-  index-file and backend-file fuzzers register there too) in each of its
-  modes: cases, crashes, hangs, and rejections by exception type.
+  state, saved matchers, the CLI index folder, the SQLite cache, and from
+  ``tests/fuzz_index_files.py`` the native index file and the hnswlib and
+  faiss containers, each in the three load modes default, ``mmap=True`` and
+  ``verify=False``) in each of its modes: cases, crashes, hangs, and
+  rejections by exception type.
 - **concurrency**: 8 threads over add / remove / search / filtered search /
   contains / ids / get_vectors / attribute_names / memory_bytes / compact /
   save on one index, in a child with a timeout: deadlocks, crashes and
@@ -24,6 +26,10 @@ the two dependencies the library talks to (Redis, Ray):
   a :class:`~simsearch.RedisEmbeddingCache` and under a Service using it; a Ray
   worker SIGKILLed under ``ShardedIndex(engine="ray")``: each call either
   answers, raises a clear error, or (a finding) hangs past a watchdog.
+- **atheris** (when installed): coverage-guided fuzzing of ``Index.load``
+  (seeded with native, hnswlib and faiss files) and of the sharded manifest
+  for a fixed time; the coverage is that of simsearch's Python code (the
+  extension is not built with libFuzzer's instrumentation).
 
 Prints the CPU and its flags first, a line per figure, and one JSON object on
 the last line.
@@ -56,8 +62,9 @@ except ImportError:  # pragma: no cover - before benchmarks/_common.py exists
 sys.path.append(str(HERE.parent / "tests"))  # the fault harness is shared with the tests
 
 import _faults
+import fuzz_index_files  # registers the native, hnswlib and faiss index-file fuzzers with _faults
 
-SECTIONS = ("fuzz", "concurrency", "kills", "overload", "deps")
+SECTIONS = ("fuzz", "concurrency", "kills", "overload", "deps", "atheris")
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -80,12 +87,14 @@ def host_line() -> str:
 # ---------------------------------------------------------------------- fuzz
 
 
-def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bool) -> dict[str, Any]:
+def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bool, formats: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     env = _faults.malloc_check_env() if malloc_check else {}
     if malloc_check:
         print(f"fuzz children run under glibc's heap checker: {env or 'not installed here'}")
     for name, fuzzer in _faults.FUZZERS.items():
+        if formats and name not in formats:
+            continue
         n = matcher_cases if name == "matcher" else cases
         for mode in fuzzer.modes:
             start = time.perf_counter()
@@ -94,6 +103,9 @@ def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bo
             summary["seconds"] = round(time.perf_counter() - start, 1)
             summary["examples"] = [
                 f"{o['verdict']}: {o['mutation']} -> {o['type']}: {o['message']}"[:240] for o in result.bad("crash", "hang", "untyped")[:5]
+            ]
+            summary["builtin_examples"] = [
+                f"{o['mutation']} -> {o['type']}: {o['message']}"[:240] for o in result.bad("tolerated")[:5]
             ]
             out[f"{name}/{mode}"] = summary
             print(
@@ -104,6 +116,8 @@ def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bo
             )
             for line in summary["examples"]:
                 print(f"    {line}")
+            for line in summary["builtin_examples"][:3]:
+                print(f"    builtin: {line}")
     return out
 
 
@@ -182,7 +196,7 @@ def reader(r):
     with lock:
         some = r.sample(sorted(live), 5)
     ix.contains(np.array(some, dtype=np.uint64)); (some[0] in ix)
-    ix.get_vectors(some[:2]); ids = ix.ids(); ix.attribute_names; ix.memory_bytes()
+    ix.get_vectors(some[:2]); ids = ix.ids(); ix.attribute_names; ix.memory_bytes
     if np.unique(ids).size != ids.size:
         violations.append("ids() repeats an id")
     count("read")
@@ -398,6 +412,100 @@ def deps(work: Path) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------- atheris
+
+_ATHERIS_CHILD = r"""
+import os, sys, tempfile
+import atheris
+
+with atheris.instrument_imports(include=["simsearch"]):
+    import simsearch
+    from simsearch.errors import SimsearchError
+
+target, pristine = sys.argv[1], sys.argv[2]
+scratch = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+path = os.path.join(scratch, "case")
+if target == "sharded":
+    import shutil
+    shutil.copytree(pristine, path)
+
+
+def one_input(data):
+    if target == "index":
+        with open(path, "wb") as f:
+            f.write(data)
+        mode = len(data) % 3
+        try:
+            ix = simsearch.Index.load(path, mmap=mode == 1, verify=mode != 2, num_threads=1)
+        except (SimsearchError, OSError):
+            return
+        try:
+            fuzz_index_files.use_index(ix)
+        except SimsearchError:
+            pass
+    else:
+        with open(os.path.join(path, "manifest.json"), "wb") as f:
+            f.write(data)
+        try:
+            ix = simsearch.ShardedIndex.load(path, num_threads=1)
+        except (SimsearchError, OSError):
+            return
+        try:
+            ix.search(fuzz_index_files.np.ones((1, ix.dim), "float32"), k=3)
+        except SimsearchError:
+            pass
+        ix.close()
+
+
+import fuzz_index_files
+atheris.Setup([sys.argv[0], *sys.argv[3:]], one_input)
+atheris.Fuzz()
+"""
+
+
+def atheris_run(work: Path, seconds: float) -> dict[str, Any]:
+    """Coverage-guided fuzzing (atheris: coverage of simsearch's Python code) of ``Index.load`` and the sharded manifest."""
+    import importlib.util
+    import re
+
+    if importlib.util.find_spec("atheris") is None:
+        print("atheris: not installed (pip install atheris)", flush=True)
+        return {"installed": False}
+    out: dict[str, Any] = {"installed": True}
+    seeds = work / "atheris-seeds-index"
+    seeds.mkdir(parents=True, exist_ok=True)
+    for base in fuzz_index_files.native_bases(work / "atheris-bases"):
+        (seeds / base.name).write_bytes(base.read_bytes())
+    for backend in ("hnswlib", "faiss"):
+        (seeds / backend).write_bytes(fuzz_index_files.base_backend_index(backend, work / "atheris-bases").read_bytes())
+    sharded = work / "atheris-bases" / "sharded"
+    if not sharded.exists():
+        _faults.build_sharded(sharded)
+    seeds_sharded = work / "atheris-seeds-sharded"
+    seeds_sharded.mkdir(exist_ok=True)
+    (seeds_sharded / "manifest.json").write_bytes((sharded / "manifest.json").read_bytes())
+    for target, pristine, corpus in (("index", "", seeds), ("sharded", str(sharded), seeds_sharded)):
+        each = max(1, int(seconds / 2))
+        findings = work / f"atheris-{target}-findings"
+        findings.mkdir(exist_ok=True)
+        command = [sys.executable, "-c", _ATHERIS_CHILD, target, pristine, f"-max_total_time={each}", "-rss_limit_mb=4096",
+                   "-timeout=30", f"-artifact_prefix={findings}/", "-max_len=65536", str(corpus)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=each + 300,
+                              env=_faults.simsearch_env(), cwd=HERE.parent / "tests")
+        log = done.stdout + done.stderr
+        runs = re.findall(r"Done (\d+) runs in (\d+) second", log)
+        cov = re.findall(r"cov: (\d+)", log)
+        found = sorted(p.name for p in findings.iterdir())
+        out[target] = {"seconds": each, "runs": int(runs[-1][0]) if runs else None, "coverage": int(cov[-1]) if cov else None,
+                       "exit": done.returncode, "findings": found,
+                       "finding_tail": log.strip()[-600:] if done.returncode else ""}
+        print(f"atheris {target:>8}: {out[target]['runs']} inputs in {each} s, coverage {out[target]['coverage']}, "
+              f"exit {done.returncode}, findings {found}", flush=True)
+        if done.returncode:
+            print("    " + out[target]["finding_tail"].replace("\n", "\n    "))
+    return out
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -413,6 +521,9 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=None, help="seconds at twice the rate (default 30; --quick 5)")
     parser.add_argument("--fuzzer-module", action="append", default=[], metavar="MODULE",
                         help="import MODULE first: it registers more formats with _faults.register_fuzzer (repeatable)")
+    parser.add_argument("--formats", nargs="+", default=None, metavar="NAME",
+                        help=f"fuzz only these formats (of {', '.join(_faults.FUZZERS)})")
+    parser.add_argument("--atheris-seconds", type=float, default=None, help="coverage-guided fuzzing time, split between its targets (default 300; --quick 20)")
     parser.add_argument("--no-malloc-check", action="store_true", help="fuzz without glibc's heap checker")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a new temporary one)")
@@ -430,7 +541,7 @@ def main() -> None:
             importlib.import_module(module)
         results["fuzz"] = fuzz(
             work, args.fuzz_cases or (30 if q else 10_000), args.matcher_cases or (4 if q else 1000), args.seed,
-            not args.no_malloc_check,
+            not args.no_malloc_check, args.formats,
         )  # fmt: skip
     if "concurrency" in args.only:
         results["concurrency"] = concurrency(work, args.concurrency_seconds or (5.0 if q else 60.0), args.concurrency_runs or (1 if q else 3), args.seed)
@@ -440,6 +551,8 @@ def main() -> None:
         results["overload"] = overload(work, args.overload_seconds or (5.0 if q else 30.0))
     if "deps" in args.only:
         results["deps"] = deps(work)
+    if "atheris" in args.only:
+        results["atheris"] = atheris_run(work, args.atheris_seconds or (20.0 if q else 300.0))
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, default=str))
 

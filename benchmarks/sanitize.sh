@@ -2,8 +2,13 @@
 # Build the native core with AddressSanitizer + UndefinedBehaviorSanitizer
 # into build-asan/ and run the native tests under it (issue 13).
 #
-#   benchmarks/sanitize.sh                 # robustness + index tests
+#   benchmarks/sanitize.sh                 # robustness + index tests, then the native fuzz corpus
 #   benchmarks/sanitize.sh tests/test_x.py # other test files
+#   FUZZ_CASES=0 benchmarks/sanitize.sh    # tests only (default 1000 fuzzed files per load mode)
+#
+# The fuzz corpus is benchmarks/reliability.py's native index-file fuzzer
+# (tests/fuzz_index_files.py) in its three load modes; an ASan or UBSan
+# report aborts the child, which the harness counts as a crash.
 #
 # The instrumented extension runs from a scratch copy of the package (the
 # checkout's own simsearch/_core*.so is left alone); subprocesses the tests
@@ -40,3 +45,14 @@ select="${SELECT:-not hnswlib and not faiss}"
 cd "$scratch"
 "$python" -c "import simsearch, simsearch._core as c; assert simsearch.__file__.startswith('$scratch'), simsearch.__file__; print('sanitized core:', c.__file__)"
 "$python" -m pytest -c "$root/pyproject.toml" --rootdir "$root" "${tests[@]}" -k "$select" -q -p no:cacheprovider -x
+
+fuzz_cases="${FUZZ_CASES:-1000}"
+if [ "$fuzz_cases" -gt 0 ]; then
+    # glibc's heap checker would replace the ASan preload: --no-malloc-check.
+    "$python" "$root/benchmarks/reliability.py" --only fuzz --formats native --fuzz-cases "$fuzz_cases" \
+        --no-malloc-check --workdir "$scratch/fuzz" | tee "$scratch/fuzz.log"
+    if grep -Eq ' [1-9][0-9]* (crashes|hangs|untyped)' "$scratch/fuzz.log"; then
+        echo "sanitize.sh: the fuzz corpus found crashes, hangs or untyped rejections" >&2
+        exit 1
+    fi
+fi

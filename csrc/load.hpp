@@ -191,6 +191,11 @@ inline std::unique_ptr<HnswIndex> IndexFile::load(const std::string& path, bool 
             checks.corrupt(std::string("sections '") + kSectionNames[spans[i - 1].s] + "' and '" + kSectionNames[spans[i].s] +
                            "' overlap");
     }
+    // save writes the sections back to back, so the file ends where the
+    // last one does: bytes past it were added by something else.
+    if (verify && file_size != (spans.empty() ? uint64_t(sizeof h) : spans.back().end))
+        checks.corrupt(std::to_string(file_size - (spans.empty() ? uint64_t(sizeof h) : spans.back().end)) +
+                       " bytes past the last section");
     auto expect = [&](uint32_t s, uint64_t a, uint64_t b) {
         uint64_t len;
         if (!detail::mul_fits(a, b, len) || h.sections[s].length != len)

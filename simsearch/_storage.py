@@ -512,7 +512,7 @@ def read_manifest(
         raise FileNotFoundError(f"{str(directory)!r} is not a {what}: it has no {name}")
     body = read_json(path, f"the {what} manifest")
     accepted = {format} if isinstance(format, str) else set(format)
-    if body.get("format") not in accepted:
+    if not isinstance(body.get("format"), str) or body["format"] not in accepted:  # a list is unhashable
         raise CorruptFileError(
             f"{str(path)!r} is not a {what} manifest (format {body.get('format')!r}, expected {sorted(accepted)})"
         )

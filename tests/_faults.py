@@ -734,7 +734,8 @@ def _fuzz_child(name: str, mode: str, cases_file: str, start: int, module: str) 
     import resource
 
     limit = int(float(os.environ.get("SIMSEARCH_FAULTS_MEMORY_GB", "6")) * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes of address space for its shadow
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import simsearch
     from simsearch.errors import SimsearchError
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from simsearch import _core
+
 HEADER_SIZE = 512
 SECTION_NAMES = [
     "data0", "labels", "levels", "flags", "upper_off", "upper_pool",
@@ -104,11 +106,13 @@ class IndexFile:
 
     def pack(self, recompute: bool = True) -> bytes:
         """The file's bytes with the header written back (and checksums recomputed)."""
-        raw = self.raw
+        raw = bytearray(self.raw)
+        size = len(raw)
+        raw.extend(bytes(max(0, HEADER_SIZE - size)))  # a file cut inside its header keeps only the cut part
         if recompute:
             for s in self.sections:
                 off, length, _ = s
-                if off + length <= len(raw):
+                if off + length <= size:
                     s[2] = checksum64(bytes(raw[off : off + length]))
         _FIXED.pack_into(raw, 0, *[self.fields[k] for k in FIXED_FIELDS])
         for i, s in enumerate(self.sections):
@@ -116,11 +120,111 @@ class IndexFile:
         struct.pack_into("<Q", raw, EF_AT, self.ef)
         if recompute:
             struct.pack_into("<Q", raw, CHECKSUM_AT, checksum64(bytes(raw[:CHECKSUM_AT])))
-        return bytes(raw)
+        return bytes(raw[:size])
 
     def write(self, path: str | os.PathLike[str], recompute: bool = True) -> Path:
         Path(path).write_bytes(self.pack(recompute))
         return Path(path)
+
+
+# ------------------------------------------------------------ base indexes
+
+COSINE, IP, L2 = 0, 1, 2
+DIM = 16
+
+
+def make_index(
+    metric: int = COSINE, n: int = 300, *, keep_floats: bool = False, train_limit: int = 20000, removed: int = 0,
+    attributes: bool = False, seed: int = 0,
+) -> _core.NativeIndex:
+    rng = np.random.default_rng(seed)
+    ix = _core.NativeIndex(DIM, metric, 8, 40, keep_floats, "", 0x5EED5EED, train_limit)
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    names, values = ([], [])
+    if attributes:
+        names, values = ["colour"], [rng.integers(0, 5, n).astype(np.int32)]
+    ix.add(x, np.arange(n, dtype=np.uint64), 1, names, values)
+    if removed:
+        ix.remove(np.arange(0, 3 * removed, 3, dtype=np.uint64))
+    return ix
+
+
+# ------------------------------------------------------- structure-aware edits
+
+_HEADER_FIELDS = [
+    "version", "metric", "dtype", "dim", "dim_padded", "M", "ef_construction", "rec_size", "n_slots", "n_live",
+    "seed", "train_limit", "next_retrain", "next_auto_id", "entry", "max_level", "flags", "n_sections",
+]
+_U32_FIELDS = {"version", "header_size", "metric", "dtype", "entry", "flags", "n_sections"}
+
+
+def _interesting(rng: np.random.Generator, orig: int, bits: int) -> int:
+    choices = [0, 1, orig + 1, orig - 1, orig * 2, orig // 2, 2 ** (bits - 1), 2**bits - 1, int(rng.integers(0, 2**31))]
+    return int(choices[rng.integers(len(choices))]) % (2**bits)
+
+
+def mutate(f: IndexFile, rng: np.random.Generator) -> tuple[str, bool]:
+    """One structure-aware edit of ``f``; (what, whether to recompute the checksums)."""
+    kind = rng.integers(10)
+    n = f.fields["n_slots"]
+    if kind == 0:
+        name = _HEADER_FIELDS[rng.integers(len(_HEADER_FIELDS))]
+        if name == "max_level":
+            f.fields[name] = int(rng.integers(-3, 35))
+        else:
+            f.fields[name] = _interesting(rng, f.fields[name], 32 if name in _U32_FIELDS else 64)
+        return f"header {name}={f.fields[name]}", True
+    if kind == 1:
+        if rng.random() < 0.5:
+            f.ef = _interesting(rng, f.ef, 64)
+            return f"ef={f.ef}", True
+        i = int(rng.integers(12))
+        j = int(rng.integers(2))
+        other = f.sections[int(rng.integers(12))][0]
+        choices = [0, 1, 4, 64, -1, -4, -64]
+        if rng.random() < 0.3:
+            f.sections[i][j] = int(other if j == 0 else len(f.raw))
+        else:
+            f.sections[i][j] = max(0, f.sections[i][j] + int(choices[rng.integers(len(choices))]))
+        return f"section {SECTION_NAMES[i]}[{'offset' if j == 0 else 'length'}]={f.sections[i][j]}", True
+    if kind == 2 and n:
+        rec = f.records()
+        s = int(rng.integers(n))
+        j = int(rng.integers(rec.shape[1] - 1))
+        rec[s, j] = int(rng.choice([0, 1, n - 1, n, n + 7, 2 * f.fields["M"] + 1, 2**32 - 1, rng.integers(0, n)]))
+        return f"record {s} word {j}={rec[s, j]}", True
+    if kind == 3 and n:
+        levels = f.array("levels", "u1")
+        s = int(rng.integers(n))
+        levels[s] = int(rng.integers(0, 34))
+        return f"level[{s}]={levels[s]}", True
+    if kind == 4 and n:
+        arr = f.array(["upper_off", "free", "upper_pool"][rng.integers(3)], "<u4")
+        if arr.size:
+            i = int(rng.integers(arr.size))
+            arr[i] = int(rng.choice([0, 1, n, n - 1, 2**32 - 1, arr[(i + 1) % arr.size], rng.integers(0, 4 * n + 1)]))
+        return "u32 table word", True
+    if kind == 5 and n:
+        arr = f.array(["flags", "labels"][rng.integers(2)], "u1")
+        i = int(rng.integers(arr.size))
+        arr[i] = int(rng.integers(256))
+        return f"flag/label byte {i}", True
+    if kind == 6:
+        arr = f.array(["quant_lo", "quant_step"][rng.integers(2)], "<f4")
+        arr[int(rng.integers(arr.size))] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-45, 3e38])
+        return "quantizer value", True
+    if kind == 7:
+        cut = int(rng.integers(0, len(f.raw)))
+        del f.raw[cut:]
+        return f"truncated to {cut}", bool(rng.integers(2))
+    if kind == 8 and f.sections[SECTION_NAMES.index("attr_names")][1]:
+        names = f.section("attr_names")
+        names[int(rng.integers(len(names)))] = int(rng.integers(256))
+        return "attribute name byte", True
+    for _ in range(int(rng.integers(1, 9))):
+        i = int(rng.integers(0, len(f.raw)))
+        f.raw[i] = int(rng.integers(256))
+    return "random bytes", True
 
 
 def run_python(code: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

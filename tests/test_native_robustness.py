@@ -18,31 +18,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_fuzz_helpers import (
+    COSINE,
+    DIM,
+    IP,
+    L2,
+    SECTION_NAMES,
+    IndexFile,
+    load_batch,
+    make_index,
+    mutate,
+    run_python,
+)
 
 import simsearch
 from simsearch import _core
 from simsearch.errors import CorruptFileError, FormatVersionError, SimsearchError
-
-from native_fuzz_helpers import SECTION_NAMES, IndexFile, load_batch, run_python
-
-COSINE, IP, L2 = 0, 1, 2
-DIM = 16
-
-
-def make_index(
-    metric: int = COSINE, n: int = 300, *, keep_floats: bool = False, train_limit: int = 20000, removed: int = 0,
-    attributes: bool = False, seed: int = 0,
-) -> _core.NativeIndex:
-    rng = np.random.default_rng(seed)
-    ix = _core.NativeIndex(DIM, metric, 8, 40, keep_floats, "", 0x5EED5EED, train_limit)
-    x = rng.normal(size=(n, DIM)).astype(np.float32)
-    names, values = ([], [])
-    if attributes:
-        names, values = ["colour"], [rng.integers(0, 5, n).astype(np.int32)]
-    ix.add(x, np.arange(n, dtype=np.uint64), 1, names, values)
-    if removed:
-        ix.remove(np.arange(0, 3 * removed, 3, dtype=np.uint64))
-    return ix
 
 
 def saved(tmp_path: Path, name: str = "ix", **kw) -> Path:
@@ -105,6 +96,8 @@ def test_1_ctrl_c_interrupts_a_long_add() -> None:
     code = """
     import os, signal, threading, time, numpy as np
     from simsearch import _core
+    # a child of a shell's background job inherits SIGINT ignored: take it back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ix = _core.NativeIndex(32, 2, 16, 200, False, "", 1, 20000)
     x = np.random.default_rng(0).normal(size=(200000, 32)).astype(np.float32)
     threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
@@ -401,6 +394,26 @@ def test_13_verify_false_still_checks_links(tmp_path: Path, edit: str) -> None:
     assert_rejected(crafted, match, modes=("noverify",))
 
 
+# ------------------------------------------------------- bytes past the end
+@pytest.mark.parametrize("extra", [b"\0", b"garbage" * 10, bytes(4096)])
+def test_bytes_appended_to_a_file_are_refused_when_verifying(tmp_path: Path, extra: bytes) -> None:
+    # found by benchmarks/reliability.py: the appended bytes were accepted by every load mode
+    path = saved(tmp_path)
+    crafted = tmp_path / "crafted"
+    crafted.write_bytes(path.read_bytes() + extra)
+    assert_rejected(crafted, f"{len(extra)} bytes past the last section", modes=("default", "mmap"))
+    assert load_in_subprocess(crafted, "noverify")["loaded"]  # verify=False skips the length check, as documented
+
+
+def test_an_empty_index_file_has_nothing_past_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "empty"
+    simsearch.Index(DIM).save(path)
+    simsearch.Index.load(path)  # verify=True: the file ends where its last section does
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(CorruptFileError, match="1 bytes past the last section"):
+        simsearch.Index.load(path)
+
+
 # ---------------------------------------------------- 14. overlapping sections
 def test_14_overlapping_sections_are_rejected(tmp_path: Path) -> None:
     f = IndexFile.read(saved(tmp_path))
@@ -457,82 +470,6 @@ def test_errors_are_the_library_types(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ fuzzing
-_HEADER_FIELDS = [
-    "version", "metric", "dtype", "dim", "dim_padded", "M", "ef_construction", "rec_size", "n_slots", "n_live",
-    "seed", "train_limit", "next_retrain", "next_auto_id", "entry", "max_level", "flags", "n_sections",
-]
-_U32_FIELDS = {"version", "header_size", "metric", "dtype", "entry", "flags", "n_sections"}
-
-
-def _interesting(rng: np.random.Generator, orig: int, bits: int) -> int:
-    choices = [0, 1, orig + 1, orig - 1, orig * 2, orig // 2, 2 ** (bits - 1), 2**bits - 1, int(rng.integers(0, 2**31))]
-    return int(choices[rng.integers(len(choices))]) % (2**bits)
-
-
-def _mutate(f: IndexFile, rng: np.random.Generator) -> tuple[str, bool]:
-    """One structure-aware edit of ``f``; (what, whether to recompute the checksums)."""
-    kind = rng.integers(10)
-    n = f.fields["n_slots"]
-    if kind == 0:
-        name = _HEADER_FIELDS[rng.integers(len(_HEADER_FIELDS))]
-        if name == "max_level":
-            f.fields[name] = int(rng.integers(-3, 35))
-        else:
-            f.fields[name] = _interesting(rng, f.fields[name], 32 if name in _U32_FIELDS else 64)
-        return f"header {name}={f.fields[name]}", True
-    if kind == 1:
-        if rng.random() < 0.5:
-            f.ef = _interesting(rng, f.ef, 64)
-            return f"ef={f.ef}", True
-        i = int(rng.integers(12))
-        j = int(rng.integers(2))
-        other = f.sections[int(rng.integers(12))][0]
-        choices = [0, 1, 4, 64, -1, -4, -64]
-        if rng.random() < 0.3:
-            f.sections[i][j] = int(other if j == 0 else len(f.raw))
-        else:
-            f.sections[i][j] = max(0, f.sections[i][j] + int(choices[rng.integers(len(choices))]))
-        return f"section {SECTION_NAMES[i]}[{'offset' if j == 0 else 'length'}]={f.sections[i][j]}", True
-    if kind == 2 and n:
-        rec = f.records()
-        s = int(rng.integers(n))
-        j = int(rng.integers(rec.shape[1] - 1))
-        rec[s, j] = int(rng.choice([0, 1, n - 1, n, n + 7, 2 * f.fields["M"] + 1, 2**32 - 1, rng.integers(0, n)]))
-        return f"record {s} word {j}={rec[s, j]}", True
-    if kind == 3 and n:
-        levels = f.array("levels", "u1")
-        s = int(rng.integers(n))
-        levels[s] = int(rng.integers(0, 34))
-        return f"level[{s}]={levels[s]}", True
-    if kind == 4 and n:
-        arr = f.array(["upper_off", "free", "upper_pool"][rng.integers(3)], "<u4")
-        if arr.size:
-            i = int(rng.integers(arr.size))
-            arr[i] = int(rng.choice([0, 1, n, n - 1, 2**32 - 1, arr[(i + 1) % arr.size], rng.integers(0, 4 * n + 1)]))
-        return "u32 table word", True
-    if kind == 5 and n:
-        arr = f.array(["flags", "labels"][rng.integers(2)], "u1")
-        i = int(rng.integers(arr.size))
-        arr[i] = int(rng.integers(256))
-        return f"flag/label byte {i}", True
-    if kind == 6:
-        arr = f.array(["quant_lo", "quant_step"][rng.integers(2)], "<f4")
-        arr[int(rng.integers(arr.size))] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-45, 3e38])
-        return "quantizer value", True
-    if kind == 7:
-        cut = int(rng.integers(0, len(f.raw)))
-        del f.raw[cut:]
-        return f"truncated to {cut}", bool(rng.integers(2))
-    if kind == 8 and f.sections[SECTION_NAMES.index("attr_names")][1]:
-        names = f.section("attr_names")
-        names[int(rng.integers(len(names)))] = int(rng.integers(256))
-        return "attribute name byte", True
-    for _ in range(int(rng.integers(1, 9))):
-        i = int(rng.integers(0, len(f.raw)))
-        f.raw[i] = int(rng.integers(256))
-    return "random bytes", True
-
-
 def _fuzz_corpus(tmp_path: Path, per_base: int) -> dict[str, str]:
     bases = [
         saved(tmp_path, "base_cos", n=120, removed=6, attributes=True),
@@ -547,7 +484,7 @@ def _fuzz_corpus(tmp_path: Path, per_base: int) -> dict[str, str]:
             what = []
             recompute = True
             for _ in range(int(rng.integers(1, 3))):
-                w, rc = _mutate(f, rng)
+                w, rc = mutate(f, rng)
                 what.append(w)
                 recompute = recompute and rc
                 if w.startswith("truncated"):

@@ -174,6 +174,14 @@ def test_read_manifest_rejects_another_format(manifested: Path) -> None:
         read(manifested)
 
 
+@pytest.mark.parametrize("value", [[], {}, None, 7])
+def test_read_manifest_rejects_a_format_that_is_not_a_string(manifested: Path, value: object) -> None:
+    # found by benchmarks/reliability.py (dedup state, format=[]): a list raised TypeError (unhashable)
+    edit_manifest(manifested, format=value)
+    with pytest.raises(CorruptFileError, match="is not a test folder manifest"):
+        read(manifested, format=("simsearch-test", "other"))
+
+
 def test_read_manifest_rejects_a_newer_version(manifested: Path) -> None:
     edit_manifest(manifested, format_version=3)
     with pytest.raises(FormatVersionError, match="format_version 3.*newer simsearch"):
