@@ -149,3 +149,10 @@ def run_json_child(script: str | Path, *args: str) -> Any:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(" | ".join(tail) or f"exit {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def use_test_harness() -> None:
+    """Make ``tests/`` importable (the fault harness ``_faults`` is shared by tests and benchmarks)."""
+    tests = str(REPO_ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)

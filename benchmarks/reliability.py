@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -53,35 +52,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-try:  # benchmarks/_common.py: the import rule, host facts
-    import _common
-except ImportError:  # pragma: no cover - before benchmarks/_common.py exists
-    _common = None
-    sys.path.append(str(HERE.parent))
-sys.path.append(str(HERE.parent / "tests"))  # the fault harness is shared with the tests
+import _common
 
-import _faults
-import fuzz_index_files  # registers the native, hnswlib and faiss index-file fuzzers with _faults
+_common.use_test_harness()  # the fault harness lives in tests/ and is shared with the tests
+import _faults  # noqa: E402
+import fuzz_index_files  # noqa: E402  registers the native, hnswlib and faiss index-file fuzzers with _faults
+
+HERE = Path(__file__).resolve().parent
 
 SECTIONS = ("fuzz", "concurrency", "kills", "overload", "deps", "atheris")
 
 
-def cpu_flags() -> dict[str, bool]:
-    if _common is not None:
-        return _common.cpu_flags()
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "amx_int8")}
-
-
-def host_line() -> str:
-    if _common is not None:
-        return _common.host_line()
-    return f"cpu flags: {' '.join(k for k, v in cpu_flags().items() if v) or 'none of avx2/avx512'}; {os.cpu_count()} cores"
+cpu_flags = _common.cpu_flags
+host_line = _common.host_line
 
 
 # ---------------------------------------------------------------------- fuzz

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=_matching.RECIPE["epochs"])
     args = ap.parse_args()
     print(_common.host_line())
+    print(_common.host_line())
     train = _matching.pool_pairs("train", tuple(args.exclude))
     valid = _matching.pool_pairs("valid", tuple(args.exclude))
     names = [n for n in _matching.POOL if n not in args.exclude]
@@ -47,7 +48,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     size = (args.out / "model.onnx").stat().st_size
     print(f"{model!r}: {size / 1e6:.1f} MB graph, {seconds:.0f} s")
-    print(json.dumps({"out": str(args.out), "datasets": names, "seconds": round(seconds, 1), "onnx_bytes": size,
+    print(json.dumps({"cpu_flags": _common.cpu_flags(), "out": str(args.out), "datasets": names, "seconds": round(seconds, 1), "onnx_bytes": size,
                       "threshold": model.threshold, "recipe": recipe}))
 
 
