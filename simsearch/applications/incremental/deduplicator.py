@@ -39,7 +39,7 @@ from simsearch.applications.incremental.state import (
 from simsearch.applications.dedup_calibration import PairCalibration
 from simsearch.applications.lexical import LexicalModel, PairScoring, TextFeatures, extract_facts, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice
-from simsearch.errors import NotFittedError
+from simsearch.errors import CorruptFileError, NotFittedError
 
 #: Candidate pairs are kept down to this far below the threshold, so the review
 #: loop can label pairs on both sides of it and a recalibration can lower it.
@@ -585,6 +585,15 @@ class Deduplicator(ReviewLoop):
             other than the state's model.
         """
         files = load_state(path)
+        try:
+            return cls._restore(files, encoder, progress)
+        except (KeyError, TypeError, IndexError, AttributeError) as err:
+            # the checksums matched, so these are crafted or mis-written fields, not a torn write
+            raise CorruptFileError(f"the dedup state {os.fspath(path)!r} is inconsistent: {type(err).__name__}: {err}") from None
+
+    @classmethod
+    def _restore(cls, files: Any, encoder: Any, progress: bool | None) -> Deduplicator:
+        """Build the estimator from a checked :func:`load_state` result."""
         header, sections = files.header, files.sections
         params = header["params"]
         scoring = PairScoring(**{**params["scoring"], "ngram_range": tuple(params["scoring"]["ngram_range"])})
@@ -647,3 +656,4 @@ class Deduplicator(ReviewLoop):
 
 
 __all__ = ["EVENTS", "PAIR_MARGIN", "Deduplicator"]
+

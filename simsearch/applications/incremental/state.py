@@ -171,13 +171,15 @@ def load_state(path: str | os.PathLike[str]) -> StateFiles:
     if header.get("kind") != STATE_KIND or header.get("state_format", 0) > FORMAT_VERSION:
         raise CorruptFileError(f"{str(root)!r}: {STATE_FILE} is not a {STATE_KIND} state of a version this simsearch reads")
     vocab = folder / VOCAB_FILE
-    return StateFiles(
+    files = StateFiles(
         header=header,
         sections=sections,
         items=_tables.read_table(folder / ITEMS_FILE),
         vocabulary=_tables.read_table(vocab) if vocab.exists() else None,
         index_path=folder / INDEX_FILE,
     )
+    check_sections(files)
+    return files
 
 
 def _check_version_1(root: Path, folder: Path, manifest: dict[str, Any]) -> None:
@@ -216,3 +218,29 @@ def check_encoder(expected: dict[str, Any] | None, encoder: Any) -> None:
             f"the state was built with model {expected['name']!r} (fingerprint {fp_e}, {expected['dim']}-d), "
             f"the encoder is {got['name']!r} (fingerprint {fp_g}, {got['dim']}-d): use the state's model"
         )
+
+
+def check_sections(files: StateFiles) -> None:
+    """Raise :class:`~simsearch.errors.CorruptFileError` if a state's arrays disagree with its item count."""
+    sections, n = files.sections, files.items.num_rows
+    where = str(files.index_path.parent)
+    for name in ("vectors", "alive", "group"):
+        if name not in sections or len(sections[name]) != n:
+            raise CorruptFileError(f"the dedup state {where!r} is inconsistent: section {name!r} does not hold {n} rows")
+    edges = [sections.get(k) for k in ("edge_a", "edge_b", "edge_s")]
+    if any(e is None for e in edges) or len({len(e) for e in edges}) != 1:
+        raise CorruptFileError(f"the dedup state {where!r} is inconsistent: the edge sections differ in length")
+    for e in edges[:2]:
+        if len(e) and (e.min() < 0 or e.max() >= n):
+            raise CorruptFileError(f"the dedup state {where!r} is inconsistent: an edge names a row out of range")
+    if "tfidf_indptr" in sections:
+        indptr, indices = sections["tfidf_indptr"], sections["tfidf_indices"]
+        n_terms = 0 if files.vocabulary is None else files.vocabulary.num_rows
+        if (
+            len(indptr) != n + 1
+            or (len(indptr) and (indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(indices)))
+            or len(sections["tfidf_data"]) != len(indices)
+            or (len(indices) and (indices.min() < 0 or indices.max() >= n_terms))
+            or len(sections.get("idf", ())) != n_terms
+        ):
+            raise CorruptFileError(f"the dedup state {where!r} is inconsistent: its TF-IDF rows do not fit the vocabulary")
