@@ -268,7 +268,7 @@ def test_snapshot_replaces_files_by_rename(tmp_path):
 
 
 def test_folders_written_by_older_code_open(tmp_path):
-    # meta.json as 'simsearch index build' wrote it before the folder recorded ef
+    # meta.json as 'simsearch index build' wrote it before the folder recorded ef: the index file's own ef applies
     index, _ = _small_index()
     folder = tmp_path / "old"
     folder.mkdir()
@@ -277,7 +277,7 @@ def test_folders_written_by_older_code_open(tmp_path):
     meta = {"format": 1, "model": "m", "model_path": None, "precision": "int8", "fingerprint": "f", "dim": 8, "count": 20, "metric": "ip"}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     loaded, items, read = index_folder.open_folder(folder)
-    assert read == meta and len(loaded) == 20 and loaded.ef == 64 and items.num_rows == 20
+    assert read == meta and len(loaded) == 20 and loaded.ef == index.ef and items.num_rows == 20
 
 
 @pytest.mark.parametrize(

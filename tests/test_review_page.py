@@ -110,9 +110,14 @@ def test_recalibrate_and_export_for_review_import(state, tmp_path, capsys):
     for i, p in enumerate(pairs):
         c.post("/api/label", json={"pair": i, "label": "match" if p["score"] >= 0.7 else "no_match", "labeller": "ann"})
     cal = c.post("/api/recalibrate").json()
-    assert cal["n_labelled"] == 30 and cal["previous_threshold"] == pytest.approx(0.5)
+    from simsearch.applications.candidates import DEFAULT_TEXT_THRESHOLD
+
+    assert cal["n_labelled"] == 30 and cal["previous_threshold"] == pytest.approx(DEFAULT_TEXT_THRESHOLD)
     assert cal["precision_interval"][0] <= cal["precision"] <= cal["precision_interval"][1]
-    assert 0.5 < cal["threshold"] <= 0.7 + 1e-6
+    matches = [p["score"] for p in pairs if p["score"] >= 0.7]
+    others = [p["score"] for p in pairs if p["score"] < 0.7]
+    # the labels put the line at 0.7: the new threshold separates the two sides
+    assert max(others + [DEFAULT_TEXT_THRESHOLD]) < cal["threshold"] <= min(matches) + 1e-6
     assert Deduplicator.load(state).threshold_ == pytest.approx(cal["threshold"])  # saved into the state
     # The export is the CSV `simsearch review import` reads.
     csv = tmp_path / "labels.csv"

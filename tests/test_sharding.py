@@ -538,7 +538,7 @@ def test_shards_share_one_final_quantizer(data: tuple[np.ndarray, np.ndarray], t
 
 def test_empty_shards_take_the_shared_quantizer_at_load(tmp_path: Path) -> None:
     x = clustered(2, seed=4)
-    sharded = ShardedIndex(DIM, 4, num_threads=1)
+    sharded = ShardedIndex(DIM, 4, num_threads=1, train_size=2)  # two rows are enough to train on here
     sharded.add(x, ids=[0, 1])
     assert (sharded.shard_sizes == 0).sum() >= 2
     shared = _shard_indexes(sharded)[0].quantizer
@@ -551,6 +551,13 @@ def test_empty_shards_take_the_shared_quantizer_at_load(tmp_path: Path) -> None:
         assert all(np.array_equal(a, b) for a, b in zip(index.quantizer, shared))
     sharded.close()
     loaded.close()
+
+
+def test_a_first_add_too_small_to_train_on_leaves_each_shard_its_own() -> None:
+    sharded = ShardedIndex(DIM, 2, num_threads=1)  # train_size 20,000: a first add of 50 rows is too few
+    sharded.add(clustered(50, seed=7))
+    assert not any(index.quantizer_final for index in _shard_indexes(sharded))
+    sharded.close()
 
 
 def test_first_batch_sample_is_seeded_and_bounded() -> None:

@@ -182,7 +182,7 @@ class ShardedIndex:
         self.centroids_: np.ndarray | None = None
         self._next_id = 0
         # native shards share one quantizer, trained on the first add (see simsearch.sharding.quantizer)
-        self._quantizer_shared = not self._native or params.get("quantizer") is not None
+        self._quantizer_decided = not self._native or params.get("quantizer") is not None
 
     def _make_engine(self, sources: list[str | None], mmap: bool, engine_options: dict[str, Any]) -> Engine:
         return open_engine(
@@ -329,9 +329,10 @@ class ShardedIndex:
         names, columns = _check_attributes(attributes, n)
         if names and not self._native:
             raise ValueError("attributes need the native backend")
-        if not self._quantizer_shared:
+        if not self._quantizer_decided:
             train_size = int(self.index_params.get("train_size", 20000))
-            self._quantizer_shared = share_quantizer(self._engine, x, self.metric, seed=self.seed, train_size=train_size)
+            share_quantizer(self._engine, x, self.metric, seed=self.seed, train_size=train_size)
+            self._quantizer_decided = True  # shared, or (a first add too small) each shard keeps its own
         if self.partition == "kmeans":
             if self.centroids_ is None:
                 self.train(x)
@@ -605,8 +606,8 @@ class ShardedIndex:
         except CorruptFileError:
             self.close()
             raise
-        if not self._quantizer_shared:
-            self._quantizer_shared = adopt_quantizer(self._engine, [s for s, src in enumerate(saved.sources) if src is None])
+        if not self._quantizer_decided:
+            self._quantizer_decided = adopt_quantizer(self._engine, [s for s, src in enumerate(saved.sources) if src is None])
         return self
 
     # ------------------------------------------------------------------ helpers

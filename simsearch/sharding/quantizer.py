@@ -17,7 +17,11 @@ import numpy as np
 from simsearch.index.native import train_quantizer
 from simsearch.sharding.engine import Engine
 
-__all__ = ["share_quantizer", "adopt_quantizer"]
+__all__ = ["share_quantizer", "adopt_quantizer", "MIN_SHARED_TRAIN"]
+
+#: A first ``add`` of fewer rows (and fewer than ``train_size``) leaves each shard its own
+#: quantizer: ranges frozen from a few rows would clip the vectors that come later.
+MIN_SHARED_TRAIN = 1000
 
 
 def share_quantizer(engine: Engine, x: np.ndarray, metric: str, *, seed: int, train_size: int) -> bool:
@@ -38,8 +42,12 @@ def share_quantizer(engine: Engine, x: np.ndarray, metric: str, *, seed: int, tr
     Returns
     -------
     bool
-        True: the shards now share one quantizer.
+        True: the shards now share one quantizer; False: ``x`` has fewer
+        than ``min(train_size, MIN_SHARED_TRAIN)`` rows, and each shard
+        trains its own as a single index does.
     """
+    if x.shape[0] < min(train_size, MIN_SHARED_TRAIN):
+        return False
     if x.shape[0] > train_size:
         rows = np.random.default_rng(seed).choice(x.shape[0], train_size, replace=False)
         x = x[np.sort(rows)]
