@@ -136,3 +136,22 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each row of ``truth`` (shape (n, k)) found in the first k columns of ``found``."""
     k = truth.shape[1]
     return float(np.mean([len(set(found[i, :k].tolist()) & set(truth[i].tolist())) / k for i in range(len(truth))]))
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def child_env() -> dict[str, str]:
+    """os.environ for a child Python that must import the simsearch this process imports.
+
+    ``python -c``/``-m`` put the working folder first on ``sys.path``: run children with
+    ``cwd=TESTS_DIR`` (never the checkout root, whose source tree lacks the built
+    extension) and this environment, whose PYTHONPATH starts with the folder holding the
+    imported simsearch, then ``tests/``.
+    """
+    import simsearch
+
+    env = dict(os.environ)
+    root = str(Path(simsearch.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    return env

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from _helpers import TESTS_DIR, child_env
 from simsearch import _core
 
 HEADER_SIZE = 512
@@ -228,13 +229,20 @@ def mutate(f: IndexFile, rng: np.random.Generator) -> tuple[str, bool]:
 
 
 def run_python(code: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (a crash or hang there fails the caller, not pytest)."""
-    full_env = dict(os.environ)
+    """Run ``code`` in a fresh interpreter (a crash or hang there fails the caller, not pytest).
+
+    The child imports the simsearch this process imports: ``python -c`` puts its working
+    folder first on ``sys.path``, so it runs in ``tests/`` (never the checkout root, whose
+    source tree lacks the built extension) with the installed package's folder on PYTHONPATH.
+    """
+    full_env = child_env()
     if env:
         full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full_env,
+        cwd=TESTS_DIR,
     )
+
 
 
 # Loads each file of a batch, then (when it loaded) searches and adds: one
@@ -274,7 +282,8 @@ def load_batch(paths: list[str], mode: str, timeout: float = 120) -> tuple[dict[
     """Load every file of ``paths`` in one subprocess; (outcome per path, return code or None on timeout)."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _LOADER, mode, *paths], capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-c", _LOADER, mode, *paths], capture_output=True, text=True, timeout=timeout,
+            env=child_env(), cwd=TESTS_DIR,
         )
         rc: int | None = proc.returncode
         stdout = proc.stdout

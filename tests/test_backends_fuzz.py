@@ -11,7 +11,6 @@ killing pytest, and a hang is caught by the timeout.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from fuzz_index_files import (
     rewrite,
 )
 
+from _helpers import TESTS_DIR, child_env
 from simsearch import _fileio
 
 CHILD = r"""
@@ -53,7 +53,7 @@ def _run_child(paths: list[Path]) -> list[list[str]]:
     """Load every path in one child; a crash or hang fails naming the file it died on."""
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, *map(str, paths)], capture_output=True, text=True, timeout=240, check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])},
+        env={**child_env(), "OMP_NUM_THREADS": "1"}, cwd=TESTS_DIR,
     )
     lines = [line.split(" ", 3) for line in proc.stdout.splitlines()]
     if proc.returncode != 0:

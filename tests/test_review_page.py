@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import TESTS_DIR, child_env
 from simsearch import Deduplicator
 from simsearch._tables import read_table
 from simsearch.cli import demo_sample_path, main
@@ -233,7 +234,7 @@ def test_label_reload_recalibrate_then_read_the_report(state, tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "simsearch.cli", "review", "serve", "--state", str(state), "--port", str(port), "-n", "30"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=child_env(), cwd=TESTS_DIR,
     )  # fmt: skip
     try:
         ready = server.stderr.readline()  # printed once the state is checked

@@ -469,7 +469,9 @@ def test_local_index_never_imports_the_ray_engine() -> None:
         "i = ShardedIndex(8, 2, num_threads=1); i.add(np.eye(8, dtype=np.float32)); i.search(np.eye(8, dtype=np.float32), k=2); "
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'simsearch.ray', 'simsearch.sharding.ray'))))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from _helpers import TESTS_DIR, child_env  # the installed simsearch, not the checkout's source
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env(), cwd=TESTS_DIR).stdout
     assert out.strip() == "[]"
 
 
