@@ -7,6 +7,7 @@ location) are in ``_helpers.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,3 +59,27 @@ def sample_index(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
     assert main(["-q", "index", "build", str(demo_sample_path()), "--out", str(folder)]) == 0
     return folder
 
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A local Ray (2 CPUs) whose workers import the simsearch this process imports; shut down after the module."""
+    import ray
+    import simsearch
+
+    if ray.is_initialized():  # pragma: no cover - another module left one running
+        ray.shutdown()
+    # Ray puts the driver's working directory on the workers' sys.path: from a
+    # source checkout that would shadow the installed simsearch (and its
+    # compiled extension) with the bare sources, so start Ray elsewhere.
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        # the workers import simsearch from this checkout, as the test does
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(simsearch.__file__).resolve().parents[1])}},
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        os.chdir(here)

@@ -201,7 +201,7 @@ def test_groups_tables_name_the_id_column_alike():
 
 @pytest.mark.slow  # Ray Data starts its own workers
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own, as in test_ray.py
-def test_ray_engine_matches_one_process(tmp_path, sample):
+def test_ray_engine_matches_one_process(tmp_path, sample, local_ray):
     from simsearch._tables import write_table
 
     offers = sample.slice(0, 60)

@@ -26,24 +26,8 @@ DIM = 16
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    if ray.is_initialized():  # pragma: no cover - another module left one running
-        ray.shutdown()
-    # Ray puts the driver's working directory on the workers' sys.path: from a
-    # source checkout that would shadow the installed simsearch (and its
-    # compiled extension) with the bare sources, so start Ray elsewhere.
-    here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
-    ray.init(
-        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-        # the workers import simsearch from this checkout, as the test does
-        runtime_env={"env_vars": {"PYTHONPATH": str(Path(simsearch.__file__).resolve().parents[1])}},
-    )  # fmt: skip
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        os.chdir(here)
+def _ray_for_this_module(local_ray: None) -> None:
+    """Every test here runs on the local Ray of conftest.py's ``local_ray``."""
 
 
 @pytest.fixture(scope="module")
