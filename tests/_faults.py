@@ -970,6 +970,17 @@ _PRELOAD = ["simsearch", "simsearch.sharding", "simsearch.applications", "simsea
 def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
+    # The fork server runs `python -c`, which puts its working folder first on sys.path:
+    # started in the checkout root, its children would import the source tree (no built
+    # extension) instead of the installed simsearch. Start it from tests/.
+    from multiprocessing import forkserver
+
+    here = os.getcwd()
+    os.chdir(HERE)
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.chdir(here)
     return ctx
 
 
