@@ -48,7 +48,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -967,6 +967,18 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 _PRELOAD = ["simsearch", "simsearch.sharding", "simsearch.applications", "simsearch.serving", "_faults"]
 
 
+def stop_process(process: subprocess.Popen, log: IO[bytes]) -> None:
+    """Stop a server process (SIGTERM, then SIGKILL after 30 s) and close its log."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+    log.close()
+
+
 def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
@@ -1186,14 +1198,7 @@ class Server:
         return 0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        self._log.close()
+        stop_process(self.process, self._log)
 
 
 @dataclasses.dataclass

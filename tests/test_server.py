@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx", reason="the server tests need the 'test' ex
 pytest.importorskip("fastapi", reason="the server tests need the 'serve' extra")
 
 import simsearch  # noqa: E402
+from _faults import stop_process  # noqa: E402
 
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -75,14 +76,7 @@ class Server:
         self.log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        self.log.close()
+        stop_process(self.process, self.log)
 
 
 @pytest.fixture(scope="module")
