@@ -104,3 +104,15 @@ class LoadError(SimsearchError, RuntimeError):
 
 class CacheUnavailableError(SimsearchError, ConnectionError):
     """An embedding cache's backing store (Redis, a SQLite file) could not be reached or read."""
+
+
+class MissingFileError(CorruptFileError, FileNotFoundError):
+    """A file that a saved folder lists or needs is missing: the folder is damaged or incomplete."""
+
+
+class ModelMismatchError(SimsearchError, ValueError):
+    """An index or cache was built with another model than the encoder given (its fingerprint differs)."""
+
+
+class IdsExhaustedError(SimsearchError, ValueError):
+    """Automatic ids reached the top of their 64-bit range; pass ids explicitly."""

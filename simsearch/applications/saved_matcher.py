@@ -34,12 +34,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simsearch import _fileio, _storage
+from simsearch._validation import check_positive_int
 from simsearch.applications._items import Items
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice
 from simsearch.applications.pair_model import PairModel, resolve_pair_model
 from simsearch.applications.pair_scorer import FeatureConfig, PairScorer
-from simsearch.errors import CorruptFileError
+from simsearch.errors import CorruptFileError, SimsearchError
 
 __all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "read_matcher", "write_matcher"]
 
@@ -124,14 +125,16 @@ def read_matcher(cls: type, path: str | os.PathLike[str], *, progress: bool | No
     Raises
     ------
     CorruptFileError
-        Not a matcher folder (no or foreign ``matcher.json``, not JSON), or a
-        file missing or failing its checksum (a ``ValueError``).
+        Not a matcher folder (no or foreign ``matcher.json``, not JSON), a
+        file missing or failing its checksum (a ``ValueError``), or members
+        that pass their checksums but do not load (a model file the encoder
+        cannot parse, a table lacking its columns: a folder resealed by hand
+        or crafted).
     FormatVersionError
         A newer format version (a ``ValueError``).
     """
-    from simsearch.encoders import TextEncoder
-    from simsearch.index import Index
-
+    if num_threads is not None:
+        check_positive_int(num_threads, "num_threads")  # the caller's mistake, not the folder's
     path = Path(path).expanduser()
     if not (path / MANIFEST).is_file():
         raise CorruptFileError(f"{str(path)!r} is not a {_WHAT}: it has no {MANIFEST}")
@@ -140,6 +143,25 @@ def read_matcher(cls: type, path: str | os.PathLike[str], *, progress: bool | No
         manifest = _check_version_1(path, body)
     else:
         manifest = _storage.read_manifest(path, MANIFEST, format=MATCHER_FORMAT, versions=READABLE_VERSIONS, what=_WHAT)
+    try:
+        return _build(cls, path, manifest, progress=progress, num_threads=num_threads)
+    except (SimsearchError, MemoryError):
+        raise
+    except Exception as err:
+        # Every member passed its checksum, so what fails now was written so
+        # (a crafted or resealed folder): a model file the encoder library
+        # cannot parse, a table without its columns, a field of the wrong type.
+        raise CorruptFileError(
+            f"the {_WHAT} {str(path)!r} is corrupt: its members pass their checksums but do not load "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | None, num_threads: int | None) -> Any:
+    """The matcher a checked manifest describes (see :func:`read_matcher`)."""
+    from simsearch.encoders import TextEncoder
+    from simsearch.index import Index
+
     params = dict(manifest["params"])
     scoring = dict(params.pop("scoring"))
     scoring["ngram_range"] = tuple(scoring["ngram_range"])

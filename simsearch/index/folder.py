@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from simsearch._storage import atomic_dir, atomic_write_path, check_version, read_json, recover_dir, write_json
 from simsearch._validation import check_ef
-from simsearch.errors import CorruptFileError
+from simsearch.errors import CorruptFileError, MissingFileError
 from simsearch.index.core import Index
 
 __all__ = [
@@ -172,6 +172,8 @@ def open_folder(
     if meta.get("index", INDEX_FILE) == SHARDED_DIR and open_sharded is not None:  # built with --engine ray
         index: Any = open_sharded(folder / SHARDED_DIR)
     else:
+        if not (folder / INDEX_FILE).is_file():
+            raise MissingFileError(f"the {_WHAT} {os.fspath(path)!r} is damaged: it has no {INDEX_FILE}")
         index = Index.load(folder / INDEX_FILE)
     if "ef" in meta:
         index.ef = int(meta["ef"])
@@ -277,7 +279,7 @@ def _write_items(path: Path, table: pa.Table) -> None:
 
 def _read_items(path: Path) -> pa.Table:
     if not path.is_file():
-        raise CorruptFileError(f"the {_WHAT} {str(path.parent)!r} is damaged: it has no {ITEMS_FILE}")
+        raise MissingFileError(f"the {_WHAT} {str(path.parent)!r} is damaged: it has no {ITEMS_FILE}")
     try:
         schema = pq.read_schema(path)
         missing = [c for c in _ITEM_COLUMNS if c not in schema.names]

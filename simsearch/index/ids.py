@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from simsearch._validation import NO_ID, as_ids
-from simsearch.errors import DuplicateIdError
+from simsearch.errors import DuplicateIdError, IdsExhaustedError
 
 __all__ = ["contains_one", "ids_to_add", "ids_to_remove"]
 
@@ -39,15 +39,17 @@ def ids_to_add(ids: Any, n: int, next_id: int, contains: Callable[[np.ndarray], 
     ------
     DuplicateIdError
         (a ``ValueError``) If ``ids`` repeats an id or names one already present.
+    IdsExhaustedError
+        (a ``ValueError``) If automatic ids would reach the reserved
+        :data:`~simsearch._validation.NO_ID`.
     ValueError
-        If automatic ids would reach the reserved :data:`~simsearch._validation.NO_ID`,
-        or ``ids`` has the wrong length or negative values.
+        If ``ids`` has the wrong length or negative values.
     TypeError
         If ``ids`` is not integer.
     """
     if ids is None:
         if next_id + n >= int(NO_ID):
-            raise ValueError("automatic ids are exhausted; pass ids explicitly")
+            raise IdsExhaustedError(f"automatic ids are exhausted (the next would be {next_id}, the reserved NO_ID is 2**64-1); pass ids explicitly")
         return np.arange(next_id, next_id + n, dtype=np.uint64)
     id_arr = as_ids(ids, "ids", n)
     if n:

@@ -17,7 +17,7 @@ import numpy as np
 
 from simsearch._validation import NO_ID, as_float_matrix, check_ef, check_positive_int, check_texts, l2_normalize
 from simsearch._validation import check_k as _check_k_range
-from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull
+from simsearch.errors import DeadlineExceeded, DuplicateIdError, ModelMismatchError, QueueFull
 from simsearch.serving import store
 from simsearch.serving.batcher import AdaptiveBatcher, BatchStats
 from simsearch.serving.catalog import Catalog
@@ -189,9 +189,11 @@ class Service:
         ------
         FileNotFoundError
             If the folder does not exist.
-        ValueError
-            If it is not an index folder, or the encoder's fingerprint differs
-            from the one the index was built with.
+        CorruptFileError
+            If it is not an index folder, or is damaged.
+        ModelMismatchError
+            (a ``ValueError``) If the encoder's fingerprint differs from the
+            one the index was built with.
         """
         index, ids, titles, meta = store.read_folder(path)
         if encoder is None:
@@ -200,7 +202,7 @@ class Service:
             encoder = TextEncoder(model=meta.get("model_path"), precision=meta.get("precision", "int8"))
         built_with = meta.get("fingerprint")
         if built_with and built_with != encoder.fingerprint:
-            raise ValueError(
+            raise ModelMismatchError(
                 f"the index in {os.fspath(path)!r} was built with model {meta.get('model')!r} (fingerprint {built_with[:12]}), "
                 f"the encoder is {encoder.name!r} (fingerprint {encoder.fingerprint[:12]}): serve it with the same model"
             )

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from simsearch._storage import fsync_dir, fsync_file
+from simsearch._validation import NO_ID
 from simsearch.errors import CorruptFileError, FormatVersionError
 from simsearch.index.folder import (
     INDEX_DIR_FORMAT,
@@ -70,6 +71,44 @@ WAL_VERSION = 1
 _FILE_HEADER = struct.Struct("<8sI4x")
 _RECORD_HEADER = struct.Struct("<4sIQI4x")
 _RECORD_MAGIC = b"SWR1"
+
+
+def _parse_record(body: bytes, json_len: int, path: Path, number: int) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Decode one record whose CRC matched; a record that is not what :meth:`WriteAheadLog.append` writes is corrupt.
+
+    A CRC-32 anyone can recompute guards against torn writes, not against a
+    crafted log: the record's shape is checked before the catalog applies it.
+    """
+    where = f"record {number + 1} of the write-ahead log {os.fspath(path)!r}"
+    try:
+        record = json.loads(body[:json_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CorruptFileError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(record, dict) or record.get("op") not in ("add", "remove"):
+        raise CorruptFileError(f"{where} is not an add or remove record")
+    keys = record.get("keys")
+    if not isinstance(keys, list) or not keys or not all(
+        isinstance(k, int) and not isinstance(k, bool) and 0 <= k < NO_ID for k in keys
+    ):
+        raise CorruptFileError(f"{where} has no list of index keys (non-negative integers below 2**64-1)")
+    if not isinstance(record.get("version", 0), int) or isinstance(record.get("version"), bool):
+        raise CorruptFileError(f"{where} has a non-integer version")
+    vectors = None
+    vec_len = len(body) - json_len
+    if record["op"] == "add":
+        ids, titles = record.get("ids"), record.get("titles")
+        if not isinstance(ids, list) or not isinstance(titles, list) or not len(ids) == len(titles) == len(keys):
+            raise CorruptFileError(f"{where} is an add whose ids and titles do not match its {len(keys)} keys")
+        if not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids) or not all(
+            t is None or isinstance(t, str) for t in titles
+        ):
+            raise CorruptFileError(f"{where} has ids that are not strings or integers, or titles that are not strings")
+        if vec_len == 0 or vec_len % (4 * len(keys)):
+            raise CorruptFileError(f"{where} carries {vec_len} bytes of vectors for {len(keys)} keys")
+        vectors = np.frombuffer(body[json_len:], dtype="<f4").reshape(len(keys), -1).astype(np.float32)
+    elif vec_len:
+        raise CorruptFileError(f"{where} is a remove that carries vectors")
+    return record, vectors
 
 
 class WriteAheadLog:
@@ -124,11 +163,7 @@ class WriteAheadLog:
             body = f.read(json_len + vec_len)
             if len(body) < json_len + vec_len or zlib.crc32(body) != crc:
                 break
-            record = json.loads(body[:json_len].decode("utf-8"))
-            vectors = None
-            if vec_len:
-                n = len(record["keys"])
-                vectors = np.frombuffer(body[json_len:], dtype="<f4").reshape(n, -1).astype(np.float32)
+            record, vectors = _parse_record(body, json_len, self.path, self.records)
             good = f.tell()
             self.records += 1
             yield record, vectors

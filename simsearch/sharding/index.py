@@ -41,7 +41,7 @@ import numpy as np
 from simsearch._storage import atomic_dir, recover_dir, sign_file, verify_signature
 from simsearch._storage import signing_key as signing_key_of
 from simsearch._validation import NO_ID, as_float_matrix, as_ids, check_ef, check_k, check_positive_int
-from simsearch.errors import CorruptFileError
+from simsearch.errors import CorruptFileError, IdsExhaustedError
 from simsearch.index.core import Index, _check_attributes, _check_filter, _default_threads
 from simsearch.sharding import manifest
 from simsearch.sharding.engine import _FAILED, Engine, engine_names, open_engine
@@ -313,7 +313,7 @@ class ShardedIndex:
         n = x.shape[0]
         if ids is None:
             if self._next_id + n >= int(NO_ID):
-                raise ValueError("automatic ids are exhausted; pass ids explicitly")
+                raise IdsExhaustedError(f"automatic ids are exhausted (the next would be {self._next_id}, the reserved NO_ID is 2**64-1); pass ids explicitly")
             id_arr = np.arange(self._next_id, self._next_id + n, dtype=np.uint64)
         else:
             id_arr = as_ids(ids, "ids", n)

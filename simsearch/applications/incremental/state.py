@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from simsearch import _fileio, _storage, _tables
-from simsearch.errors import CorruptFileError
+from simsearch.errors import CorruptFileError, MissingFileError, ModelMismatchError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -174,12 +174,22 @@ def load_state(path: str | os.PathLike[str]) -> StateFiles:
     files = StateFiles(
         header=header,
         sections=sections,
-        items=_tables.read_table(folder / ITEMS_FILE),
-        vocabulary=_tables.read_table(vocab) if vocab.exists() else None,
+        items=_read_member_table(folder / ITEMS_FILE, root),
+        vocabulary=_read_member_table(vocab, root) if vocab.exists() else None,
         index_path=folder / INDEX_FILE,
     )
     check_sections(files)
     return files
+
+
+def _read_member_table(path: Path, root: Path) -> pa.Table:
+    """A Parquet member of a state; a missing or unreadable one makes the state corrupt."""
+    if not path.is_file():
+        raise MissingFileError(f"dedup state {str(root)!r} is corrupt: {path.parent.name}/{path.name} is missing")
+    try:
+        return _tables.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise CorruptFileError(f"dedup state {str(root)!r} is corrupt: {path.parent.name}/{path.name} is unreadable ({err})") from None
 
 
 def _check_version_1(root: Path, folder: Path, manifest: dict[str, Any]) -> None:
@@ -208,13 +218,13 @@ def encoder_identity(encoder: Any) -> dict[str, Any]:
 
 
 def check_encoder(expected: dict[str, Any] | None, encoder: Any) -> None:
-    """Raise ``ValueError`` if ``encoder`` is not the model a state was built with."""
+    """Raise :class:`~simsearch.errors.ModelMismatchError` (a ``ValueError``) if ``encoder`` is not the model a state was built with."""
     if expected is None:
         raise TypeError("this state holds vectors; it has no encoder")
     got = encoder_identity(encoder)
     if got["dim"] != expected["dim"] or got["fingerprint"] != expected["fingerprint"]:
         fp_e, fp_g = str(expected["fingerprint"])[:12], str(got["fingerprint"])[:12]
-        raise ValueError(
+        raise ModelMismatchError(
             f"the state was built with model {expected['name']!r} (fingerprint {fp_e}, {expected['dim']}-d), "
             f"the encoder is {got['name']!r} (fingerprint {fp_g}, {got['dim']}-d): use the state's model"
         )

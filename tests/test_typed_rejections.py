@@ -1,0 +1,174 @@
+"""Damaged folders and exhausted ids are refused with the library's typed errors, not builtin ones.
+
+Each case below was found by ``benchmarks/reliability.py`` raising a builtin
+(``IndexError``, ``UnicodeDecodeError``, ``OSError``, ``FileNotFoundError``,
+``safetensors.SafetensorError``, a plain ``ValueError``) or nothing at all:
+a folder whose checksums were recomputed after the damage ("resealed") gets
+past the checksum and must still be refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import _faults
+import numpy as np
+import pytest
+
+import simsearch
+from simsearch.errors import CorruptFileError, IdsExhaustedError, MissingFileError, ModelMismatchError, SimsearchError
+from simsearch.serving import Service, store
+
+
+# ------------------------------------------------------------- automatic ids
+
+
+def test_automatic_ids_at_the_top_of_the_range_raise_a_typed_error():
+    ix = simsearch.Index(4, metric="l2")
+    ix.add(np.ones((1, 4), np.float32), ids=[2**64 - 2])  # the largest id a user may give
+    with pytest.raises(IdsExhaustedError, match="pass ids explicitly"):
+        ix.add(np.ones((1, 4), np.float32))
+    assert len(ix) == 1
+    ix.add(np.zeros((1, 4), np.float32), ids=[7])  # explicit ids still work
+    assert len(ix) == 2
+
+
+def test_sharded_automatic_ids_at_the_top_of_the_range_raise_a_typed_error():
+    ix = simsearch.ShardedIndex(4, n_shards=2, metric="l2")
+    ix.add(np.ones((1, 4), np.float32), ids=[2**64 - 2])
+    with pytest.raises(IdsExhaustedError):
+        ix.add(np.ones((1, 4), np.float32))
+    assert len(ix) == 1
+    assert issubclass(IdsExhaustedError, ValueError)  # callers catching ValueError keep working
+
+
+# ------------------------------------------------------- the CLI index folder
+
+
+@pytest.fixture(scope="module")
+def cli_folder(tmp_path_factory) -> tuple[Path, dict]:
+    dest = tmp_path_factory.mktemp("cli") / "index"
+    facts = _faults.build_cli_folder(dest)
+    return dest, facts
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "copy"
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_a_folder_without_its_index_file_is_a_missing_file_error(cli_folder, tmp_path):
+    folder = _copy(cli_folder[0], tmp_path)
+    (folder / "index.ssi").unlink()
+    with pytest.raises(MissingFileError, match="index.ssi") as err:
+        Service.open(folder, _faults.FakeEncoder(cli_folder[1]["dim"], cli_folder[1]["fingerprint"]))
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, CorruptFileError)
+
+
+def test_serving_an_index_with_another_model_is_a_model_mismatch(cli_folder, tmp_path):
+    folder = _copy(cli_folder[0], tmp_path)
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        Service.open(folder, _faults.FakeEncoder(cli_folder[1]["dim"], "0" * 64))
+
+
+def _rewrite_first_record(folder: Path, edit) -> None:
+    """Replace the write-ahead log's first record by ``edit(record_json, vector_bytes)``, CRC recomputed."""
+    wal = folder / store.WAL_FILE
+    data = bytearray(wal.read_bytes())
+    head = struct.Struct("<4sIQI4x")
+    start = struct.calcsize("<8sI4x")
+    magic, json_len, vec_len, _ = head.unpack_from(data, start)
+    body_at = start + head.size
+    payload = bytes(data[body_at : body_at + json_len])
+    blob = bytes(data[body_at + json_len : body_at + json_len + vec_len])
+    payload, blob = edit(payload, blob)
+    record = head.pack(magic, len(payload), len(blob), zlib.crc32(blob, zlib.crc32(payload))) + payload + blob
+    wal.write_bytes(bytes(data[:start]) + record)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda p, b: (b"\xff\xfe not utf-8", b), "not valid JSON"),
+        (lambda p, b: (json.dumps({"op": "add", "keys": "x"}).encode(), b), "index keys"),
+        (lambda p, b: (json.dumps({"op": "drop", "keys": [1]}).encode(), b), "add or remove"),
+        (lambda p, b: (p.replace(b'"titles":[', b'"titles":[1,'), b), "do not match"),
+        (lambda p, b: (p, b[:-3]), "bytes of vectors"),
+    ],
+    ids=["not-utf8", "keys-not-a-list", "unknown-op", "titles-length", "vector-bytes"],
+)
+def test_a_crafted_write_ahead_log_record_is_corrupt_and_the_folder_stays(cli_folder, tmp_path, edit, words):
+    folder = _copy(cli_folder[0], tmp_path)
+    _rewrite_first_record(folder, edit)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(CorruptFileError, match=words):
+        Service.open(folder, _faults.FakeEncoder(cli_folder[1]["dim"], cli_folder[1]["fingerprint"]))
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert after == before  # nothing already stored is lost or rewritten
+
+
+def test_the_intact_write_ahead_log_still_replays(cli_folder, tmp_path):
+    folder = _copy(cli_folder[0], tmp_path)
+    service = Service.open(folder, _faults.FakeEncoder(cli_folder[1]["dim"], cli_folder[1]["fingerprint"]))
+    try:
+        assert {990001, 990002, 990003} <= set(service.catalog.rows()[0])
+    finally:
+        service.close()
+
+
+# ------------------------------------------------------------- dedup state
+
+
+@pytest.fixture(scope="module")
+def dedup_state(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("dedup") / "state"
+    _faults.build_dedup(dest)
+    return dest
+
+
+def test_a_resealed_state_with_damaged_items_table_is_corrupt(dedup_state, tmp_path):
+    folder = _copy(dedup_state, tmp_path)
+    items = next(folder.rglob("items.parquet"))
+    data = bytearray(items.read_bytes())
+    data[4:40] = b"\x00" * 36  # the first page's header, past the magic
+    items.write_bytes(bytes(data))
+    _faults.reseal(folder)
+    with pytest.raises(CorruptFileError, match="items.parquet"):
+        simsearch.Deduplicator.load(folder, progress=False)
+
+
+def test_a_resealed_state_without_its_items_table_is_a_missing_file(dedup_state, tmp_path):
+    folder = _copy(dedup_state, tmp_path)
+    next(folder.rglob("items.parquet")).unlink()
+    with pytest.raises(SimsearchError, match="items.parquet"):
+        simsearch.Deduplicator.load(folder, progress=False)
+
+
+# ------------------------------------------------------------ saved matcher
+
+
+@pytest.fixture(scope="module")
+def matcher_folder(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("matcher") / "m"
+    _faults.build_matcher(dest)
+    return dest
+
+
+def test_a_resealed_matcher_with_an_empty_model_file_is_corrupt(matcher_folder, tmp_path):
+    folder = _copy(matcher_folder, tmp_path)
+    weights = next((folder / "encoder").rglob("*.safetensors"))
+    weights.write_bytes(b"")
+    _faults.reseal(folder)
+    with pytest.raises(CorruptFileError, match="do not load"):
+        simsearch.CatalogMatcher.load(folder, progress=False, num_threads=1)
+
+
+def test_a_bad_num_threads_is_the_callers_error_not_the_folders(matcher_folder):
+    with pytest.raises(ValueError) as err:
+        simsearch.CatalogMatcher.load(matcher_folder, progress=False, num_threads=0)
+    assert not isinstance(err.value, CorruptFileError)
