@@ -172,3 +172,14 @@ def test_a_bad_num_threads_is_the_callers_error_not_the_folders(matcher_folder):
     with pytest.raises(ValueError) as err:
         simsearch.CatalogMatcher.load(matcher_folder, progress=False, num_threads=0)
     assert not isinstance(err.value, CorruptFileError)
+
+
+def test_a_resealed_matcher_whose_catalog_table_lost_rows_is_corrupt(matcher_folder, tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = _copy(matcher_folder, tmp_path)
+    table = pq.read_table(folder / "catalog.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), folder / "catalog.parquet")
+    _faults.reseal(folder)
+    with pytest.raises(CorruptFileError, match="catalog table has"):
+        simsearch.CatalogMatcher.load(folder, progress=False, num_threads=1)

@@ -158,10 +158,27 @@ def read_matcher(cls: type, path: str | os.PathLike[str], *, progress: bool | No
 
 
 def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | None, num_threads: int | None) -> Any:
-    """The matcher a checked manifest describes (see :func:`read_matcher`)."""
+    """The matcher a checked manifest describes (see :func:`read_matcher`).
+
+    The catalog's members are read and checked against each other first, the
+    models last: a damaged table is refused before a model is compiled.
+    """
     from simsearch.encoders import TextEncoder
     from simsearch.index import Index
 
+    _, sections = _fileio.read_container(path / "catalog.simspy")
+    if "vectors" not in sections or np.asarray(sections["vectors"]).ndim != 2:
+        raise CorruptFileError(f"the {_WHAT} {str(path)!r} is corrupt: catalog.simspy holds no vector matrix")
+    vectors = np.ascontiguousarray(sections["vectors"], dtype=np.float32)
+    table = pq.read_table(path / "catalog.parquet")
+    index = Index.load(path / "index.bin")
+    if table.num_rows != len(vectors) or len(index) != len(vectors):
+        raise CorruptFileError(
+            f"the {_WHAT} {str(path)!r} is corrupt: its catalog table has {table.num_rows} rows, its vectors "
+            f"{len(vectors)}, its index {len(index)}"
+        )
+    if len(index) and int(index.ids().max()) >= len(vectors):
+        raise CorruptFileError(f"the {_WHAT} {str(path)!r} is corrupt: its index names a product past the catalog")
     params = dict(manifest["params"])
     scoring = dict(params.pop("scoring"))
     scoring["ngram_range"] = tuple(scoring["ngram_range"])
@@ -174,6 +191,10 @@ def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | 
         model=path / "encoder", precision=enc["precision"], max_length=enc["max_length"],
         batch_size=enc["batch_size"], num_threads=num_threads,
     )  # fmt: skip
+    if encoder.dim != vectors.shape[1]:
+        raise CorruptFileError(
+            f"the {_WHAT} {str(path)!r} is corrupt: its encoder makes {encoder.dim}-d vectors, its catalog holds {vectors.shape[1]}-d"
+        )
     m = cls(encoder, scoring=PairScoring(**scoring), progress=progress, **params)
     if manifest["feature_config"] is not None:
         m.feature_config_ = FeatureConfig.from_json(manifest["feature_config"])
@@ -181,9 +202,6 @@ def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | 
         m.calibration_ = ThresholdChoice.from_dict(manifest["calibration"])
     if (path / "pair_scorer.skops").is_file():
         m.pair_scorer_ = PairScorer.load(path / "pair_scorer.skops")
-    _, sections = _fileio.read_container(path / "catalog.simspy")
-    vectors = np.ascontiguousarray(sections["vectors"], dtype=np.float32)
-    table = pq.read_table(path / "catalog.parquet")
     texts = [t or "" for t in table.column("title").to_pylist()]
     m.encoder_ = encoder
     m.product_ids_ = table.column("id").combine_chunks()
@@ -196,8 +214,13 @@ def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | 
         m.catalog_ = Items(vectors, features, hybrid_vectors(vectors, features.projection, m.scoring.vector_weight))
     else:
         m.catalog_ = Items.from_vectors(vectors)
+    if index.dim != m.catalog_.search.shape[1]:
+        raise CorruptFileError(
+            f"the {_WHAT} {str(path)!r} is corrupt: its index is {index.dim}-d, its catalog's search vectors "
+            f"{m.catalog_.search.shape[1]}-d"
+        )
     m.images_ = None
-    m.index_ = Index.load(path / "index.bin")
+    m.index_ = index
     m.n_products_ = table.num_rows
     return m
 
