@@ -183,3 +183,20 @@ def test_a_resealed_matcher_whose_catalog_table_lost_rows_is_corrupt(matcher_fol
     _faults.reseal(folder)
     with pytest.raises(CorruptFileError, match="catalog table has"):
         simsearch.CatalogMatcher.load(folder, progress=False, num_threads=1)
+
+
+# ---------------------------------------------------------- sharded manifest
+
+
+@pytest.mark.parametrize("seed", [None, "0", 1.5, True])
+def test_a_sharded_manifest_with_a_non_integer_seed_is_corrupt(tmp_path, seed):
+    from simsearch.sharding import MANIFEST, ShardedIndex
+
+    ix = ShardedIndex(4, n_shards=2, metric="l2")
+    ix.add(np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
+    ix.save(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
+    manifest["seed"] = seed
+    (tmp_path / "s" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptFileError, match="seed"):
+        ShardedIndex.load(tmp_path / "s")

@@ -191,7 +191,7 @@ def _check_fields(manifest: Mapping[str, Any], manifest_path: Path) -> None:
         problems.append("n_shards")
     if not _is_int(manifest["next_id"], 0):
         problems.append("next_id")
-    if manifest["seed"] is not None and not _is_int(manifest["seed"], -(2**63)):
+    if not _is_int(manifest["seed"], -(2**63)):
         problems.append("seed")
     if not _is_int(manifest["kmeans_train_size"], 1):
         problems.append("kmeans_train_size")
