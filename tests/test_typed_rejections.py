@@ -200,3 +200,17 @@ def test_a_sharded_manifest_with_a_non_integer_seed_is_corrupt(tmp_path, seed):
     (tmp_path / "s" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CorruptFileError, match="seed"):
         ShardedIndex.load(tmp_path / "s")
+
+
+@pytest.mark.parametrize("member", ["state.ssc", "index.ssi"])
+def test_a_state_whose_manifest_lost_its_checksums_and_a_member_is_a_missing_file(dedup_state, tmp_path, member):
+    folder = _copy(dedup_state, tmp_path)
+    manifest = next(folder.rglob("manifest.json"))
+    body = json.loads(manifest.read_text())
+    body.pop("checksums", None)
+    body.pop("files", None)
+    manifest.write_text(json.dumps(body))
+    next(folder.rglob(member)).unlink()
+    _faults.reseal(folder)
+    with pytest.raises(MissingFileError, match=member):
+        simsearch.Deduplicator.load(folder, progress=False)

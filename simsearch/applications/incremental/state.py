@@ -167,6 +167,9 @@ def load_state(path: str | os.PathLike[str]) -> StateFiles:
         _storage.read_manifest(folder, MANIFEST, format=STATE_KIND, versions=READABLE_VERSIONS, what=_WHAT)
     else:
         _check_version_1(root, folder, body)
+    for member in (STATE_FILE, INDEX_FILE, ITEMS_FILE):
+        if not (folder / member).is_file():
+            raise MissingFileError(f"dedup state {str(root)!r} is corrupt: {parts[0]}/{member} is missing")
     header, sections = _fileio.read_container(folder / STATE_FILE)
     if header.get("kind") != STATE_KIND or header.get("state_format", 0) > FORMAT_VERSION:
         raise CorruptFileError(f"{str(root)!r}: {STATE_FILE} is not a {STATE_KIND} state of a version this simsearch reads")
