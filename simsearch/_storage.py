@@ -475,6 +475,7 @@ def read_manifest(
     versions: Collection[int],
     what: str,
     verify: bool = True,
+    required: Collection[str] = (),
 ) -> dict[str, Any]:
     """Read and check a manifest written by :func:`write_manifest`.
 
@@ -490,6 +491,9 @@ def read_manifest(
         What the folder is, for messages.
     verify : bool
         Recompute the sha256 of every listed file and compare.
+    required : collection of str
+        Members the format always writes: a manifest whose checksums do not
+        list one of them was edited, and is refused.
 
     Returns
     -------
@@ -520,6 +524,9 @@ def read_manifest(
     checksums = body.get("checksums", {})
     if not isinstance(checksums, dict):
         raise CorruptFileError(f"{str(path)!r}: 'checksums' is not an object")
+    unlisted = [m for m in required if m not in checksums]
+    if unlisted:
+        raise CorruptFileError(f"{str(path)!r} lists no checksum for {unlisted}: the {what} manifest was edited")
     for member, digest in checksums.items():
         member_path = safe_member(directory, member, what)
         if not member_path.is_file():

@@ -203,7 +203,7 @@ def test_a_sharded_manifest_with_a_non_integer_seed_is_corrupt(tmp_path, seed):
 
 
 @pytest.mark.parametrize("member", ["state.ssc", "index.ssi"])
-def test_a_state_whose_manifest_lost_its_checksums_and_a_member_is_a_missing_file(dedup_state, tmp_path, member):
+def test_a_state_whose_manifest_lost_its_checksums_and_a_member_is_corrupt(dedup_state, tmp_path, member):
     folder = _copy(dedup_state, tmp_path)
     manifest = next(folder.rglob("manifest.json"))
     body = json.loads(manifest.read_text())
@@ -212,5 +212,18 @@ def test_a_state_whose_manifest_lost_its_checksums_and_a_member_is_a_missing_fil
     manifest.write_text(json.dumps(body))
     next(folder.rglob(member)).unlink()
     _faults.reseal(folder)
-    with pytest.raises(MissingFileError, match=member):
+    with pytest.raises(CorruptFileError, match="lists no checksum"):
         simsearch.Deduplicator.load(folder, progress=False)
+
+
+def test_a_matcher_manifest_that_stopped_listing_a_model_file_is_corrupt(matcher_folder, tmp_path):
+    from simsearch.applications.matcher import MANIFEST
+
+    folder = _copy(matcher_folder, tmp_path)
+    body = json.loads((folder / MANIFEST).read_text())
+    weights = next(name for name in body["checksums"] if name.endswith(".safetensors"))
+    del body["checksums"][weights]
+    (folder / MANIFEST).write_text(json.dumps(body))
+    (folder / weights).write_bytes(b"not weights")
+    with pytest.raises(CorruptFileError, match="lists no checksum"):
+        simsearch.CatalogMatcher.load(folder, progress=False, num_threads=1)

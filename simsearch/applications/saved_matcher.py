@@ -142,7 +142,12 @@ def read_matcher(cls: type, path: str | os.PathLike[str], *, progress: bool | No
     if "files" in body and "checksums" not in body:  # format version 1
         manifest = _check_version_1(path, body)
     else:
-        manifest = _storage.read_manifest(path, MANIFEST, format=MATCHER_FORMAT, versions=READABLE_VERSIONS, what=_WHAT)
+        # Every file the loader reads was listed when written: models included.
+        read = [f.relative_to(path).as_posix() for d in ("encoder", "pair_model") for f in (path / d).rglob("*") if f.is_file()]
+        manifest = _storage.read_manifest(
+            path, MANIFEST, format=MATCHER_FORMAT, versions=READABLE_VERSIONS, what=_WHAT,
+            required=["catalog.simspy", "catalog.parquet", "index.bin", *read],
+        )  # fmt: skip
     try:
         return _build(cls, path, manifest, progress=progress, num_threads=num_threads)
     except (SimsearchError, MemoryError):

@@ -164,7 +164,10 @@ def load_state(path: str | os.PathLike[str]) -> StateFiles:
         raise CorruptFileError(f"dedup state {str(root)!r} is corrupt: {parts[0]}/{MANIFEST} fails its checksum")
     body = _storage.read_json(manifest_path, f"the {_WHAT} manifest")
     if "format" in body:
-        _storage.read_manifest(folder, MANIFEST, format=STATE_KIND, versions=READABLE_VERSIONS, what=_WHAT)
+        _storage.read_manifest(
+            folder, MANIFEST, format=STATE_KIND, versions=READABLE_VERSIONS, what=_WHAT,
+            required=(STATE_FILE, INDEX_FILE, ITEMS_FILE),
+        )  # fmt: skip
     else:
         _check_version_1(root, folder, body)
     for member in (STATE_FILE, INDEX_FILE, ITEMS_FILE):
