@@ -70,7 +70,8 @@ __all__ = [
 _HASH_CHUNK = 1 << 20
 # (path, size, mtime_ns) -> sha256 hex; hashing 90 MB of weights costs ~0.2 s,
 # and an encoder is often built several times per process.
-_hash_memo: dict[tuple[str, int, int], str] = {}
+_hash_memo: dict[tuple[int, ...], str] = {}
+_HASH_MEMO_SIZE = 4096  # digests kept; the oldest goes first
 _hash_lock = threading.Lock()
 
 PathLike = str | os.PathLike[str]
@@ -344,10 +345,15 @@ def scratch_path(suffix: str = "", data: Any = None) -> Iterator[str]:
 
 # -------------------------------------------------------------- hashing, locks
 def sha256_file(path: PathLike) -> str:
-    """Return the sha256 hex digest of a file, memoised by path, size and mtime."""
+    """Return the sha256 hex digest of a file, memoised by its inode, size, mtime and ctime.
+
+    The key is the file's identity, not its name: hard links and copies made
+    by ``link`` share one digest, and any write (which moves ``ctime``, a
+    time no caller can set back) makes a new one.
+    """
     p = Path(path)
     st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _hash_lock:
         cached = _hash_memo.get(key)
     if cached is not None:
@@ -359,6 +365,8 @@ def sha256_file(path: PathLike) -> str:
     value = digest.hexdigest()
     with _hash_lock:
         _hash_memo[key] = value
+        while len(_hash_memo) > _HASH_MEMO_SIZE:
+            del _hash_memo[next(iter(_hash_memo))]
     return value
 
 

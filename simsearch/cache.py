@@ -278,6 +278,8 @@ class _SqlGuard:
             raise CacheUnavailableError(f"the embedding cache {path!r} stayed locked by another writer: {err}") from err
         if isinstance(err, (sqlite3.DatabaseError, sqlite3.InterfaceError)):
             raise CorruptFileError(f"the embedding cache {path!r} is not a readable SQLite database: {err}") from err
+        if isinstance(err, UnicodeDecodeError):  # a damaged page turned a schema or model name into non-UTF-8 bytes
+            raise CorruptFileError(f"the embedding cache {path!r} is damaged: a text field is not UTF-8 ({err})") from err
 
 
 class RedisEmbeddingCache(_Counters):

@@ -225,9 +225,12 @@ def _set_path(obj: Any, path: tuple, value: Any, delete: bool = False) -> None:
         obj[path[-1]] = value
 
 
-def mutate(case: Path, rng: np.random.Generator, json_bias: float = 0.5) -> str:
-    """Apply one random mutation to the folder (or file) ``case`` in place; returns its description."""
-    names = members(case)
+def mutate(case: Path, rng: np.random.Generator, json_bias: float = 0.5, only: Callable[[str], bool] | None = None) -> str:
+    """Apply one random mutation to the folder (or file) ``case`` in place; returns its description.
+
+    ``only(member)`` limits the members that may be mutated (all by default).
+    """
+    names = [m for m in members(case) if only is None or only(m)]
     jsons = [m for m in names if m.endswith(".json") or m == "CURRENT"]
     pick_json = jsons and rng.random() < json_bias
     member = str(rng.choice(jsons if pick_json else names))
@@ -295,7 +298,9 @@ def _get(obj: Any, path: tuple) -> Any:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from simsearch._storage import sha256_file  # memoised by inode: the hard-linked model files are hashed once
+
+    return sha256_file(path)
 
 
 def reseal(folder: Path) -> None:
@@ -382,9 +387,19 @@ def _reseal_container(path: Path) -> None:
 
 
 def folder_cases(
-    pristine: Path, workdir: Path, n: int, rng: np.random.Generator, mode: str, *, sidecar: dict[str, Any] | None = None
+    pristine: Path,
+    workdir: Path,
+    n: int,
+    rng: np.random.Generator,
+    mode: str,
+    *,
+    sidecar: dict[str, Any] | None = None,
+    only: Callable[[str], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """``n`` mutated copies of ``pristine`` under ``workdir``; ``resealed`` mode recomputes checksums after."""
+    """``n`` mutated copies of ``pristine`` under ``workdir``; ``resealed*`` modes recompute checksums after.
+
+    ``only`` limits the mutated members (see :func:`mutate`).
+    """
     out = []
     root = workdir / f"cases-{mode}"
     shutil.rmtree(root, ignore_errors=True)
@@ -394,10 +409,10 @@ def folder_cases(
     for i in range(n):
         dest = root / f"{i:05d}{pristine.suffix if pristine.is_file() else ''}"
         clone(pristine, dest)
-        what = mutate(dest, rng)
+        what = mutate(dest, rng, only=only)
         if rng.random() < 0.25:  # now and then two mutations at once
-            what += "; " + mutate(dest, rng)
-        if mode == "resealed":
+            what += "; " + mutate(dest, rng, only=only)
+        if mode.startswith("resealed"):
             reseal(dest)
         out.append({"path": str(dest), "mutation": what})
     return out
@@ -461,11 +476,30 @@ def build_matcher(dest: Path) -> None:
     CatalogMatcher(k=2, progress=False).fit({"id": ids, "title": titles}).save(dest)
 
 
+#: Members of a saved matcher that are model files (the text encoder and the pair model).
+def _is_model_member(member: str) -> bool:
+    return member.startswith(("encoder/", "pair_model/"))
+
+
+#: The last matcher's encoder, kept alive in the fuzz child so that cases whose
+#: model files are intact share its compiled graph (as two loads of one model
+#: in one process do); a case with mutated model files exports and compiles anew.
+_LAST_ENCODER: list[Any] = []
+
+
 def load_matcher(path: str, mode: str) -> None:
     from simsearch import CatalogMatcher
 
-    m = CatalogMatcher.load(path, progress=False, num_threads=1)
-    m.match({"id": ["a"], "title": ["apple iphone 8 64gb"]})
+    if mode == "resealed-model":
+        # Each mutated model is exported anew: keep its exports in the case, not in the shared cache.
+        os.environ["SIMSEARCH_CACHE"] = str(Path(path) / ".fuzz-cache")
+    try:
+        m = CatalogMatcher.load(path, progress=False, num_threads=1)
+        m.match({"id": ["a"], "title": ["apple iphone 8 64gb"]})
+        _LAST_ENCODER[:] = [m.encoder_]
+    finally:
+        if mode == "resealed-model":
+            shutil.rmtree(Path(path) / ".fuzz-cache", ignore_errors=True)
 
 
 def build_cli_folder(dest: Path) -> dict[str, Any]:
@@ -586,14 +620,19 @@ def _cases_for(build: Callable[[Path], Any], name: str) -> Callable[[Path, int, 
                 shutil.copyfile(pristine, dest)
                 out.append({"path": str(dest), "mutation": _sql_mutation(dest, rng)})
             return out
-        return folder_cases(pristine, workdir, n, rng, mode, sidecar=facts)
+        only = None
+        if name == "matcher" and mode == "resealed":  # the matcher's own members; model files in "resealed-model"
+            only = lambda member: not _is_model_member(member)  # noqa: E731
+        elif name == "matcher" and mode == "resealed-model":
+            only = _is_model_member
+        return folder_cases(pristine, workdir, n, rng, mode, sidecar=facts, only=only)
 
     return make_cases
 
 
 register_fuzzer("sharded", _cases_for(build_sharded, "sharded"), load_sharded, ("raw", "resealed"))
 register_fuzzer("dedup", _cases_for(build_dedup, "dedup"), load_dedup, ("raw", "resealed"))
-register_fuzzer("matcher", _cases_for(build_matcher, "matcher"), load_matcher, ("raw", "resealed"))
+register_fuzzer("matcher", _cases_for(build_matcher, "matcher"), load_matcher, ("raw", "resealed", "resealed-model"))
 register_fuzzer("cli_folder", _cases_for(build_cli_folder, "cli_folder"), load_cli_folder, ("raw",))
 register_fuzzer("cache", _cases_for(build_cache, "cache"), load_cache, ("raw", "sql"))
 

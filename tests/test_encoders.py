@@ -259,6 +259,26 @@ def test_export_is_reused(int8, cache_root):
     assert TextEncoder(precision="int8", max_length=64).fingerprint != int8.fingerprint
 
 
+
+def test_a_second_encoder_of_the_same_graph_shares_the_compiled_one(int8, titles):
+    import os
+
+    from simsearch import TextEncoder
+
+    again = TextEncoder(precision="int8", num_threads=1)
+    assert again._runner is int8._runner  # compiled once per process
+    np.testing.assert_array_equal(again.encode(titles[:8]), int8.encode(titles[:8]))
+    assert TextEncoder(precision="int8", num_threads=2)._runner is not int8._runner  # other settings, other graph
+    # A graph file rewritten since (a new export) is compiled anew, not served from memory.
+    first = TextEncoder(precision="fp32", num_threads=1)._runner
+    fp32_path = TextEncoder(precision="fp32", num_threads=1).onnx_path
+    stat = fp32_path.stat()
+    os.utime(fp32_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    try:
+        assert TextEncoder(precision="fp32", num_threads=1)._runner is not first
+    finally:
+        os.utime(fp32_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
 def test_thread_safe(int8, titles):
     chunks = [titles[i * 40 : (i + 1) * 40] for i in range(4)]
     expected = [int8.encode(c) for c in chunks]

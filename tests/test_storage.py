@@ -305,3 +305,21 @@ def test_swap_dir_with_and_without_renameat2(tmp_path: Path, monkeypatch: pytest
     _storage.swap_dir(new, dest)
     assert (dest / "x").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_sha256_memo_follows_the_file_not_its_name(tmp_path):
+    import hashlib
+    import os
+
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"x" * 1000)
+    first = _storage.sha256_file(a)
+    assert first == hashlib.sha256(b"x" * 1000).hexdigest()
+    os.link(a, tmp_path / "b.bin")  # the same file under another name: the same digest
+    assert _storage.sha256_file(tmp_path / "b.bin") == first
+    # Rewritten in place with the same size and its mtime set back: ctime moved, so it is hashed again.
+    st = a.stat()
+    with open(a, "r+b") as f:
+        f.write(b"y")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _storage.sha256_file(a) == hashlib.sha256(b"y" + b"x" * 999).hexdigest()

@@ -227,3 +227,53 @@ def test_a_matcher_manifest_that_stopped_listing_a_model_file_is_corrupt(matcher
     (folder / weights).write_bytes(b"not weights")
     with pytest.raises(CorruptFileError, match="lists no checksum"):
         simsearch.CatalogMatcher.load(folder, progress=False, num_threads=1)
+
+
+# ------------------------------------------------ bytes that are not UTF-8
+
+
+def _invalid_utf8_titles(n: int):
+    import pyarrow as pa
+
+    offsets = np.arange(n + 1, dtype=np.int32) * 2
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"\xff\xfe" * n)])
+
+
+def test_an_items_table_with_non_utf8_titles_is_corrupt(cli_folder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = _copy(cli_folder[0], tmp_path)
+    table = pq.read_table(folder / "items.parquet")
+    bad = table.set_column(table.column_names.index("title"), "title", _invalid_utf8_titles(table.num_rows))
+    pq.write_table(bad, folder / "items.parquet")
+    assert pa.types.is_string(pq.read_schema(folder / "items.parquet").field("title").type)
+    with pytest.raises(CorruptFileError, match="UTF8"):
+        Service.open(folder, _faults.FakeEncoder(cli_folder[1]["dim"], cli_folder[1]["fingerprint"]))
+
+
+def test_sqlite_text_that_is_not_utf8_leaves_the_cache_as_corrupt(tmp_path):
+    # Found by the fuzz: a damaged page made SQLite's own error text (read by
+    # "PRAGMA journal_mode") non-UTF-8, and the sqlite3 module raised
+    # UnicodeDecodeError. The connection guard turns it into the library's error.
+    from simsearch import EmbeddingCache
+
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(CorruptFileError, match="not UTF-8"):
+            with cache._sql():
+                b"\xcc\x01".decode("utf-8")
+        assert cache.get_many("m", [b"k"]) == [None]  # the guard released its lock
+
+
+def test_a_log_record_claiming_more_bytes_than_the_file_holds_is_a_torn_tail(cli_folder, tmp_path):
+    folder = _copy(cli_folder[0], tmp_path)
+    wal = folder / store.WAL_FILE
+    data = bytearray(wal.read_bytes())
+    at = struct.calcsize("<8sI4x") + 8  # the first record's vector length
+    data[at : at + 8] = (2**62).to_bytes(8, "little")
+    wal.write_bytes(bytes(data))
+    service = Service.open(folder, _faults.FakeEncoder(cli_folder[1]["dim"], cli_folder[1]["fingerprint"]))
+    try:  # opened without reading 2**62 bytes; the snapshot's items are all there
+        assert len(service.catalog.rows()[0]) >= 301
+    finally:
+        service.close()

@@ -8,13 +8,42 @@ Neuron, fp16 on CUDA) stay here.
 
 from __future__ import annotations
 
+import os
 import queue
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 BACKENDS = ("cpu", "cuda", "neuron")
+
+# Compiled graphs alive in this process, by the file they were read from and
+# their settings: a second encoder of the same model (a saved matcher loaded
+# twice, a service beside a script) shares the first one's compiled graph
+# instead of compiling it again (0.2-0.4 s and its memory each time). Weak
+# values: a graph no encoder holds is freed. Both CPU backends are
+# thread-safe, so sharing one is safe.
+_COMPILED: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+_COMPILED_LOCK = threading.Lock()
+
+
+def shared_backend(kind: str, path: Path, settings: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """The live backend of ``kind`` over ``path`` with ``settings``, else ``make()`` (kept for the next caller).
+
+    The key holds the file's device, inode, size and modification time, so a
+    file rewritten since (a new export) is compiled anew.
+    """
+    st = os.stat(path)
+    key = (kind, os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, settings)
+    with _COMPILED_LOCK:
+        backend = _COMPILED.get(key)
+        if backend is None:
+            backend = make()
+            _COMPILED[key] = backend
+        return backend
 
 
 class Backend(Protocol):

@@ -153,10 +153,16 @@ class TextEncoder:
         if path == "openvino-bf16":
             # OpenVINO reads the fused fp32 graph and runs its matmuls in bf16.
             self.onnx_path = text_onnx_path(self.source, "fp32")
-            self._runner: _backends.Backend = _backends.OpenVinoBackend(self.onnx_path, "bf16", num_threads)
+            onnx_path = self.onnx_path
+            self._runner: _backends.Backend = _backends.shared_backend(
+                "openvino", onnx_path, ("bf16", num_threads), lambda: _backends.OpenVinoBackend(onnx_path, "bf16", num_threads)
+            )
         elif backend == "cpu":
             self.onnx_path = text_onnx_path(self.source, precision)
-            self._runner = _backends.OnnxBackend(self.onnx_path, num_threads)
+            onnx_path = self.onnx_path
+            self._runner = _backends.shared_backend(
+                "onnxruntime", onnx_path, (num_threads,), lambda: _backends.OnnxBackend(onnx_path, num_threads)
+            )
         elif backend == "cuda":
             self.onnx_path = text_onnx_path(self.source, precision)
             self._runner = _backends.cuda_backend(self.onnx_path)

@@ -285,6 +285,8 @@ def _read_items(path: Path) -> pa.Table:
         missing = [c for c in _ITEM_COLUMNS if c not in schema.names]
         if missing:
             raise CorruptFileError(f"{str(path)!r} lacks the column(s) {missing} of an index folder's items table")
-        return pq.read_table(path, columns=list(_ITEM_COLUMNS))
+        table = pq.read_table(path, columns=list(_ITEM_COLUMNS))
+        table.validate(full=True)  # a damaged page can hold strings that are not UTF-8
+        return table
     except (pa.ArrowException, OSError) as err:
         raise CorruptFileError(f"{str(path)!r} is not a Parquet table (unreadable: {err})") from None

@@ -151,6 +151,7 @@ class WriteAheadLog:
         Call once, before the first :meth:`append`.
         """
         f = self._file
+        size = os.fstat(f.fileno()).st_size
         f.seek(_FILE_HEADER.size)
         good = f.tell()
         while True:
@@ -158,8 +159,8 @@ class WriteAheadLog:
             if len(head) < _RECORD_HEADER.size:
                 break
             magic, json_len, vec_len, crc = _RECORD_HEADER.unpack(head)
-            if magic != _RECORD_MAGIC:
-                break
+            if magic != _RECORD_MAGIC or json_len + vec_len > size - f.tell():
+                break  # a record longer than what is left of the file is torn, whatever its header says
             body = f.read(json_len + vec_len)
             if len(body) < json_len + vec_len or zlib.crc32(body) != crc:
                 break

@@ -193,7 +193,9 @@ def _read_member_table(path: Path, root: Path) -> pa.Table:
     if not path.is_file():
         raise MissingFileError(f"dedup state {str(root)!r} is corrupt: {path.parent.name}/{path.name} is missing")
     try:
-        return _tables.read_table(path)
+        table = _tables.read_table(path)
+        table.validate(full=True)  # strings that are not UTF-8, offsets past the data
+        return table
     except (pa.ArrowException, OSError) as err:
         raise CorruptFileError(f"dedup state {str(root)!r} is corrupt: {path.parent.name}/{path.name} is unreadable ({err})") from None
 
