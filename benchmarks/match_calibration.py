@@ -28,8 +28,10 @@ variant, or a product set), the map and threshold are refit without it and
 its **test** pairs are scored: ECE (goal <= 0.05), F1 at the default
 threshold, F1 at 0.5, the oracle F1, and the reliability diagram (bins: mean
 predicted, observed rate, count). ``--write`` writes the map fit on all of
-:data:`FIT_GROUPS` to ``simsearch/data/match_calibration.json``. The last
-line printed is one JSON object.
+:data:`FIT_GROUPS` to ``simsearch/data/match_calibration.json``. ``--fit-on
+all`` also fits on the product sets' valid splits (WDC ``valid.txt.small``,
+Abt-Buy ``valid.csv``), each its own group, to show what they would change;
+that map is never written. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -102,13 +104,13 @@ def f1_at(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> np.n
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
-def fit(data: dict[str, dict[str, Any]], groups: list[str], mode: str) -> tuple[PairCalibration, float, float]:
+def fit(data: dict[str, dict[str, Any]], groups: dict[str, tuple[str, ...]]) -> tuple[PairCalibration, float, float]:
     """The map and default threshold from the valid pairs of ``groups``; also their pooled ECE."""
     rng = np.random.default_rng(0)
     raw, labels = [], []
-    for g in groups:
-        r = np.concatenate([data[n]["valid"]["raw"] for n in FIT_GROUPS[g]])
-        y = np.concatenate([data[n]["valid"]["labels"] for n in FIT_GROUPS[g]])
+    for members in groups.values():
+        r = np.concatenate([data[n]["valid"]["raw"] for n in members])
+        y = np.concatenate([data[n]["valid"]["labels"] for n in members])
         if len(r) > FIT_CAP:
             keep = rng.choice(len(r), FIT_CAP, replace=False)
             r, y = r[keep], y[keep]
@@ -116,7 +118,7 @@ def fit(data: dict[str, dict[str, Any]], groups: list[str], mode: str) -> tuple[
         labels.append(y)
     cal = PairCalibration.fit(np.concatenate(raw), np.concatenate(labels))
     mean_f1 = np.mean([f1_at(cal.apply(data[n]["valid"]["raw"]), data[n]["valid"]["labels"], GRID)
-                       for g in groups for n in FIT_GROUPS[g]], axis=0)
+                       for members in groups.values() for n in members], axis=0)
     # Highest threshold among the best (the cautious choice, as best_f1_threshold does).
     threshold = float(GRID[np.flatnonzero(mean_f1 >= mean_f1.max() - 1e-12)[-1]])
     ece = expected_calibration_error(cal.apply(np.concatenate(raw)), np.concatenate(labels))
@@ -128,14 +130,20 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help=f"write the fitted map to {OUT_FILE.name}")
     ap.add_argument("--only", default="", help="comma-separated held-out sets to report (all are still collected for fitting)")
     ap.add_argument("--modes", default="lexical,embedding")
+    ap.add_argument("--fit-on", choices=("shippable", "all"), default="shippable",
+                    help="all: also fit on the product sets' valid splits (what their terms would allow; never written)")
     args = ap.parse_args()
+    if args.write and args.fit_on != "shippable":
+        raise SystemExit("--write ships only a map fit on the shippable sets")
+    fit_groups = dict(FIT_GROUPS) if args.fit_on == "shippable" else {**FIT_GROUPS, **{n: (n,) for n in HELD_OUT}}
+    held_out = HELD_OUT if args.fit_on == "shippable" else ()
     print(_common.host_line() + f"; python {platform.python_version()}")
     from simsearch import TextEncoder
 
     encoder = TextEncoder(cache=_matching.embedding_cache())
     modes = args.modes.split(",")
-    fit_names = [n for g in FIT_GROUPS.values() for n in g]
-    report = [n for n in (args.only.split(",") if args.only else [*fit_names, *HELD_OUT])]
+    fit_names = [n for g in fit_groups.values() for n in g]
+    report = [n for n in (args.only.split(",") if args.only else [*fit_names, *held_out])]
     names = list(dict.fromkeys([*fit_names, *report]))
     t0 = time.perf_counter()
     data: dict[str, dict[str, dict[str, dict[str, Any]]]] = {m: {} for m in modes}
@@ -145,19 +153,19 @@ def main() -> None:
             data[mode][name] = {s: collect(name, s, mode, encoder) for s in splits}
     print(f"collected in {time.perf_counter() - t0:.0f} s")
 
-    result: dict[str, Any] = {"k": _matching.MATCHER_K, "fit_cap": FIT_CAP, "modes": {}}
+    result: dict[str, Any] = {"k": _matching.MATCHER_K, "fit_cap": FIT_CAP, "fit_on": args.fit_on, "modes": {}}
     for mode in modes:
-        cal, threshold, dev_ece = fit(data[mode], list(FIT_GROUPS), mode)
+        cal, threshold, dev_ece = fit(data[mode], fit_groups)
         print(f"\n== {mode} score: shipped map p = sigmoid({cal.slope:.3f} * raw + {cal.intercept:.3f}), "
               f"default threshold {threshold:.2f}, pooled valid ECE {dev_ece:.4f} ==")
         shipped = {"slope": cal.slope, "intercept": cal.intercept, "threshold": threshold, "dev_ece": round(dev_ece, 4)}
         rows = []
-        held_groups = [(g, FIT_GROUPS[g]) for g in FIT_GROUPS] + [(n, (n,)) for n in HELD_OUT]
+        held_groups = [*fit_groups.items(), *((n, (n,)) for n in held_out)]
         for group, members in held_groups:
             members = tuple(n for n in members if n in report)
             if not members:
                 continue
-            lodo_cal, lodo_t, _ = fit(data[mode], [g for g in FIT_GROUPS if g != group], mode)
+            lodo_cal, lodo_t, _ = fit(data[mode], {g: m for g, m in fit_groups.items() if g != group})
             for name in members:
                 test = data[mode][name]["test"]
                 probs = lodo_cal.apply(test["raw"])
