@@ -19,6 +19,7 @@ those three.
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ from simsearch.applications.calibration import (
 )
 from simsearch.applications.metrics import best_f1_threshold
 from simsearch.applications.pair_model import PairModel, default_pair_model, serialize
+
+#: Ditto's attribute markers; removing them leaves a record's values (PROVENANCE.md gives the regex).
+MARKERS = re.compile(r"(?:^|\s)COL \S+ VAL(?=\s|$)")
+#: Products the default CatalogMatcher returns per listing in :func:`matcher_candidates`.
+MATCHER_K = 5
 
 #: The one recipe, for the shipped model and every supervised run (no per-dataset tuning).
 RECIPE = {"layers": 3, "max_length": 64, "epochs": 1.0, "batch_size": 16, "learning_rate": 5e-5}
@@ -265,3 +271,215 @@ def run_dataset(
     if speed and torch_dir.is_dir():
         out["speed"] = speed_against_cross_encoder(model, torch_dir, test[:512])
     return out
+
+
+# -- the default CatalogMatcher on a split, as a listing -> catalog task --------
+
+
+def title_column(a: Any, b: Any) -> str:
+    """The text column a DeepMatcher folder's two tables share that is most often filled, then longest."""
+    shared = [c for c in a.column_names if c in b.column_names and c != "id"]
+    strings = [c for c in shared if str(a.schema.field(c).type) == "string" and str(b.schema.field(c).type) == "string"]
+    if not strings:
+        raise SystemExit(f"no text column shared by both tables (columns {shared})")
+
+    def fill_and_length(c: str) -> tuple[float, float]:
+        values = [v for t in (a, b) for v in t.column(c).to_pylist()]
+        filled = [v for v in values if v]
+        return (-len(filled) / len(values), float(np.mean([len(v) for v in filled])) if filled else 0.0)
+
+    return min(strings, key=fill_and_length)
+
+
+def _record_key(text: str) -> str:
+    """A Ditto record's identity: its values with the markers removed (a record on both sides is one node)."""
+    return " ".join(MARKERS.sub(" ", text).split())
+
+
+def labelled_keys(folder: Path | str, split: str, suffix: str = "") -> list[tuple[Any, Any, int]]:
+    """One split's labelled pairs as (left record key, right record key, label); reads that split's files only.
+
+    A key is ``("A", id)`` / ``("B", id)`` in a DeepMatcher folder, the record's
+    values (markers removed) in a Ditto one.
+    """
+    folder = Path(folder)
+    if is_deepmatcher(folder):
+        import pyarrow.csv as pcsv
+
+        rows = pcsv.read_csv(folder / f"{split}.csv").to_pylist()
+        return [(("A", p["ltable_id"]), ("B", p["rtable_id"]), int(p["label"])) for p in rows]
+    return [(_record_key(a), _record_key(b), y) for a, b, y in read_split(folder, split, suffix)]
+
+
+def record_texts(folder: Path | str, keys: list[Any]) -> list[str]:
+    """The text the matcher reads for each record key: the title column (DeepMatcher), the values (Ditto)."""
+    folder = Path(folder)
+    if not is_deepmatcher(folder):
+        return list(keys)
+    import pyarrow.csv as pcsv
+
+    options = pcsv.ConvertOptions(strings_can_be_null=True)
+    a, b = (pcsv.read_csv(folder / f"{t}.csv", convert_options=options) for t in ("tableA", "tableB"))
+    title = title_column(a, b)
+    text = {(side, i): t or "" for side, table in (("A", a), ("B", b))
+            for i, t in zip(table.column("id").to_pylist(), table.column(title).to_pylist())}
+    return [text[k] for k in keys]
+
+
+def pair_files(folder: Path | str) -> list[tuple[str, str]]:
+    """Every labelled split file of a folder as (split, suffix): the set's whole ground truth."""
+    folder = Path(folder)
+    if is_deepmatcher(folder):
+        return [(s, "") for s in ("train", "valid", "test") if (folder / f"{s}.csv").is_file()]
+    out = []
+    for f in sorted(folder.glob("*.txt*")):
+        split, _, suffix = f.name.partition(".txt")
+        out.append((split, suffix))
+    return out
+
+
+def _components(keys: list[Any], edges: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Connected component (a representative key) of every key (union-find)."""
+    parent = {k: k for k in keys}
+    for u, v in edges:
+        parent.setdefault(u, u)
+        parent.setdefault(v, v)
+
+    def find(x: Any) -> Any:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for u, v in edges:
+        parent[find(u)] = find(v)
+    return {k: find(k) for k in parent}
+
+
+@dataclass
+class MatcherCandidates:
+    """What the default :class:`~simsearch.CatalogMatcher` returns on one split, labelled.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (m,), float32
+        The matcher's score of each returned (listing, product) pair: raw
+        (``score_map_ = None``) or its probability.
+    labels : ndarray of shape (m,), int64
+        1 when the two records are linked through the ground truth's matching
+        pairs (matching is transitive; a labelled non-match stays 0), else 0.
+    rank : ndarray of shape (m,), int32
+    threshold : float
+        The matcher's ``threshold_``.
+    recall : float
+        Share of the split's matching pairs among the returned pairs.
+    known : ndarray of shape (m,), bool
+        Pairs whose label the ground truth states: a labelled pair, or two
+        records it links; the rest are labelled 0 by assumption.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    known: np.ndarray
+    rank: np.ndarray
+    threshold: float
+    recall: float
+    n_listings: int
+    n_catalog: int
+
+
+def matcher_candidates(
+    folder: Path | str, split: str, suffix: str = "", *, encoder: Any, lexical: bool = True, raw: bool = False,
+    truth: tuple[tuple[str, str], ...] | None = None,
+) -> MatcherCandidates:
+    """One split as a listing -> catalog task for ``CatalogMatcher(encoder, k=MATCHER_K, lexical=lexical)``.
+
+    The listings are the split's distinct left records, the catalog its
+    distinct right records; the matcher is fit on the catalog and matches the
+    listings. The pairs it returns (its top :data:`MATCHER_K` per listing,
+    retrieved through its index and re-scored) are labelled by the ground
+    truth: the matching pairs of the ``truth`` files ((split, suffix) pairs;
+    default the split alone, so a zero-shot run reads nothing else), closed
+    under transitivity. A split's own pairs are a sample of the set's
+    candidate pairs, so the set's other splits hold labels of the pairs its
+    records form (:func:`pair_files` lists them all). ``raw=True`` reads the
+    raw score (``score_map_ = None``) instead of the probability.
+    """
+    from simsearch import CatalogMatcher
+
+    pairs = labelled_keys(folder, split, suffix)
+    listing_keys = list(dict.fromkeys(a for a, _, _ in pairs))
+    catalog_keys = list(dict.fromkeys(b for _, b, _ in pairs))
+    listings, catalog = record_texts(folder, listing_keys), record_texts(folder, catalog_keys)
+    m = CatalogMatcher(encoder, k=MATCHER_K, lexical=lexical, progress=False)
+    m.fit({"id": np.arange(len(catalog)), "title": catalog})
+    if raw:
+        m.score_map_ = None
+    out = m.match({"id": np.arange(len(listings)), "title": listings})
+    lrow = out.column("listing_id").to_numpy().tolist()
+    prow = out.column("product_id").to_numpy().tolist()
+    known = pairs if truth is None else [p for s, x in truth for p in labelled_keys(folder, s, x)]
+    comp = _components(listing_keys + catalog_keys, [(a, b) for a, b, y in known if y == 1])
+    negative = {(a, b) for a, b, y in known if y == 0} - {(a, b) for a, b, y in known if y == 1}
+    labels, stated = [], []
+    for i, j in zip(lrow, prow):
+        a, b = listing_keys[i], catalog_keys[j]
+        labels.append(int((a, b) not in negative and comp[a] == comp[b]))
+        stated.append(bool(labels[-1]) or (a, b) in negative)
+    returned = {(listing_keys[i], catalog_keys[j]) for i, j in zip(lrow, prow)}
+    positives = {(a, b) for a, b, y in pairs if y == 1}
+    return MatcherCandidates(
+        scores=out.column("score").to_numpy().astype(np.float32), labels=np.array(labels, dtype=np.int64),
+        known=np.array(stated, dtype=bool),
+        rank=out.column("rank").to_numpy(), threshold=float(m.threshold_),
+        recall=len(positives & returned) / max(len(positives), 1), n_listings=len(listings), n_catalog=len(catalog),
+    )
+
+
+def calibration_report(probs: np.ndarray, labels: np.ndarray, threshold: float, label: str) -> dict[str, Any]:
+    """F1 at ``threshold``, the oracle F1, the ECE and the reliability diagram of probabilities; printed."""
+    out = prf(probs, labels, threshold)
+    out["oracle_f1"] = round(best_f1_threshold(probs, labels).f1, 4) if labels.any() else 0.0
+    out["ece"] = round(expected_calibration_error(probs, labels), 4)
+    out["pairs"], out["matches"] = len(labels), int(labels.sum())
+    bins = reliability_table(probs, labels)
+    out["reliability"] = [[round(b.mean_predicted, 4), round(b.observed, 4), b.count] for b in bins]
+    print(f"{label}: {out['pairs']} pairs ({out['matches']} matches); F1 {out['f1']:.3f} (P {out['precision']:.3f}, "
+          f"R {out['recall']:.3f}, threshold {out['threshold']:.3f}; oracle {out['oracle_f1']:.3f}); ECE {out['ece']:.3f}")
+    print(format_reliability(bins))
+    return out
+
+
+def evaluate_matcher(
+    folder: Path, split: str, suffix: str, label: str, truth: tuple[tuple[str, str], ...] | None = None
+) -> dict[str, Any]:
+    """The default CatalogMatcher's probabilities on a split's listing -> catalog task: F1, ECE, reliability.
+
+    ``truth``: the split files whose matching pairs label the returned pairs
+    (:func:`matcher_candidates`); default the split alone.
+    """
+    from simsearch import TextEncoder
+
+    cands = matcher_candidates(folder, split, suffix, encoder=TextEncoder(cache=embedding_cache()), truth=truth)
+    print(f"{label}: {cands.n_listings} listings against a catalog of {cands.n_catalog}; top {MATCHER_K} returned; "
+          f"{cands.recall:.3f} of the split's matching pairs among them")
+    out = calibration_report(cands.scores, cands.labels, cands.threshold, f"{label} probabilities")
+    out["retrieval_recall"] = round(cands.recall, 4)
+    # The labelled pairs of one split do not cover the pairs its records form: a returned pair
+    # unlabelled there may be a match labelled in another split. The pairs it labels are the
+    # other reading (the benchmark's blocked candidates: a harder mix than what the matcher returns).
+    print(f"{label}: {int((~cands.known).sum())} of the {len(cands.known)} returned pairs are not labelled by "
+          f"{'the ' + split + ' split' if truth is None else 'the ground truth'} (counted as non-matches above); "
+          "on the labelled ones only:")
+    if cands.labels[cands.known].any():
+        out["labelled_only"] = calibration_report(
+            cands.scores[cands.known], cands.labels[cands.known], cands.threshold, f"{label} probabilities, labelled pairs"
+        )
+    return out
+
+
+def embedding_cache() -> Any:
+    """The benchmarks' embedding cache (``benchmarks/.cache/embeddings.sqlite``): encoding is the cost."""
+    from simsearch import EmbeddingCache
+
+    return EmbeddingCache(_common.CACHE_DIR / "embeddings.sqlite")

@@ -21,7 +21,13 @@ data sets (its README says which), scores test; only ``tableA.csv``,
 Both print F1 at the model's threshold, a reliability diagram (bins: mean
 predicted, observed share, count), the expected calibration error and
 pairs/s beside sentence-transformers' ``CrossEncoder`` fp32 on the same
-pairs. ``--two-stage`` also runs the older path (the MiniLM cosine anchor,
+pairs. Both also print the same for the default ``CatalogMatcher``'s
+probabilities (no pair model, no labels: the lexical score through its
+shipped map) on the test split as a listing -> catalog task: its distinct
+left records matched against a catalog of its distinct right records, the
+top 5 returned pairs labelled by the matching pairs of test (zero-shot) or of
+every split file (supervised), closed under transitivity
+(``_matching.matcher_candidates``). ``--two-stage`` also runs the older path (the MiniLM cosine anchor,
 the fine-tuned bi-encoder and ``CatalogMatcher.fit_pairs``' pair scorer) on
 DeepMatcher folders. The last line printed is one JSON object with ``f1``.
 """
@@ -56,15 +62,7 @@ def find_columns(a: pa.Table, b: pa.Table) -> tuple[str, str | None, list[str]]:
     """(title column, price column or None, extra columns) shared by both tables."""
     shared = [c for c in a.column_names if c in b.column_names and c != "id"]
     strings = [c for c in shared if pa.types.is_string(a.schema.field(c).type) and pa.types.is_string(b.schema.field(c).type)]
-    if not strings:
-        raise SystemExit(f"no text column shared by both tables (columns {shared})")
-
-    def fill_and_length(c: str) -> tuple[float, float]:
-        values = [v for t in (a, b) for v in t.column(c).to_pylist()]
-        filled = [v for v in values if v]
-        return (-len(filled) / len(values), float(np.mean([len(v) for v in filled])) if filled else 0.0)
-
-    title = min(strings, key=fill_and_length)
+    title = _matching.title_column(a, b)
     numeric = [c for c in shared if c not in strings]
     price = next((c for c in numeric if "price" in c.lower()), None)
     extra = [c for c in shared if c not in (title, price)]
@@ -108,6 +106,10 @@ def main() -> None:
     suffix = f".{args.size}" if args.size else ""
     result = _matching.run_dataset(args.data, suffix=suffix, zero_shot=args.zero_shot, work=args.work,
                                    speed=not args.no_speed, name=f"{args.data.parent.name}/{args.data.name}")
+    truth = None if args.zero_shot else tuple(_matching.pair_files(args.data))
+    result["matcher"] = _matching.evaluate_matcher(args.data, "test", suffix, "  default CatalogMatcher", truth=truth)
+    print(f"ECE: pair model {result['ece']:.3f} on the test pairs; default CatalogMatcher {result['matcher']['ece']:.3f} "
+          f"on the pairs it returns (F1 {result['f1']:.3f} / {result['matcher']['f1']:.3f})")
     result.update({"data": str(args.data), "cpu_flags": _common.cpu_flags()})
     if args.two_stage and not args.zero_shot and _matching.is_deepmatcher(args.data):
         result["two_stage"] = two_stage(args)

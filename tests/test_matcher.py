@@ -10,14 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from _helpers import data_rows, products
 
 from simsearch import CatalogMatcher
 from simsearch._tables import MissingColumnError
 from simsearch.applications import PairScoring, best_f1_threshold
+from simsearch.applications.match_calibration import default_score_map
 from simsearch.applications.pair_model import DEFAULT_PAIR_MODEL_DIR, default_pair_model
 from simsearch.errors import NotFittedError
-
-from _helpers import data_rows, products
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +149,18 @@ def test_calibrate_with_titles_in_the_pairs(matcher, offers):
 def test_image_fusion(encoder):
     catalog = pa.table({"id": [1, 2], "title": ["red kettle 1.7 l", "red kettle 1.7 l"], "img": [[1.0, 0.0], [0.0, 1.0]]})
     listings = pa.table({"id": ["a"], "title": ["red kettle 1.7 l"], "img": [[0.1, 0.9]]})
-    text_only = CatalogMatcher(encoder, k=2, progress=False).fit(catalog).match(listings)
-    fused = CatalogMatcher(encoder, k=2, image_col="img", image_weight=0.5, progress=False).fit(catalog).match(listings)
+    text_m = CatalogMatcher(encoder, k=2, progress=False).fit(catalog)
+    fused_m = CatalogMatcher(encoder, k=2, image_col="img", image_weight=0.5, progress=False).fit(catalog)
+    text_m.score_map_ = fused_m.score_map_ = None  # the fusion is on the raw scores
+    text_only, fused = text_m.match(listings), fused_m.match(listings)
     assert text_only.column("score")[0].as_py() == pytest.approx(text_only.column("score")[1].as_py())
     assert fused.column("product_id").to_pylist() == [2, 1]
     cos = 0.9 / np.hypot(0.1, 0.9)
-    assert fused.column("score")[0].as_py() == pytest.approx(0.5 * text_only.column("score")[0].as_py() + 0.5 * cos, rel=1e-5)
+    raw = 0.5 * text_only.column("score")[0].as_py() + 0.5 * cos
+    assert fused.column("score")[0].as_py() == pytest.approx(raw, rel=1e-5)
+    # by default the fused score goes through the text score's map
+    fused_m.score_map_ = default_score_map(True)
+    assert fused_m.match(listings).column("score")[0].as_py() == pytest.approx(float(default_score_map(True).apply(raw)), rel=1e-5)
 
 
 def test_k_larger_than_the_catalog(encoder):

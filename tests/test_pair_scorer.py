@@ -239,7 +239,7 @@ def test_match_schema_and_explanations(learned, slice_):
 def test_save_load_round_trip(learned, slice_, tmp_path):
     learned.save(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / "matcher.json").read_text())
-    assert manifest["format_version"] == 3 and "pair_scorer.skops" in manifest["checksums"]
+    assert manifest["format_version"] == 4 and "pair_scorer.skops" in manifest["checksums"]
     assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in (tmp_path / "m").rglob("*"))
     loaded = CatalogMatcher.load(tmp_path / "m", progress=False)
     assert loaded.threshold_ == learned.threshold_
@@ -252,9 +252,9 @@ def test_save_load_round_trip(learned, slice_, tmp_path):
     with pytest.raises(FileExistsError):
         learned.save(tmp_path / "m")
     # a newer version or a changed file is refused
-    manifest["format_version"] = 4
+    manifest["format_version"] = 5
     (tmp_path / "m" / "matcher.json").write_text(json.dumps(manifest))
-    with pytest.raises(FormatVersionError, match="format_version 4"):
+    with pytest.raises(FormatVersionError, match="format_version 5"):
         CatalogMatcher.load(tmp_path / "m")
     # a folder of format version 1 (checksums under "files", the calibration's n_pairs) still loads
     old = {**manifest, "format_version": 1, "files": manifest["checksums"]}

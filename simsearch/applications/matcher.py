@@ -19,13 +19,18 @@ from simsearch.applications._items import (
     unit_rows,
 )
 from simsearch.applications.candidates import (
+    SCORE_KIND_KEY,
     check_score,
     chosen_ef,
     cross_join,
-    default_threshold,
 )
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
-from simsearch.applications.metrics import ThresholdChoice, best_f1_threshold
+from simsearch.applications.match_calibration import (
+    MatcherPairScores,
+    default_score_map,
+    raw_threshold,
+)
+from simsearch.applications.metrics import ThresholdChoice
 from simsearch.applications.pair_learning import fit_pairs
 from simsearch.applications.pair_model import PairModel, resolve_pair_model, top_per_row
 from simsearch.applications.pair_scorer import (
@@ -46,8 +51,10 @@ from simsearch.errors import NotFittedError
 
 __all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "CatalogMatcher"]
 
+_UNSET = object()  # score_map_ before the first fit (None means raw scores)
 
-class CatalogMatcher:
+
+class CatalogMatcher(MatcherPairScores):
     """Match product listings (titles, optionally images) to a catalog.
 
     ``fit`` encodes the catalog titles and builds an int8 index over them;
@@ -55,11 +62,16 @@ class CatalogMatcher:
     index, scores each candidate exactly (embedding cosine, character n-gram
     TF-IDF cosine, model codes and measures: see
     :class:`~simsearch.applications.PairScoring`), fuses an image cosine when
-    both sides have images, and returns the best ``k``. With a pair model
+    both sides have images, and returns the best ``k``. ``score`` is the
+    probability that the pair is a match: the raw score through a shipped
+    monotone map (:mod:`~simsearch.applications.match_calibration`, fitted on
+    the validation splits of the Magellan / DeepMatcher benchmark sets; so the
+    ranking is the raw score's), and :meth:`calibrate` refits that map on your
+    labelled pairs. With a pair model
     (``pair_model="default"`` or your own; not with images), the best
     ``rerank`` candidates of that score are then scored by the cross-encoder
     (:class:`~simsearch.applications.pair_model.PairModel`), so ``score`` is
-    a calibrated match probability with no labels needed. The shipped model
+    the cross-encoder's match probability. The shipped model
     ranks worse than the lexical score on product titles today (top-1 0.79
     against 0.94 on the bundled PriceRunner sample, ``benchmarks/RESULTS.md``),
     so it is not the default.
@@ -77,10 +89,10 @@ class CatalogMatcher:
     encoder : TextEncoder, optional
         Encodes titles; default ``TextEncoder()`` (all-MiniLM-L6-v2, int8).
     threshold : float, optional
-        Least score of a match. ``None``: the threshold learned by
-        :meth:`calibrate` if it ran, else the pair model's (chosen on its
-        validation pairs), else 0.5 (lexical scoring) or 0.9 (embedding
-        cosine only).
+        Least score (probability) of a match. ``None``: the threshold learned
+        by :meth:`calibrate` if it ran, else the pair model's (chosen on its
+        validation pairs), else the shipped map's (best mean F1 on its
+        validation pairs; ``score_map_.threshold``).
     k : int, default 5
         Products returned per listing.
     id_col, text_col : str, default "id", "title"
@@ -129,6 +141,14 @@ class CatalogMatcher:
     calibration_ : ThresholdChoice or None
         Result of the last :meth:`calibrate` (or of :meth:`fit_pairs` on its
         validation pairs).
+    score_map_ : ScoreMap or None
+        The map from the raw score to ``score`` (after ``fit``): the shipped
+        one for the lexical score or the embedding cosine, or the one
+        :meth:`calibrate` refit. ``None`` (a folder saved before format
+        version 4, or set by hand) returns the raw score, with the old default
+        thresholds 0.5 (lexical) and 0.9 (cosine) (a loaded folder keeps the
+        threshold it was saved with). Not used with a pair model
+        or after :meth:`fit_pairs`, whose scores are probabilities already.
     pair_scorer_ : PairScorer or None
         The learned second stage, after :meth:`fit_pairs`.
     feature_config_ : FeatureConfig or None
@@ -243,6 +263,8 @@ class CatalogMatcher:
         self.catalog_texts_ = texts
         self._catalog_side_cache: PairSide | None = None
         self.catalog_columns_ = {c: table.column(c).to_pylist() for c in self._feature_columns()}
+        if getattr(self, "score_map_", _UNSET) is _UNSET or (self.score_map_ and self.score_map_.source == "default"):
+            self.score_map_ = default_score_map(self.lexical)  # a map refit by calibrate (or None) is kept
         self.catalog_ = Items.from_texts(texts, self.encoder_, self.lexical_, self.scoring, self.progress)
         self.images_ = self._images(table, "catalog") if self.image_col else None
         self.index_ = build_index(self.catalog_.search, self.index_params, self.progress)
@@ -260,7 +282,10 @@ class CatalogMatcher:
             return 0.5  # a calibrated probability
         if self._pair_model() is not None:
             return self._pair_model().threshold  # type: ignore[union-attr]
-        return default_threshold(self.lexical)
+        score_map = getattr(self, "score_map_", _UNSET)
+        if score_map is _UNSET:
+            return default_score_map(self.lexical).threshold
+        return raw_threshold(self.lexical) if score_map is None else score_map.threshold
 
     def _pair_model(self) -> PairModel | None:
         """The cross-encoder stage in use, or None (images, a learned pair scorer, or none asked for)."""
@@ -303,10 +328,12 @@ class CatalogMatcher:
         -------
         pyarrow.Table
             ``listing_id``, ``product_id`` (types as in the inputs), ``score``
-            (float32, higher is better), ``rank`` (int32, 1 = best) and
+            (float32: the match probability in [0, 1], or the raw score when
+            ``score_map_`` is None), ``rank`` (int32, 1 = best) and
             ``is_match`` (``score >= threshold_``); ``min(k, n_products_)`` rows
-            per listing, listings in input order. After :meth:`fit_pairs`,
-            ``score`` is the pair scorer's match probability and a
+            per listing, listings in input order; the schema metadata
+            ``{b"simsearch.score": b"probability"}`` marks probabilities. After
+            :meth:`fit_pairs`, ``score`` is the pair scorer's match probability and a
             ``top_features`` column (list of str, ``"name=+0.41"``) gives the
             features that moved it most.
 
@@ -329,9 +356,11 @@ class CatalogMatcher:
             parts.append(self._match_table(table, id_col, text_col))
             bar.update(table.num_rows)
         bar.close()
-        if not parts:
-            return self._empty_result(pa.string())
-        return pa.concat_tables(parts)
+        result = pa.concat_tables(parts) if parts else self._empty_result(pa.string())
+        if self._score_map() is not None or self.pair_scorer_ is not None or self._pair_model() is not None:
+            # The mark find_duplicates puts on calibrated scores, so reports read them as probabilities.
+            result = result.replace_schema_metadata({SCORE_KIND_KEY: b"probability"})
+        return result
 
     def _empty_result(self, listing_type: pa.DataType) -> pa.Table:
         columns = {
@@ -362,7 +391,9 @@ class CatalogMatcher:
                 rows, prods, scores, _, _ = top_per_row(rows, prods, scores, self.rerank or max(2 * self.k, 5))
                 texts = _tables.text_column(table, text_col, name="listings")
                 scores = model.predict_proba([texts[r] for r in rows], [self.catalog_texts_[p] for p in prods]).astype(np.float32)
+        # Ranked on the raw score, then mapped: the map is monotone, so no new ties decide the order.
         rows, prods, scores, rank, kept_at = top_per_row(rows, prods, scores, self.k)
+        scores = self._probabilities(scores)
         result = {
             "listing_id": listing_ids.take(pa.array(rows)),
             "product_id": self.product_ids_.take(pa.array(prods)),
@@ -393,130 +424,6 @@ class CatalogMatcher:
             raise ValueError(f"listing images have dimension {images.shape[1]}, the catalog's have {self.images_.shape[1]}")
         image = np.einsum("ij,ij->i", images[rows], self.images_[prods])
         return ((1.0 - self.image_weight) * text + self.image_weight * image).astype(np.float32)
-
-    # -- labelled pairs --------------------------------------------------
-
-    def score_pairs(
-        self,
-        pairs: Any,
-        listings: Any = None,
-        *,
-        listing_col: str = "listing_id",
-        product_col: str = "product_id",
-        id_col: str | None = None,
-        text_col: str | None = None,
-    ) -> np.ndarray:
-        """Score given (listing, product) pairs exactly, without retrieval.
-
-        Parameters
-        ----------
-        pairs : table
-            With ``listing_col`` and ``product_col``; the listing titles come
-            from ``listings`` or, when it is None, from a ``text_col`` column
-            of ``pairs`` itself.
-        listings : table, optional
-            Listing ids and titles (``id_col``, ``text_col``).
-
-        Returns
-        -------
-        ndarray of shape (n_pairs,), float32
-            After :meth:`fit_pairs`, match probabilities.
-
-        Raises
-        ------
-        ValueError
-            A product id not in the catalog, or a listing id not in ``listings``.
-        """
-        self._check_fitted()
-        id_col = id_col or self.id_col
-        text_col = text_col or self.text_col
-        table = _tables.read_table(pairs, name="pairs")
-        lt, listing_rows, product_rows = self._resolve_pairs(table, listings, listing_col, product_col, id_col, text_col)
-        items = self._listing_items(lt, text_col)
-        if self.pair_scorer_ is not None:
-            side = self._listing_side(lt, text_col, items)
-            return self.pair_scorer_.predict_proba(self._pair_features(side, listing_rows, product_rows)).astype(np.float32)
-        model = self._pair_model()
-        if model is not None:
-            texts = _tables.text_column(lt, text_col, name="listings")
-            left = [texts[r] for r in listing_rows]
-            return model.predict_proba(left, [self.catalog_texts_[p] for p in product_rows]).astype(np.float32)
-        images = self._images(lt, "listings") if (self.image_col and self.image_col in lt.column_names) else None
-        return self._scores(items, listing_rows, product_rows, images)
-
-    def _resolve_pairs(
-        self, table: pa.Table, listings: Any, listing_col: str, product_col: str, id_col: str, text_col: str
-    ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-        """The listings table of ``pairs`` and each pair's (listing row, product row)."""
-        _tables.require_columns(table, [listing_col, product_col], name="pairs")
-        extra = ([self.image_col] if self.image_col else []) + self._feature_columns()
-        if listings is None:
-            _tables.require_columns(table, [text_col, *self._feature_columns()], name="pairs")
-            lt = pa.table(
-                {id_col: table.column(listing_col), text_col: table.column(text_col),
-                 **{c: table.column(c) for c in self._feature_columns()}}
-            )
-            listing_rows = np.arange(table.num_rows)
-        else:
-            lt = _tables.read_table(listings, [id_col, text_col] + extra, name="listings")
-            row_of = {v: i for i, v in enumerate(_tables.id_column(lt, id_col, name="listings").to_pylist())}
-            wanted = table.column(listing_col).to_pylist()
-            missing = [v for v in wanted if v not in row_of]
-            if missing:
-                raise ValueError(f"pairs name {len(missing)} listing ids not in listings, e.g. {missing[:3]}")
-            listing_rows = np.array([row_of[v] for v in wanted], dtype=np.int64)
-        product_rows = self._product_rows(table.column(product_col).to_pylist())
-        return lt, listing_rows, product_rows
-
-    def _product_rows(self, product_ids: list[Any]) -> np.ndarray:
-        if getattr(self, "_row_of", None) is None:
-            self._row_of = {v: i for i, v in enumerate(self.product_ids_.to_pylist())}
-        missing = [v for v in product_ids if v not in self._row_of]
-        if missing:
-            raise ValueError(f"pairs name {len(missing)} product ids not in the catalog, e.g. {missing[:3]}")
-        return np.array([self._row_of[v] for v in product_ids], dtype=np.int64)
-
-    def calibrate(
-        self,
-        pairs: Any,
-        listings: Any = None,
-        *,
-        label_col: str = "label",
-        listing_col: str = "listing_id",
-        product_col: str = "product_id",
-        id_col: str | None = None,
-        text_col: str | None = None,
-    ) -> ThresholdChoice:
-        """Choose the threshold that maximizes F1 on labelled pairs.
-
-        Parameters
-        ----------
-        pairs : table
-            ``listing_col``, ``product_col`` and ``label_col`` (1 match, 0 not),
-            and the listing title in ``text_col`` unless ``listings`` is given.
-        listings : table, optional
-            Listing ids and titles.
-
-        Returns
-        -------
-        ThresholdChoice
-            Threshold, F1, precision and recall there; it is also stored in
-            ``calibration_`` and used by later :meth:`match` calls.
-
-        Raises
-        ------
-        ValueError
-            No pairs, labels other than 0/1, no positive pair, unknown ids.
-        """
-        table = _tables.read_table(pairs, name="pairs")
-        _tables.require_columns(table, [label_col], name="pairs")
-        _tables.require_rows(table, name="pairs")
-        labels = table.column(label_col).to_numpy(zero_copy_only=False)
-        scores = self.score_pairs(
-            table, listings, listing_col=listing_col, product_col=product_col, id_col=id_col, text_col=text_col
-        )
-        self.calibration_ = best_f1_threshold(scores, labels)
-        return self.calibration_
 
     # -- learned matching -------------------------------------------------
 

@@ -18,8 +18,14 @@ into place when complete (:func:`~simsearch._storage.atomic_dir`).
 Format versions: 1 listed the checksums under ``files``; 2 writes the
 manifest with :func:`~simsearch._storage.write_manifest` (``checksums``); 3
 adds the ``pair_model`` parameter (``"default"``, ``"folder"`` for the copy in
-``pair_model/``, or null). All are read; a version-1 or -2 folder predates
-the pair model and loads without one, so it scores as it did.
+``pair_model/``, or null); 4 adds ``score_map``, the map from the raw score
+to the probability (:class:`~simsearch.applications.match_calibration.ScoreMap`:
+slope, intercept, threshold, source), written out even when it is the
+shipped default so that a later default does not change a saved matcher. All
+are read; a version-1 or -2 folder predates the pair model and loads without
+one, and a folder before version 4 loads with ``score_map_ = None``: it
+returns the raw scores with its saved thresholds (raw scale), so it scores
+as it did.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from simsearch import _fileio, _storage
 from simsearch._validation import check_positive_int
 from simsearch.applications._items import Items
 from simsearch.applications.lexical import LexicalModel, PairScoring, hybrid_vectors
+from simsearch.applications.match_calibration import ScoreMap
 from simsearch.applications.metrics import ThresholdChoice
 from simsearch.applications.pair_model import PairModel, resolve_pair_model
 from simsearch.applications.pair_scorer import FeatureConfig, PairScorer
@@ -46,8 +53,8 @@ __all__ = ["MANIFEST", "MATCHER_FORMAT", "MATCHER_FORMAT_VERSION", "read_matcher
 
 #: Folder format of :meth:`CatalogMatcher.save`.
 MATCHER_FORMAT = "simsearch-catalog-matcher"
-MATCHER_FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+MATCHER_FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "matcher.json"
 # Files of a text model directory that a saved matcher keeps.
 _ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -112,6 +119,7 @@ def write_matcher(m: Any, path: str | os.PathLike[str]) -> None:
             "threshold": m.threshold_,
             "calibration": None if m.calibration_ is None else m.calibration_.to_dict(),
             "feature_config": None if m.feature_config_ is None else m.feature_config_.to_json(),
+            "score_map": None if m.score_map_ is None else m.score_map_.to_dict(),
         }  # fmt: skip
         files = sorted(f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file())
         _storage.write_manifest(
@@ -189,6 +197,10 @@ def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | 
     scoring["ngram_range"] = tuple(scoring["ngram_range"])
     # Versions 1 and 2 predate the pair model: they score without one.
     params.setdefault("pair_model", None)
+    old_scale = manifest.get("format_version", 1) < 4
+    if old_scale and params.get("threshold") is None:
+        # Raw scores before version 4: keep the threshold the folder was saved with.
+        params["threshold"] = manifest.get("threshold")
     if params["pair_model"] == "folder":
         params["pair_model"] = PairModel.load(path / "pair_model")
     enc = manifest["encoder"]
@@ -205,6 +217,9 @@ def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | 
         m.feature_config_ = FeatureConfig.from_json(manifest["feature_config"])
     if manifest["calibration"] is not None:
         m.calibration_ = ThresholdChoice.from_dict(manifest["calibration"])
+    # Before version 4 the scores were raw: such a folder keeps them (and its raw-scale thresholds).
+    score_map = None if old_scale else manifest["score_map"]
+    m.score_map_ = None if score_map is None else ScoreMap.from_dict(score_map)
     if (path / "pair_scorer.skops").is_file():
         m.pair_scorer_ = PairScorer.load(path / "pair_scorer.skops")
     texts = [t or "" for t in table.column("title").to_pylist()]

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common.add_columns(p, image=True)
     _common.add_listing_columns(p)
     p.add_argument("-k", type=int, default=5, help="products per listing (default 5)")
-    p.add_argument("--threshold", type=float, default=None, help="least score of a match (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None, help="least match probability (default: the calibrated default threshold)")
     p.add_argument("--pairs", help="labelled pairs (listing_id, product_id, label) to calibrate the threshold on")
     p.add_argument("--no-lexical", action="store_true", help="embedding cosine only")
     p.add_argument("--out", help="write results here instead of printing")
