@@ -7,8 +7,9 @@ For every data set of ``_matching.DATASETS`` and for its ``valid`` and
 (:func:`_matching.split_records`: the split's distinct left records match
 against a catalog of its distinct right records) and the default
 ``CatalogMatcher(k=5)`` matches it; the pairs it returns are labelled by the
-set's ground truth: the matching pairs of all its split files, closed under
-transitivity (:func:`_matching.matcher_candidates`; a split's own pairs are a
+set's ground truth: the matching pairs of its train and valid files (a fitted
+split never sees test's labels; a held-out test split is labelled by all its
+files), closed under transitivity (:func:`_matching.matcher_candidates`; a split's own pairs are a
 sample of the set's candidate pairs, so the matching pair of two of its
 records is often in another split). Both zero-shot
 scores are collected: the lexical score (the default) and the embedding
@@ -71,8 +72,8 @@ PROVENANCE = (
     "DBLP-Scholar (structured, dirty) (Mudgal et al., SIGMOD 2018), as serialized by Ditto (megagonlabs/ditto); "
     "licence as redistributed: BSD-3-Clause (megagonlabs/rotom's reading of the DeepMatcher repository). "
     "The pairs are the ones CatalogMatcher(k=5) returns when each split's left records are matched against "
-    "a catalog of its right records, labelled by the set's ground truth (the matching pairs of all its "
-    "splits, closed under transitivity). WDC and Abt-Buy were not used."
+    "a catalog of its right records, labelled by the matching pairs of the set's train and valid files "
+    "(closed under transitivity; never by its test labels). WDC and Abt-Buy were not used."
 )
 
 
@@ -84,8 +85,12 @@ def collect(name: str, split: str, mode: str, encoder: Any) -> dict[str, np.ndar
             return {k: z[k] for k in z.files}
     d = _matching.DATASETS[name]
     t0 = time.perf_counter()
+    # A fitted split is labelled by the labels of the splits a user could fit on (train and valid), never by
+    # test's; a held-out test split is labelled by everything the set has (it is only evaluated).
+    files = _matching.pair_files(d.folder)
+    truth = tuple(files if split == "test" else [f for f in files if f[0] != "test"])
     c = _matching.matcher_candidates(d.folder, split, d.suffix, encoder=encoder, lexical=MODES[mode], raw=True,
-                                     truth=tuple(_matching.pair_files(d.folder)))
+                                     truth=truth)
     out = {"raw": c.scores, "labels": c.labels, "rank": c.rank, "recall": np.float64(c.recall),
            "n_listings": np.int64(c.n_listings), "n_catalog": np.int64(c.n_catalog)}
     print(f"  {name} {split} {mode}: {c.n_listings} listings x catalog {c.n_catalog} -> {len(c.labels)} pairs "
