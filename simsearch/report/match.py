@@ -131,7 +131,7 @@ def match_report(
         np.fmax.at(best, l_rows, scores)
         np.logical_or.at(matched, l_rows, is_match)
     listing_list = list(listing_order)
-    probability = is_probability(score_col) or (score_col == "score" and features is not None)
+    probability = is_probability(score_col, matches) or (score_col == "score" and features is not None)
     payload = {
         "kind": "match",
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
