@@ -80,7 +80,7 @@ def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bo
             continue
         for mode in fuzzer.modes:
             # A mutated model is exported and compiled anew (seconds a case): fewer of those.
-            n = matcher_cases if (name, mode) == ("matcher", "resealed-model") else cases
+            n = matcher_cases if name == "matcher" and mode.endswith("-model") else cases
             start = time.perf_counter()
             # An export of a mutated model takes a minute or more on a busy machine: a hang is what outlasts 10.
             timeout = 600.0 if mode == "resealed-model" else 30.0
@@ -500,7 +500,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts: about 2-3 minutes")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--fuzz-cases", type=int, default=None, help="cases per format and mode (default 10000; --quick 30)")
-    parser.add_argument("--matcher-cases", type=int, default=None, help="cases of saved matchers with mutated model files, mode resealed-model (default 1000; --quick 4)")
+    parser.add_argument("--matcher-cases", type=int, default=None, help="cases of saved matchers with mutated model files, modes raw-model and resealed-model (default 1000; --quick 4)")
     parser.add_argument("--kills", type=int, default=None, help="kills per target (default 100; --quick 10)")
     parser.add_argument("--concurrency-seconds", type=float, default=None, help="seconds per run (default 60; --quick 5)")
     parser.add_argument("--concurrency-runs", type=int, default=None, help="runs (default 3; --quick 1)")
