@@ -10,8 +10,10 @@ version, as headers (``X-Model``, ``X-Model-Fingerprint``,
 ``model_fingerprint``, ``index_version``). Errors are JSON ``{"error": "one
 line"}``: 400 bad input or invalid JSON, 401 missing or wrong bearer token, 404
 unknown id, 409 id already present, 413 body or batch too large, 422 body of
-the wrong shape, 429 queue full (with ``Retry-After``), 503 still loading,
-504 deadline passed.
+the wrong shape, 429 overloaded (queue full, or the request could not finish
+before its deadline; with ``Retry-After``), 503 still loading (with
+``Retry-After``), 504 a deadline shorter than the request's own compute, or a
+model call that hung.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ class _Metrics:
             ("cache_misses", "embedding cache misses since start"),
             ("items", "items in the index"),
             ("index_version", "writes applied to the index folder"),
-            ("deadline_exceeded", "requests dropped past their deadline"),
+            ("deadline_exceeded", "requests refused for a timeout shorter than their own compute, or whose model call hung"),
+            ("shed", "requests shed with 429 after queueing: they could no longer finish before their deadline"),
+            ("late", "requests answered with their result past their deadline"),
         ):
             Gauge(f"simsearch_{name}", doc, registry=r).set_function(stat(name))
         ready = Gauge("simsearch_ready", "1 once the index and model are loaded", registry=r)

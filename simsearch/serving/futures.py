@@ -13,9 +13,27 @@ def done(value: Any) -> Future:
     return future
 
 
+class _Chained(Future):
+    """The future of :func:`chain`: it can be cancelled only while its inner future can.
+
+    So ``cancel()`` answers what a caller whose timeout ran out needs to
+    know: ``True``, the work was still waiting and will never run; ``False``,
+    it is running (or done) and its result is on the way.
+    """
+
+    def __init__(self, inner: Future) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def cancel(self) -> bool:
+        if not self._inner.cancel():
+            return False
+        return super().cancel()
+
+
 def chain(inner: Future, then: Callable[[Any], Any]) -> Future:
-    """A future of ``then(inner.result())``; cancelling it cancels ``inner``."""
-    outer: Future = Future()
+    """A future of ``then(inner.result())``; cancelling it cancels ``inner``, and fails once ``inner`` runs."""
+    outer = _Chained(inner)
 
     def relay(f: Future) -> None:
         if f.cancelled():
@@ -36,5 +54,4 @@ def chain(inner: Future, then: Callable[[Any], Any]) -> Future:
             outer.set_result(value)
 
     inner.add_done_callback(relay)
-    outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
     return outer
