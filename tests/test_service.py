@@ -190,6 +190,23 @@ def test_call_being_computed_when_its_timeout_passes_gets_its_result(folder, enc
         assert service.stats()["late"] == 1 and service.stats()["deadline_exceeded"] == 0
 
 
+def test_wait_async_sheds_queued_work_and_awaits_work_being_computed(folder, encoder):
+    import asyncio
+
+    with Service.open(folder, SlowEncoder(encoder, delay=0.3), max_batch_size=1) as service:
+        running = service.submit_embed(["running"])
+        wait_for(lambda: service.batcher.depth == 0, "the worker to take the first request")
+        queued = service.submit_embed(["queued"], timeout=0.05)
+
+        async def both() -> np.ndarray:
+            with pytest.raises(QueueFull, match="shed|still queued"):
+                await service.wait_async(queued, 0.05)
+            return (await service.wait_async(running, 0.05)).vectors
+
+        assert asyncio.run(both()).shape == (1, 384)
+        assert service.stats()["shed"] == 1 and service.stats()["deadline_exceeded"] == 0
+
+
 def test_full_queue_raises_queue_full(folder, encoder):
     with Service.open(folder, SlowEncoder(encoder), max_batch_size=1, max_queue=2) as service:
         service.submit_embed(["one"])  # taken by the worker
