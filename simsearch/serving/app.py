@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,11 @@ disable_created_metrics()
 TOKEN_ENV = "SIMSEARCH_TOKEN"
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _ENDPOINTS = frozenset({"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"})
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0)
+# When the outermost layer received the request (time.monotonic()): a
+# request's deadline runs from its arrival, not from when its handler got
+# the event loop, which on a loaded machine can be much later.
+_ARRIVED: ContextVar[float] = ContextVar("simsearch_arrived")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -250,9 +255,22 @@ def create_app(
         if n == 0:
             raise _HTTPError(400, f"no {what} given")
 
-    def timeout_s(timeout_ms: float | None) -> float | None:
+    def timeout_s(svc: Service, timeout_ms: float | None) -> float | None:
+        """Seconds the request has left of its timeout, counted from its arrival."""
         ms = timeout_ms if timeout_ms is not None else limits.timeout_ms
-        return None if ms is None else ms / 1000.0
+        if ms is None:
+            return None
+        waited = time.monotonic() - _ARRIVED.get(time.monotonic())
+        left = ms / 1000.0 - waited
+        if left <= 0:
+            # It waited in the server's own queues (the event loop) past its deadline: overload.
+            metrics.rejected.inc()
+            raise _HTTPError(
+                429,
+                f"overloaded: the request waited {waited * 1000:.0f} ms for its turn, past its timeout of {ms:g} ms; retry later",
+                {"Retry-After": str(svc.batcher.retry_after())},
+            )
+        return left
 
     def effort(ef: int | None) -> int | None:
         # Checked before the texts are queued for the encoder; 422 like every out-of-range field.
@@ -280,7 +298,7 @@ def create_app(
     async def embed(req: EmbedRequest) -> Response:
         svc = ready()
         count(len(req.texts), "texts")
-        result = await vectors_of(svc, req.texts, timeout_s(req.timeout_ms), on_miss=None)
+        result = await vectors_of(svc, req.texts, timeout_s(svc, req.timeout_ms), on_miss=None)
         vectors = [[None] * svc.dim if m else row for row, m in zip(result.vectors.tolist(), result.missing.tolist())]
         return body({"embeddings": vectors, "missing": result.missing.tolist(), "dim": svc.dim})
 
@@ -293,7 +311,7 @@ def create_app(
         if req.query is not None:
             texts = [req.query] if isinstance(req.query, str) else req.query
             count(len(texts), "queries")
-            vectors = (await vectors_of(svc, texts, timeout_s(req.timeout_ms))).vectors
+            vectors = (await vectors_of(svc, texts, timeout_s(svc, req.timeout_ms))).vectors
         else:
             raw = req.vector
             rows = [raw] if raw and not isinstance(raw[0], list) else raw
@@ -312,7 +330,7 @@ def create_app(
         svc = ready()
         count(len(req.listings), "listings")
         ef = effort(req.ef)
-        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
+        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(svc, req.timeout_ms))).vectors
         result = svc.match_vectors(vectors, req.k, req.threshold, ef)
         rows = hits_json(result)
         return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]}, result.index_version)
@@ -417,6 +435,7 @@ class _Front:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        _ARRIVED.set(time.monotonic())
         path = scope["path"]
         endpoint = path if path in _ENDPOINTS else "other"
         status = {"code": 500}
