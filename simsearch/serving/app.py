@@ -80,6 +80,38 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.07
 # request's deadline runs from its arrival, not from when its handler got
 # the event loop, which on a loaded machine can be much later.
 _ARRIVED: ContextVar[float] = ContextVar("simsearch_arrived")
+# The event loop's lag is sampled this often; its decaying maximum halves every
+# _LAG_HALF_LIFE seconds.
+_LAG_EVERY_S = 0.02
+_LAG_HALF_LIFE = 2.0
+
+
+class _LoopLag:
+    """How late the event loop wakes up: a decaying maximum of sampled lags, in seconds.
+
+    On a loaded machine the loop may run seconds late; an answer the batcher
+    finishes on time still has to wait for the loop to send it, so requests
+    keep this much (twice: the way in and the way out) of their deadline for
+    it, and a loop too late to answer in time sheds work rather than letting
+    it miss its deadline.
+    """
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._at = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.worst * 0.5 ** ((time.monotonic() - self._at) / _LAG_HALF_LIFE)
+
+    async def watch(self) -> None:
+        import asyncio
+
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(_LAG_EVERY_S)
+            lag = time.monotonic() - before - _LAG_EVERY_S
+            if lag >= self.seconds():
+                self.worst, self._at = lag, time.monotonic()
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -214,6 +246,7 @@ def create_app(
     """
     limits = limits or ServerLimits()
     state = _State(info or {})
+    lag = _LoopLag()
     metrics = _Metrics(state)
 
     def load() -> None:
@@ -226,11 +259,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        import asyncio
+
         if isinstance(service, Service):
             state.service = service
         else:
             threading.Thread(target=load, name="simsearch-load", daemon=True).start()
+        watcher = asyncio.ensure_future(lag.watch())
         yield
+        watcher.cancel()
         if state.service is not None:
             await run_in_threadpool(state.service.close)
 
@@ -255,19 +292,25 @@ def create_app(
         if n == 0:
             raise _HTTPError(400, f"no {what} given")
 
-    def timeout_s(svc: Service, timeout_ms: float | None) -> float | None:
-        """Seconds the request has left of its timeout, counted from its arrival."""
+    def timeout_s(svc: Service, timeout_ms: float | None, n: int) -> float | None:
+        """Seconds the request of ``n`` texts has left of its timeout, counted from its arrival."""
         ms = timeout_ms if timeout_ms is not None else limits.timeout_ms
         if ms is None:
             return None
         waited = time.monotonic() - _ARRIVED.get(time.monotonic())
-        left = ms / 1000.0 - waited
-        if left <= 0:
-            # It waited in the server's own queues (the event loop) past its deadline: overload.
+        reserve = 2 * lag.seconds()  # for the loop to take the request in and to send its answer
+        left = ms / 1000.0 - waited - reserve
+        own = n * svc.batcher.item_s
+        # Time the server's delays took from a timeout that would have been
+        # enough is overload (429); a timeout too short for the work itself
+        # is the caller's (504, from the batcher).
+        if left <= 0 or left <= own < ms / 1000.0:
+            # The server's own event loop is too far behind to answer in time: overload.
             metrics.rejected.inc()
             raise _HTTPError(
                 429,
-                f"overloaded: the request waited {waited * 1000:.0f} ms for its turn, past its timeout of {ms:g} ms; retry later",
+                f"overloaded: the request waited {waited * 1000:.0f} ms for its turn and the server answers "
+                f"{reserve * 1000:.0f} ms late, past its timeout of {ms:g} ms; retry later",
                 {"Retry-After": str(svc.batcher.retry_after())},
             )
         return left
@@ -298,7 +341,7 @@ def create_app(
     async def embed(req: EmbedRequest) -> Response:
         svc = ready()
         count(len(req.texts), "texts")
-        result = await vectors_of(svc, req.texts, timeout_s(svc, req.timeout_ms), on_miss=None)
+        result = await vectors_of(svc, req.texts, timeout_s(svc, req.timeout_ms, len(req.texts)), on_miss=None)
         vectors = [[None] * svc.dim if m else row for row, m in zip(result.vectors.tolist(), result.missing.tolist())]
         return body({"embeddings": vectors, "missing": result.missing.tolist(), "dim": svc.dim})
 
@@ -311,7 +354,7 @@ def create_app(
         if req.query is not None:
             texts = [req.query] if isinstance(req.query, str) else req.query
             count(len(texts), "queries")
-            vectors = (await vectors_of(svc, texts, timeout_s(svc, req.timeout_ms))).vectors
+            vectors = (await vectors_of(svc, texts, timeout_s(svc, req.timeout_ms, len(texts)))).vectors
         else:
             raw = req.vector
             rows = [raw] if raw and not isinstance(raw[0], list) else raw
@@ -330,7 +373,7 @@ def create_app(
         svc = ready()
         count(len(req.listings), "listings")
         ef = effort(req.ef)
-        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(svc, req.timeout_ms))).vectors
+        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(svc, req.timeout_ms, len(req.listings)))).vectors
         result = svc.match_vectors(vectors, req.k, req.threshold, ef)
         rows = hits_json(result)
         return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]}, result.index_version)

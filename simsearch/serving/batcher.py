@@ -45,13 +45,15 @@ whether a request can still be served plans with the pessimistic speed:
    planning speed, end within ``1 - _HEADROOM`` (75%) of the time it has
    left; otherwise :class:`QueueFull` at once (HTTP 429 with
    ``Retry-After``). The headroom absorbs a slow-down after admission.
-2. **Batch formation.** A queued request that, at the planning speed, could
-   no longer finish before its deadline (less a margin of
-   ``_FINISH_MARGIN`` of its budget for the answer's way back), even if it
-   went into this batch, is shed then, before any work is spent on it, with
-   :class:`QueueFull` too: the server fell behind, which is overload (load
-   shedding, a 429), not a failure of the request. A request joins a batch
-   only if the whole batch ends, at the planning speed, before its deadline.
+2. **Batch formation.** A queued request that could no longer finish
+   before its deadline (less a margin of ``_FINISH_MARGIN`` of its budget
+   for the answer's way back) even if it went into this batch, at
+   ``_BATCH_SLACK`` (2) times the planning speed, is shed then, before any
+   work is spent on it, with :class:`QueueFull` too: the server fell
+   behind, which is overload (load shedding, a 429), not a failure of the
+   request. A request joins a batch only if the whole batch ends in time at
+   that speed: on a loaded machine the worker can lose the CPU for a whole
+   batch, and the slack is cheap because a batch is short beside a deadline.
 3. **Finished late.** A request whose batch ends past its deadline anyway
    (the machine slowed down during that one batch) gets its result: the
    work is done and the caller is still waiting; dropping it would turn a
@@ -94,6 +96,9 @@ _HEADROOM = 0.25
 # At batch formation a request must finish this share of its budget before its
 # deadline: the answer still has to be serialised and sent.
 _FINISH_MARGIN = 0.1
+# A batch is formed for running this many times slower than the planning
+# speed: on a loaded machine the worker can lose the CPU for a whole batch.
+_BATCH_SLACK = 2.0
 # A batch waits for company only when at least this share of recent arrivals
 # found other requests in the service; below it, requests come one at a time.
 _OVERLAP = 0.5
@@ -294,6 +299,11 @@ class AdaptiveBatcher:
         with self._cond:
             return self._retry_after_locked(time.monotonic())
 
+    @property
+    def item_s(self) -> float:
+        """Mean seconds per item of recent batches (0 before the first batch)."""
+        return self._item_s
+
     def planning_item_s(self) -> float:
         """Seconds per item that admission and batch formation plan with now (0 before the first batch)."""
         with self._cond:
@@ -396,7 +406,7 @@ class AdaptiveBatcher:
 
     def _hopeless(self, request: _Request, now: float, item_s: float) -> bool:
         """Could not finish in time even if computed now, having been delayed by other work."""
-        return not request.alone and now + len(request.items) * item_s > request.due()
+        return not request.alone and now + _BATCH_SLACK * len(request.items) * item_s > request.due()
 
     def _select_locked(self, now: float, item_s: float) -> tuple[list[_Request], list[_Request]]:
         """Shed what can no longer finish in time; take the oldest request left and the ones that fit beside it, nearest in key first.
@@ -431,7 +441,7 @@ class AdaptiveBatcher:
                 continue
             n = len(request.items)
             due = min(ends_by, request.due())
-            if size + n > self.max_batch_size or now + (size + n) * item_s > due:
+            if size + n > self.max_batch_size or now + _BATCH_SLACK * (size + n) * item_s > due:
                 continue
             batch.append(request)
             taken.add(i)
