@@ -95,7 +95,7 @@ _SLOW_HALF_LIFE = 2.0
 _HEADROOM = 0.25
 # At batch formation a request must finish this share of its budget before its
 # deadline: the answer still has to be serialised and sent.
-_FINISH_MARGIN = 0.1
+_FINISH_MARGIN = 0.2
 # A batch is formed for running this many times slower than the planning
 # speed: on a loaded machine the worker can lose the CPU for a whole batch.
 _BATCH_SLACK = 2.0
