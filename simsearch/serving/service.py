@@ -445,6 +445,8 @@ class Service:
         import asyncio
 
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
+        if future.done() and not future.cancelled():
+            return future.result()  # a cache hit: no trip through the event loop
         wrapped = asyncio.wrap_future(future)
         if seconds is None:
             return await wrapped
