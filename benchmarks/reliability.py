@@ -19,9 +19,11 @@ the two dependencies the library talks to (Redis, Ray):
   ``ShardedIndex.save``, ``Deduplicator.update`` + ``save`` and
   ``Service.add``, and one kill before every durability call of the Python
   writers: recoveries, and acknowledged writes lost.
-- **overload**: ``simsearch serve`` at twice the rate it sustains: status
-  codes, p99 of the accepted requests against their 2 s deadline, server RSS
-  before and after.
+- **overload**: ``simsearch serve`` at twice the rate it sustains (the 200s
+  per second of a saturated server): status codes, p50/p90/p99 of the
+  accepted requests against their 2 s deadline, the server's own counters
+  (refused, shed after queueing, answered late), the load generator's own
+  lag, server RSS before and after.
 - **dependencies**: Redis killed, stopped (a hung server) and restarted under
   a :class:`~simsearch.RedisEmbeddingCache` and under a Service using it; a Ray
   worker SIGKILLed under ``ShardedIndex(engine="ray")``: each call either
