@@ -61,8 +61,8 @@ whether a request can still be served plans with the pessimistic speed:
    what keeps such answers rare (counted in :attr:`late`).
 
 :class:`DeadlineExceeded` is kept for one case only: a deadline shorter than
-the request's own compute at the mean speed, with nothing ahead of it. That
-is not overload: an idle server misses it too, and a retry would fail the
+the request's own compute at the mean speed, even with nothing ahead of it
+(raised by :meth:`submit`, before any work is spent). That is not overload: an idle server misses it too, and a retry would fail the
 same way, so a 429 inviting the client to retry would be untrue; the error
 says to give more time. A request that arrives to an empty batcher (nothing
 queued or running) is never refused or shed for the planning speed alone: it

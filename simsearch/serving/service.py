@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +20,7 @@ from simsearch.errors import DeadlineExceeded, DuplicateIdError, QueueFull
 from simsearch.serving import store
 from simsearch.serving.batcher import AdaptiveBatcher, BatchStats
 from simsearch.serving.catalog import Catalog
-from simsearch.serving.futures import chain, done
+from simsearch.serving.futures import chain, done, wait, wait_async
 from simsearch.serving.results import EmbedResult, Hit, SearchResult, WriteResult
 
 __all__ = [
@@ -39,11 +38,6 @@ __all__ = [
 #: Largest ``k`` a search may ask for.
 MAX_K = 1000
 _ON_MISS = ("wait", "async")
-# A caller waits this long past its timeout for the batcher to answer first.
-_GRACE_S = 0.05
-# Work being computed when the timeout passes is awaited at least this long
-# more before the call gives up on a model call that does not return.
-_HUNG_S = 1.0
 
 
 class Service:
@@ -419,18 +413,7 @@ class Service:
 
     def _wait(self, future: Future, timeout: float | None) -> Any:
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
-        if seconds is None:
-            return future.result()
-        try:
-            # The batcher plans for the deadline; the small grace lets it answer first.
-            return future.result(seconds + _GRACE_S)
-        except FutureTimeout:
-            pass
-        self._give_up_waiting(future, seconds)
-        try:
-            return future.result(max(seconds, _HUNG_S))
-        except FutureTimeout:
-            raise self._hung(seconds) from None
+        return wait(future, seconds, self._give_up_waiting, self._hung)
 
     async def wait_async(self, future: Future, timeout: float | None = None) -> Any:
         """Await a future of :meth:`submit_embed` in an asyncio event loop.
@@ -442,23 +425,8 @@ class Service:
         has not returned within another ``timeout`` (at least 1 s) raises
         :class:`~simsearch.serving.DeadlineExceeded`.
         """
-        import asyncio
-
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
-        if future.done() and not future.cancelled():
-            return future.result()  # a cache hit: no trip through the event loop
-        wrapped = asyncio.wrap_future(future)
-        if seconds is None:
-            return await wrapped
-        # asyncio.wait, unlike wait_for, leaves the future alone when it times out.
-        finished, _ = await asyncio.wait({wrapped}, timeout=seconds + _GRACE_S)
-        if not finished:
-            self._give_up_waiting(future, seconds)
-            finished, _ = await asyncio.wait({wrapped}, timeout=max(seconds, _HUNG_S))
-            if not finished:
-                wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody reads it now
-                raise self._hung(seconds)
-        return wrapped.result()
+        return await wait_async(future, seconds, self._give_up_waiting, self._hung)
 
     def _give_up_waiting(self, future: Future, seconds: float) -> None:
         """The timeout passed: shed the work if it still waits in the queue (raise QueueFull); return if it is being computed."""
