@@ -304,11 +304,6 @@ class AdaptiveBatcher:
         """Mean seconds per item of recent batches (0 before the first batch)."""
         return self._item_s
 
-    def planning_item_s(self) -> float:
-        """Seconds per item that admission and batch formation plan with now (0 before the first batch)."""
-        with self._cond:
-            return self._plan_item_s_locked(time.monotonic())
-
     def close(self) -> None:
         """Stop taking requests, finish the queued ones, and join the worker."""
         with self._cond:
