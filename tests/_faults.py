@@ -1254,6 +1254,10 @@ class LoadResult:
         429 and 503 answers without a ``Retry-After`` header.
     sent, seconds : int, float
         Requests sent, and the wall time they took.
+    lag_s : list of float
+        How late the load generator's own event loop woke up, sampled every
+        20 ms: on a loaded machine the client's lag is part of every latency
+        it measures.
     """
 
     codes: Counter
@@ -1261,6 +1265,7 @@ class LoadResult:
     missing_retry_after: int
     sent: int
     seconds: float
+    lag_s: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -1268,80 +1273,145 @@ class LoadResult:
         return self.codes.get(200, 0) / self.seconds if self.seconds else 0.0
 
     def p99_ms(self) -> float:
-        return float(np.percentile(self.latencies_s, 99) * 1000) if self.latencies_s else float("nan")
+        return self.percentile_ms(99)
 
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile of the 200 answers' latency, in ms (NaN if none)."""
+        return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
 
-def _search(client: Any, text: str) -> tuple[Any, float]:
-    start = time.perf_counter()
-    try:
-        r = client.post("/v1/search", json={"query": text, "k": 3})
-    except Exception:  # noqa: BLE001 - httpx.TransportError and its kin: counted, not raised
-        return None, time.perf_counter() - start
-    return r, time.perf_counter() - start
+    def slower_than(self, seconds: float) -> int:
+        """How many 200 answers took longer than ``seconds``."""
+        return sum(t > seconds for t in self.latencies_s)
 
 
 def closed_loop(url: str, seconds: float, threads: int = 4, prefix: str = "rate") -> LoadResult:
-    """Each of ``threads`` sends one search after the other for ``seconds``: the sustainable rate."""
+    """``threads`` clients each send one search after the other for ``seconds``: the sustainable rate."""
     return _load(url, seconds, threads, None, prefix)
 
 
 def open_loop(url: str, rate: float, seconds: float, threads: int = 32, prefix: str = "load", max_requests: int = 4000) -> LoadResult:
-    """Send searches at ``rate`` per second whatever the answers take (at most ``max_requests``)."""
+    """Send searches at ``rate`` per second whatever the answers take (at most ``max_requests``, ``threads`` in flight at most)."""
     return _load(url, seconds, threads, rate, prefix, max_requests)
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams, speaking just what the load needs.
+
+    A load generator on the machine it loads must cost little per request:
+    a pool of httpx client threads contending for the GIL, and then even
+    one httpx.AsyncClient loop, lagged by seconds on a loaded machine and
+    added that to every latency it measured.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: Any = None
+        self.writer: Any = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[bytes, bytes]]:
+        import asyncio
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        headers: dict[bytes, bytes] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        await self.reader.readexactly(int(headers.get(b"content-length", b"0")))
+        return int(status_line.split()[1]), headers
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 def _load(url: str, seconds: float, threads: int, rate: float | None, prefix: str, max_requests: int = 100_000) -> LoadResult:
-    from concurrent.futures import ThreadPoolExecutor
+    """Drive the load from one asyncio loop over at most ``threads`` keep-alive
+    connections. A request's latency runs from the moment it is sent (it may
+    first wait for a free connection)."""
+    import asyncio
+    from urllib.parse import urlsplit
 
-    import httpx
-
+    where = urlsplit(url)
     codes: Counter = Counter()
     latencies: list[float] = []
     missing = [0]
-    lock = threading.Lock()
     counter = [0]
+    lag: list[float] = []
 
-    def record(r: Any, took: float) -> None:
-        with lock:
-            if r is None:
-                codes["transport"] += 1
+    def body() -> bytes:
+        counter[0] += 1
+        text = f"{prefix} {counter[0]} stainless steel kettle {counter[0] * 7919 % 1000}"  # unique: no cache hits
+        return json.dumps({"query": text, "k": 3}).encode()
+
+    async def run() -> float:
+        idle: asyncio.Queue = asyncio.Queue()
+        for _ in range(threads):
+            idle.put_nowait(_Connection(where.hostname or "127.0.0.1", where.port or 80))
+
+        async def search() -> None:
+            conn = await idle.get()
+            start = time.perf_counter()
+            try:
+                status, headers = await asyncio.wait_for(conn.post("/v1/search", body()), 30)
+            except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError):
+                codes["transport"] += 1  # counted, not raised
+                conn.close()
                 return
-            codes[r.status_code] += 1
-            if r.status_code == 200:
+            finally:
+                idle.put_nowait(conn)
+            took = time.perf_counter() - start
+            codes[status] += 1
+            if status == 200:
                 latencies.append(took)
-            if r.status_code in (429, 503) and "retry-after" not in r.headers:
+            if status in (429, 503) and b"retry-after" not in headers:
                 missing[0] += 1
 
-    def text() -> str:
-        with lock:
-            counter[0] += 1
-            return f"{prefix} {counter[0]} stainless steel kettle {counter[0] * 7919 % 1000}"  # unique: no cache hits
+        async def watch() -> None:
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.02)
+                lag.append(time.monotonic() - before - 0.02)
 
-    limits = httpx.Limits(max_connections=threads * 2, max_keepalive_connections=threads * 2)
-    with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
+        watcher = asyncio.ensure_future(watch())
         start = time.monotonic()
         end = start + seconds
-        if rate is None:
+        try:
+            if rate is None:
 
-            def worker() -> None:
-                while time.monotonic() < end:
-                    record(*_search(client, text()))
+                async def client_loop() -> None:
+                    while time.monotonic() < end:
+                        await search()
 
-            workers = [threading.Thread(target=worker) for _ in range(threads)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                n = min(max_requests, int(rate * seconds))
-                for i in range(n):
+                await asyncio.gather(*(client_loop() for _ in range(threads)))
+            else:
+                tasks = []
+                for i in range(min(max_requests, int(rate * seconds))):
                     delay = start + i / rate - time.monotonic()
                     if delay > 0:
-                        time.sleep(delay)
-                    pool.submit(lambda: record(*_search(client, text())))
-        took = time.monotonic() - start
-    return LoadResult(codes, latencies, missing[0], sum(codes.values()), took)
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.ensure_future(search()))
+                await asyncio.gather(*tasks)
+            return time.monotonic() - start
+        finally:
+            watcher.cancel()
+            while not idle.empty():
+                idle.get_nowait().close()
+
+    took = asyncio.run(run())
+    return LoadResult(codes, latencies, missing[0], sum(codes.values()), took, lag)
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "fuzz-batch":

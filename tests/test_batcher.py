@@ -166,7 +166,7 @@ def test_lone_request_is_not_held_but_a_busy_queue_waits():
     batcher.close()
 
 
-def test_request_past_its_deadline_is_dropped_unprocessed():
+def test_request_that_can_no_longer_finish_is_shed_unprocessed_with_retry_after():
     gate = Gate()
     batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
     blocker = batcher.submit(["first"])
@@ -176,16 +176,18 @@ def test_request_past_its_deadline_is_dropped_unprocessed():
     on_time = batcher.submit(["patient"])
     wait_for(lambda: time.monotonic() > deadline, "the deadline to pass")
     gate.release.set()
-    with pytest.raises(DeadlineExceeded, match="dropped unprocessed"):
+    # Queued behind other work until it could no longer finish: overload, a 429, not a 504.
+    with pytest.raises(QueueFull, match="shed after") as info:
         late.result(30)
+    assert info.value.retry_after >= 1
     assert blocker.result(30) == ["FIRST"]
     assert on_time.result(30) == ["PATIENT"]
     batcher.close()
     assert all("late" not in call for call in gate.calls)
-    assert batcher.dropped == 1
+    assert batcher.shed == 1
 
 
-def test_result_finished_past_the_deadline_is_dropped():
+def test_result_finished_past_the_deadline_is_answered_and_counted_late():
     gate = Gate()
     batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
     deadline = time.monotonic() + 0.01
@@ -193,9 +195,19 @@ def test_result_finished_past_the_deadline_is_dropped():
     gate.entered.wait(30)
     wait_for(lambda: time.monotonic() > deadline, "the deadline to pass")
     gate.release.set()
-    with pytest.raises(DeadlineExceeded, match="while computing"):
-        future.result(30)
+    assert future.result(30) == ["SLOW"]  # the work is done: the caller gets it
     batcher.close()
+    assert batcher.late == 1 and batcher.shed == 0
+
+
+def measured(gate: Gate, batcher: AdaptiveBatcher, seconds: float) -> None:
+    """Let the batcher measure one item taking ``seconds``; leaves the gate held."""
+    first = batcher.submit(["measure"])
+    gate.entered.wait(30)
+    time.sleep(seconds)
+    gate.release.set()
+    first.result(30)
+    gate.hold()
 
 
 def test_full_queue_refuses_with_retry_after():
@@ -215,18 +227,16 @@ def test_full_queue_refuses_with_retry_after():
     batcher.close()
 
 
-def test_work_the_queue_would_hold_past_its_deadline_is_refused_at_once():
+def test_work_the_queue_would_hold_past_its_deadline_less_headroom_is_refused_at_once():
     gate = Gate()
-    gate.release.set()
     batcher = AdaptiveBatcher(gate, max_batch_size=1, max_wait_ms=0, max_queue=100)
-    batcher.submit(["measure"]).result(30)  # one batch: seconds per item are known
-    gate.release.clear()
-    gate.entered.clear()
+    measured(gate, batcher, 0.1)  # about 0.1 s an item
     running = batcher.submit(["running"])
     gate.entered.wait(30)
     queued = [batcher.submit([f"q{i}"]) for i in range(3)]
-    with pytest.raises(QueueFull, match="for this deadline") as info:
-        batcher.submit(["hurried"], deadline=time.monotonic())
+    # About 0.5 s of work with its own item: within its 0.6 s, but not within 75% of it.
+    with pytest.raises(QueueFull, match="overloaded") as info:
+        batcher.submit(["hurried"], deadline=time.monotonic() + 0.6)
     assert info.value.retry_after >= 1
     patient = batcher.submit(["patient"], deadline=time.monotonic() + 600)
     gate.release.set()
@@ -234,6 +244,75 @@ def test_work_the_queue_would_hold_past_its_deadline_is_refused_at_once():
     assert [f.result(30) for f in [running, *queued]] == [["RUNNING"], ["Q0"], ["Q1"], ["Q2"]]
     batcher.close()
     assert all("hurried" not in call for call in gate.calls)
+
+
+def test_deadline_shorter_than_its_own_compute_raises_deadline_exceeded_at_once():
+    # Not overload: an idle batcher would miss it too, so no 429 inviting a retry.
+    gate = Gate()
+    batcher = AdaptiveBatcher(gate, max_batch_size=8, max_wait_ms=0)
+    measured(gate, batcher, 0.1)
+    with pytest.raises(DeadlineExceeded, match="give more time"):
+        batcher.submit(["a", "b"], deadline=time.monotonic() + 0.05)
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        batcher.submit(["c"], deadline=time.monotonic() - 1)
+    gate.release.set()
+    batcher.close()
+    assert gate.calls == [["measure"]]
+
+
+class ChangingModel:
+    """A fake model: ``item_s`` seconds an item, three times slower from ``slow_at`` on."""
+
+    def __init__(self, item_s: float, slow_at: float) -> None:
+        self.item_s, self.slow_at = item_s, slow_at
+
+    def __call__(self, items: list[str]) -> list[str]:
+        speed = self.item_s * (3 if time.monotonic() >= self.slow_at else 1)
+        time.sleep(speed * len(items))
+        return [s.upper() for s in items]
+
+
+def test_model_slowing_down_3x_under_overload_sheds_with_429_and_keeps_every_answer_in_its_deadline():
+    # Offered 300 requests/s, each with 1 s to live, to a model serving 200
+    # items/s in batches of 8, and 67/s after it slows down 3x half-way.
+    budget, rate, seconds = 1.0, 300.0, 2.0
+    start = time.monotonic()
+    model = ChangingModel(0.005, start + seconds / 2)
+    batcher = AdaptiveBatcher(model, max_batch_size=8, max_wait_ms=2, max_queue=1024)
+    refused: list[QueueFull] = []
+    accepted: list[tuple[str, float, object]] = []  # text, deadline, future
+    finished: dict[int, float] = {}
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        deadline = time.monotonic() + budget
+        try:
+            future = batcher.submit([f"t{i}"], deadline=deadline)
+        except QueueFull as err:
+            refused.append(err)
+            continue
+        future.add_done_callback(lambda f, i=i: finished.setdefault(i, time.monotonic()))
+        accepted.append((f"t{i}", deadline, future))
+    answered, shed, late = 0, 0, []
+    for text, deadline, future in accepted:
+        try:
+            assert future.result(30) == [text.upper()]
+        except QueueFull as err:  # shed from the queue: never a DeadlineExceeded
+            refused.append(err)
+            shed += 1
+            continue
+        answered += 1
+        i = int(text[1:])
+        if finished[i] > deadline:
+            late.append(finished[i] - deadline)
+    batcher.close()
+    assert not late, f"{len(late)} answers past their deadline, by up to {max(late) * 1000:.0f} ms"
+    assert all(err.retry_after >= 1 for err in refused)
+    assert shed == batcher.shed > 0  # the slow-down caught requests admitted at the old speed
+    assert answered > 0 and len(refused) > 0
+    after = [f for t, d, f in accepted if d - budget > start + seconds / 2 + 0.3 and not f.exception()]
+    assert after, "nothing was answered after the slow-down"
 
 
 def test_batch_function_error_reaches_every_caller():

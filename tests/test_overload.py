@@ -3,7 +3,7 @@
 The server runs in a subprocess on 127.0.0.1 (started outside the checkout,
 on a free port) over an index folder built from the bundled sample. Its
 sustainable rate is measured first (a few closed-loop clients), then searches
-are sent open-loop at twice that rate from several threads for a few
+are sent open-loop at twice that rate over many connections for a few
 seconds, bounded in count. Every answer must be 200 or 429 with
 ``Retry-After`` (503 with ``Retry-After`` only while starting), and the server
 must still answer afterwards. ``benchmarks/reliability.py`` runs it longer and

@@ -147,22 +147,64 @@ def test_bad_input_is_refused_with_its_reason(folder, encoder):
 
 
 class SlowEncoder:
-    """Stands in for the encoder in the deadline test: a model call that takes 50 ms."""
+    """Stands in for the encoder in the deadline tests: a model call that takes ``delay`` seconds (50 ms)."""
 
-    def __init__(self, real) -> None:
+    def __init__(self, real, delay: float = 0.05) -> None:
         self.real, self.dim, self.name, self.fingerprint = real, real.dim, real.name, real.fingerprint
+        self.delay, self.calls = delay, 0
 
     def encode(self, texts, batch_size=None, progress=None):
-        time.sleep(0.05)
+        self.calls += 1
+        time.sleep(self.delay)
         return self.real.encode(texts, progress=False)
 
 
-def test_call_past_its_timeout_raises_and_is_counted(folder, encoder):
-    with Service.open(folder, SlowEncoder(encoder), max_batch_size=1) as service:
-        with pytest.raises(DeadlineExceeded):
+def test_timeout_shorter_than_its_own_compute_raises_deadline_exceeded_at_once(folder, encoder):
+    slow = SlowEncoder(encoder)
+    with Service.open(folder, slow, max_batch_size=1) as service:
+        service.embed(["measure the speed"])
+        with pytest.raises(DeadlineExceeded, match="give more time"):
             service.embed(["a", "b"], timeout=0.001)
         assert service.stats()["deadline_exceeded"] == 1
+        assert slow.calls == 1  # refused before any work was spent on it
         assert service.embed(["still serving"]).vectors.shape == (1, 384)
+
+
+def test_call_still_queued_when_its_timeout_passes_is_shed_with_queue_full(folder, encoder):
+    with Service.open(folder, SlowEncoder(encoder, delay=0.3), max_batch_size=1) as service:
+        running = service.submit_embed(["running"])  # the speed is not known yet: the next call is admitted
+        wait_for(lambda: service.batcher.depth == 0, "the worker to take the first request")
+        with pytest.raises(QueueFull, match="shed|still queued") as info:
+            service.embed(["queued behind it"], timeout=0.05)
+        assert info.value.retry_after >= 1
+        assert running.result(30).vectors.shape == (1, 384)
+        assert service.stats()["shed"] == 1 and service.stats()["deadline_exceeded"] == 0
+
+
+def test_call_being_computed_when_its_timeout_passes_gets_its_result(folder, encoder):
+    with Service.open(folder, SlowEncoder(encoder, delay=0.3), max_batch_size=1) as service:
+        start = time.monotonic()
+        result = service.embed(["computing"], timeout=0.05)  # the work is done: answered, a little late
+        assert time.monotonic() - start >= 0.3
+        np.testing.assert_allclose(result.vectors, encoder.encode(["computing"]), atol=1e-6)
+        assert service.stats()["late"] == 1 and service.stats()["deadline_exceeded"] == 0
+
+
+def test_wait_async_sheds_queued_work_and_awaits_work_being_computed(folder, encoder):
+    import asyncio
+
+    with Service.open(folder, SlowEncoder(encoder, delay=0.3), max_batch_size=1) as service:
+        running = service.submit_embed(["running"])
+        wait_for(lambda: service.batcher.depth == 0, "the worker to take the first request")
+        queued = service.submit_embed(["queued"], timeout=0.05)
+
+        async def both() -> np.ndarray:
+            with pytest.raises(QueueFull, match="shed|still queued"):
+                await service.wait_async(queued, 0.05)
+            return (await service.wait_async(running, 0.05)).vectors
+
+        assert asyncio.run(both()).shape == (1, 384)
+        assert service.stats()["shed"] == 1 and service.stats()["deadline_exceeded"] == 0
 
 
 def test_full_queue_raises_queue_full(folder, encoder):

@@ -10,8 +10,10 @@ version, as headers (``X-Model``, ``X-Model-Fingerprint``,
 ``model_fingerprint``, ``index_version``). Errors are JSON ``{"error": "one
 line"}``: 400 bad input or invalid JSON, 401 missing or wrong bearer token, 404
 unknown id, 409 id already present, 413 body or batch too large, 422 body of
-the wrong shape, 429 queue full (with ``Retry-After``), 503 still loading,
-504 deadline passed.
+the wrong shape, 429 overloaded (queue full, or the request could not finish
+before its deadline; with ``Retry-After``), 503 still loading (with
+``Retry-After``), 504 a deadline shorter than the request's own compute, or a
+model call that hung.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +75,43 @@ disable_created_metrics()
 TOKEN_ENV = "SIMSEARCH_TOKEN"
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _ENDPOINTS = frozenset({"/v1/embed", "/v1/search", "/v1/match", "/v1/items", "/healthz", "/readyz", "/metrics"})
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0)
+# When the outermost layer received the request (time.monotonic()): a
+# request's deadline runs from its arrival, not from when its handler got
+# the event loop, which on a loaded machine can be much later.
+_ARRIVED: ContextVar[float] = ContextVar("simsearch_arrived")
+# The event loop's lag is sampled this often; its decaying maximum halves every
+# _LAG_HALF_LIFE seconds.
+_LAG_EVERY_S = 0.02
+_LAG_HALF_LIFE = 2.0
+
+
+class _LoopLag:
+    """How late the event loop wakes up: a decaying maximum of sampled lags, in seconds.
+
+    On a loaded machine the loop may run seconds late; an answer the batcher
+    finishes on time still has to wait for the loop to send it, so requests
+    keep this much (twice: the way in and the way out) of their deadline for
+    it, and a loop too late to answer in time sheds work rather than letting
+    it miss its deadline.
+    """
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._at = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.worst * 0.5 ** ((time.monotonic() - self._at) / _LAG_HALF_LIFE)
+
+    async def watch(self) -> None:
+        import asyncio
+
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(_LAG_EVERY_S)
+            lag = time.monotonic() - before - _LAG_EVERY_S
+            if lag >= self.seconds():
+                self.worst, self._at = lag, time.monotonic()
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -122,7 +161,9 @@ class _Metrics:
             ("cache_misses", "embedding cache misses since start"),
             ("items", "items in the index"),
             ("index_version", "writes applied to the index folder"),
-            ("deadline_exceeded", "requests dropped past their deadline"),
+            ("deadline_exceeded", "requests refused for a timeout shorter than their own compute, or whose model call hung"),
+            ("shed", "requests shed with 429 after queueing: they could no longer finish before their deadline"),
+            ("late", "requests answered with their result past their deadline"),
         ):
             Gauge(f"simsearch_{name}", doc, registry=r).set_function(stat(name))
         ready = Gauge("simsearch_ready", "1 once the index and model are loaded", registry=r)
@@ -205,6 +246,7 @@ def create_app(
     """
     limits = limits or ServerLimits()
     state = _State(info or {})
+    lag = _LoopLag()
     metrics = _Metrics(state)
 
     def load() -> None:
@@ -217,11 +259,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        import asyncio
+
         if isinstance(service, Service):
             state.service = service
         else:
             threading.Thread(target=load, name="simsearch-load", daemon=True).start()
+        watcher = asyncio.ensure_future(lag.watch())
         yield
+        watcher.cancel()
         if state.service is not None:
             await run_in_threadpool(state.service.close)
 
@@ -246,9 +292,28 @@ def create_app(
         if n == 0:
             raise _HTTPError(400, f"no {what} given")
 
-    def timeout_s(timeout_ms: float | None) -> float | None:
+    def timeout_s(svc: Service, timeout_ms: float | None, n: int) -> float | None:
+        """Seconds the request of ``n`` texts has left of its timeout, counted from its arrival."""
         ms = timeout_ms if timeout_ms is not None else limits.timeout_ms
-        return None if ms is None else ms / 1000.0
+        if ms is None:
+            return None
+        waited = time.monotonic() - _ARRIVED.get(time.monotonic())
+        reserve = 2 * lag.seconds()  # for the loop to take the request in and to send its answer
+        left = ms / 1000.0 - waited - reserve
+        own = n * svc.batcher.item_s
+        # Time the server's delays took from a timeout that would have been
+        # enough is overload (429); a timeout too short for the work itself
+        # is the caller's (504, from the batcher).
+        if left <= 0 or left <= own < ms / 1000.0:
+            # The server's own event loop is too far behind to answer in time: overload.
+            metrics.rejected.inc()
+            raise _HTTPError(
+                429,
+                f"overloaded: the request waited {waited * 1000:.0f} ms for its turn and the server answers "
+                f"{reserve * 1000:.0f} ms late, past its timeout of {ms:g} ms; retry later",
+                {"Retry-After": str(svc.batcher.retry_after())},
+            )
+        return left
 
     def effort(ef: int | None) -> int | None:
         # Checked before the texts are queued for the encoder; 422 like every out-of-range field.
@@ -276,7 +341,7 @@ def create_app(
     async def embed(req: EmbedRequest) -> Response:
         svc = ready()
         count(len(req.texts), "texts")
-        result = await vectors_of(svc, req.texts, timeout_s(req.timeout_ms), on_miss=None)
+        result = await vectors_of(svc, req.texts, timeout_s(svc, req.timeout_ms, len(req.texts)), on_miss=None)
         vectors = [[None] * svc.dim if m else row for row, m in zip(result.vectors.tolist(), result.missing.tolist())]
         return body({"embeddings": vectors, "missing": result.missing.tolist(), "dim": svc.dim})
 
@@ -289,7 +354,7 @@ def create_app(
         if req.query is not None:
             texts = [req.query] if isinstance(req.query, str) else req.query
             count(len(texts), "queries")
-            vectors = (await vectors_of(svc, texts, timeout_s(req.timeout_ms))).vectors
+            vectors = (await vectors_of(svc, texts, timeout_s(svc, req.timeout_ms, len(texts)))).vectors
         else:
             raw = req.vector
             rows = [raw] if raw and not isinstance(raw[0], list) else raw
@@ -308,7 +373,7 @@ def create_app(
         svc = ready()
         count(len(req.listings), "listings")
         ef = effort(req.ef)
-        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(req.timeout_ms))).vectors
+        vectors = (await vectors_of(svc, [x.title for x in req.listings], timeout_s(svc, req.timeout_ms, len(req.listings)))).vectors
         result = svc.match_vectors(vectors, req.k, req.threshold, ef)
         rows = hits_json(result)
         return body({"results": [{"listing_id": x.id, "matches": m} for x, m in zip(req.listings, rows)]}, result.index_version)
@@ -413,6 +478,7 @@ class _Front:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        _ARRIVED.set(time.monotonic())
         path = scope["path"]
         endpoint = path if path in _ENDPOINTS else "other"
         status = {"code": 500}

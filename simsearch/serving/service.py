@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +20,7 @@ from simsearch.errors import DeadlineExceeded, DuplicateIdError, ModelMismatchEr
 from simsearch.serving import store
 from simsearch.serving.batcher import AdaptiveBatcher, BatchStats
 from simsearch.serving.catalog import Catalog
-from simsearch.serving.futures import chain, done
+from simsearch.serving.futures import chain, done, wait, wait_async
 from simsearch.serving.results import EmbedResult, Hit, SearchResult, WriteResult
 
 __all__ = [
@@ -46,9 +45,13 @@ class Service:
 
     Texts from concurrent calls are gathered by an
     :class:`~simsearch.serving.batcher.AdaptiveBatcher` into shared encoder
-    calls. Calls may carry a timeout; work past it is dropped and the call
-    raises :class:`~simsearch.serving.DeadlineExceeded`. When the queue is
-    full, calls raise :class:`~simsearch.serving.QueueFull` at once.
+    calls. Calls may carry a timeout. When the queue is full, or the work
+    ahead would hold a call past its timeout, the call raises
+    :class:`~simsearch.serving.QueueFull` at once; work that falls behind
+    after it was queued is shed with ``QueueFull`` too (load shedding: retry
+    after ``err.retry_after`` seconds). A timeout shorter than the call's
+    own compute raises :class:`~simsearch.serving.DeadlineExceeded` (see
+    :mod:`simsearch.serving.batcher` for the policy).
 
     Writes to a service opened from a folder (:meth:`open`) are durable
     through a write-ahead log: each add or remove is fsync-ed to
@@ -162,7 +165,9 @@ class Service:
         self.model_fingerprint = str(encoder.fingerprint)
         self._namespace = f"{self.model_fingerprint}:unit"  # as TextEncoder.encode names its cache entries
         self._stats_lock = threading.Lock()
-        self._stats = {"deadline_exceeded": 0, "queue_full": 0, "async_dropped": 0}
+        # queue_full: refused at admission; shed: refused after queueing (here
+        # when the timeout passed; the batcher counts its own).
+        self._stats = {"deadline_exceeded": 0, "queue_full": 0, "shed": 0, "async_dropped": 0}
         self._pending: set[bytes] = set()  # async misses being computed
         self._closed = False
         # Batches gather texts of similar length: the encoder pads each model run to its longest text.
@@ -266,7 +271,9 @@ class Service:
         """Counters for monitoring: queue depth, batches, cache hits and misses, dropped and refused calls."""
         with self._stats_lock:
             out: dict[str, float] = dict(self._stats)
+        out["shed"] += self.batcher.shed
         out.update(
+            late=self.batcher.late,
             queue_depth=self.batcher.depth,
             batches=self.batcher.batches,
             items=len(self.index),
@@ -342,6 +349,9 @@ class Service:
         except QueueFull:
             self._count("queue_full")
             raise
+        except DeadlineExceeded:
+            self._count("deadline_exceeded")
+            raise
 
     def _compute_later(self, keys: list[bytes], texts: list[str]) -> None:
         with self._stats_lock:
@@ -391,46 +401,51 @@ class Service:
         ValueError
             If a text is empty, or there are more texts than the queue holds.
         QueueFull
-            If the queue is full (retry after ``err.retry_after`` seconds).
+            If the service is overloaded: the queue is full, or the work
+            ahead would hold the call past its timeout, or the call was
+            still queued when its timeout passed (retry after
+            ``err.retry_after`` seconds).
         DeadlineExceeded
-            If the timeout passed before the vectors were ready.
+            If the timeout is shorter than encoding the texts takes even
+            with nothing queued, or the model call did not return within
+            another timeout (at least 1 s) of it passing. Texts being
+            encoded when the timeout passes are waited for and answered.
         """
         return self._wait(self.submit_embed(texts, timeout), timeout)
 
     def _wait(self, future: Future, timeout: float | None) -> Any:
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
-        try:
-            # The batcher enforces the deadline; the small grace lets it answer first.
-            return future.result(None if seconds is None else seconds + 0.05)
-        except FutureTimeout:
-            raise self._drop(future, seconds) from None
-        except DeadlineExceeded:
-            self._count("deadline_exceeded")
-            raise
+        return wait(future, seconds, self._give_up_waiting, self._hung)
 
     async def wait_async(self, future: Future, timeout: float | None = None) -> Any:
         """Await a future of :meth:`submit_embed` in an asyncio event loop.
 
-        The same deadline handling as the blocking calls: past ``timeout``
-        (default: the service's) the work is dropped and
-        :class:`~simsearch.serving.DeadlineExceeded` is raised.
+        The same deadline handling as the blocking calls: work still queued
+        when ``timeout`` (default: the service's) passes is shed with
+        :class:`~simsearch.serving.QueueFull`; work being computed is
+        awaited (its result is answered, a little late); a model call that
+        has not returned within another ``timeout`` (at least 1 s) raises
+        :class:`~simsearch.serving.DeadlineExceeded`.
         """
-        import asyncio
-
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), None if seconds is None else seconds + 0.05)
-        except asyncio.TimeoutError:
-            raise self._drop(future, seconds) from None
-        except DeadlineExceeded:
-            self._count("deadline_exceeded")
-            raise
+        return await wait_async(future, seconds, self._give_up_waiting, self._hung)
 
-    def _drop(self, future: Future, seconds: float) -> DeadlineExceeded:
-        """Cancel ``future``, whose timeout passed, and return the error to raise."""
-        future.cancel()
+    def _give_up_waiting(self, future: Future, seconds: float) -> None:
+        """The timeout passed: shed the work if it still waits in the queue (raise QueueFull); return if it is being computed."""
+        if future.cancel():
+            # Still queued at its deadline: the work ahead took longer than
+            # planned, the server is behind: load shedding, not a failure.
+            self._count("shed")
+            raise QueueFull(
+                f"overloaded: still queued when the timeout of {seconds * 1000:g} ms passed; the request was shed, retry later",
+                self.batcher.retry_after(),
+            )
+
+    def _hung(self, seconds: float) -> DeadlineExceeded:
         self._count("deadline_exceeded")
-        return DeadlineExceeded(f"no result within the timeout of {seconds * 1000:g} ms; the request was dropped")
+        return DeadlineExceeded(
+            f"the model call for this request did not return within {seconds * 1000:g} ms of the timeout passing; the result was dropped"
+        )
 
     def _deadline(self, timeout: float | None) -> float | None:
         seconds = self.timeout if timeout is None else _check_timeout(timeout)
