@@ -97,6 +97,7 @@ def group_pairs(
     refine: bool = True,
     initial: np.ndarray | None = None,
     conflict: Conflict | None = None,
+    tie_key: np.ndarray | None = None,
 ) -> np.ndarray:
     """Group ``n`` items from scored pairs.
 
@@ -126,6 +127,12 @@ def group_pairs(
     conflict : callable, optional
         ``f(rows_a, rows_b)``: True if any pair across two groups must not
         share a group. Such merges are refused (refining only).
+    tie_key : ndarray of shape (n,), int, optional
+        Orders pairs of equal score: by the smaller, then the larger key of
+        their two items (e.g. the rank of each item's id). Without it equal
+        scores keep the order of the input pairs. A key that does not depend
+        on where an item sits in the input makes the groups a function of
+        the pairs alone, whatever order the items came in.
 
     Returns
     -------
@@ -152,7 +159,7 @@ def group_pairs(
     # refusal stays valid until one of them changes, which bumps its version.
     version = np.zeros(n, dtype=np.int64)
     refused: set[tuple[int, int, int, int]] = set()
-    for e in np.argsort(-np.asarray(scores), kind="stable"):
+    for e in edge_order(rows_a, rows_b, scores, tie_key):
         a, b = uf.find(int(rows_a[e])), uf.find(int(rows_b[e]))
         if a == b:
             continue
@@ -173,6 +180,15 @@ def group_pairs(
         root = uf.union(a, b)
         version[root] += 1
     return _smallest_member_labels(uf.labels())
+
+
+def edge_order(rows_a: np.ndarray, rows_b: np.ndarray, scores: np.ndarray, tie_key: np.ndarray | None) -> np.ndarray:
+    """Positions of the pairs strongest first; equal scores by ``tie_key`` (see :func:`group_pairs`), else input order."""
+    scores = np.asarray(scores)
+    if tie_key is None:
+        return np.argsort(-scores, kind="stable")
+    key_a, key_b = tie_key[rows_a], tie_key[rows_b]
+    return np.lexsort((np.maximum(key_a, key_b), np.minimum(key_a, key_b), -scores))
 
 
 def connected_components(n: int, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:

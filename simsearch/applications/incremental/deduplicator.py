@@ -26,7 +26,8 @@ from simsearch.applications.candidates import (
     load_items,
     self_join,
 )
-from simsearch.applications.incremental.ids import as_id_array, check_unique_ids, row_map
+from simsearch.applications.grouping import group_pairs
+from simsearch.applications.incremental.ids import as_id_array, check_unique_ids, id_ranks, row_map
 from simsearch.applications.incremental.regroup import assign_ids, regroup
 from simsearch.applications.incremental.review import ReviewLoop
 from simsearch.applications.incremental.state import (
@@ -180,7 +181,13 @@ class Deduplicator(ReviewLoop):
             loaded, k=self.k, floor=threshold - PAIR_MARGIN, scoring=scoring, index_params=self.index_params,
             batch_size=self.batch_size, progress=self.progress, ef=self.ef,
         )  # fmt: skip
-        labels, _ = cands.group(threshold, True, self.max_group_size)
+        a, b, s = cands.pairs
+        hit = s >= threshold
+        labels = group_pairs(
+            len(cands.items), a[hit], b[hit], s[hit], cross_score=cands.cross, link_threshold=threshold,
+            max_group_size=self.max_group_size, conflict=cands.conflict if loaded.lexical_text else None,
+            tie_key=id_ranks(cands.ids),
+        )  # fmt: skip
         n = len(cands.items)
         self._kind = "vectors" if vectors else "texts"
         self._scoring = scoring
@@ -363,9 +370,17 @@ class Deduplicator(ReviewLoop):
             edges = (np.r_[a[keep], na], np.r_[b[keep], nb], np.r_[s[keep], ns].astype(np.float32))
             old_group = np.r_[self._group, np.full(m, -1, dtype=np.int64)]
             old_group[removed_rows] = -1
+            # Dirty: new rows, the live ends of dropped pairs, and the groups that lost members.
+            dirty = np.zeros(n_old + m, dtype=bool)
+            dirty[new_rows] = True
+            dirty[a[~keep]] = True
+            dirty[b[~keep]] = True
+            lost = np.unique(self._group[removed_rows])
+            dirty[: n_old] |= np.isin(self._group, lost)
+            all_keys = self._keys if m == 0 else pa.concat_arrays([self._keys, keys])
             cluster, affected = regroup(
-                self._cross(items), alive, old_group, self._group, edges, new_rows, removed_rows, threshold,
-                self._grouped_at, self._next_group, self.max_group_size, self._conflict(items),
+                self._cross(items), alive, old_group, edges, dirty, threshold, self._grouped_at, self._next_group,
+                self.max_group_size, self._conflict(items), id_ranks(all_keys),
             )  # fmt: skip
             group, next_group, events = assign_ids(cluster, affected, old_group, self._group, self._next_group)
         except BaseException:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["as_id_array", "check_unique_ids", "row_map"]
+__all__ = ["as_id_array", "check_unique_ids", "id_ranks", "row_map"]
 
 
 def as_id_array(ids: Any, name: str) -> pa.Array:
@@ -45,3 +45,17 @@ def row_map(keys: pa.Array, alive: np.ndarray | None = None) -> dict[Any, int]:
     if alive is None:
         return {v: i for i, v in enumerate(values)}
     return {values[i]: i for i in np.flatnonzero(alive).tolist()}
+
+
+def id_ranks(keys: pa.Array) -> np.ndarray:
+    """Rank of each row's id in sorted id order, shape (n,), int64.
+
+    Two rows compare the same way whatever other rows exist or the order they
+    came in, so it breaks ties between equal pair scores the same way in an
+    incremental state and in a full run (see
+    :func:`~simsearch.applications.grouping.group_pairs`).
+    """
+    order = pc.sort_indices(keys).to_numpy()
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order), dtype=np.int64)
+    return ranks

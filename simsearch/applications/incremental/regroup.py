@@ -1,11 +1,11 @@
 """How an update regroups the rows it touches, and how group ids follow the groups.
 
-- :func:`regroup`: the groups that new items touch (through a pair at or
-  above the threshold), seeded as they are, and the new items are merged over
-  the new items' pairs by the strongest-first, average-linkage rule of
-  :func:`~simsearch.applications.grouping.group_pairs`; a group that lost
-  members splits where no pair at or above the threshold holds it together;
-  a new threshold regroups everything.
+- :func:`regroup`: the connected components (of the pairs at or above the
+  threshold) that an update touches are regrouped from scratch by the
+  strongest-first, average-linkage rule of
+  :func:`~simsearch.applications.grouping.group_pairs`, the rule a full run
+  applies to every component; untouched components keep their groups. A new
+  threshold regroups everything.
 - :func:`cut_large_groups`: a group over the size cap is cut at its weakest
   bridge, the weakest edge of its maximum spanning tree.
 - :func:`assign_ids`: each old id goes, oldest first, to the cluster holding
@@ -21,24 +21,37 @@ import numpy as np
 
 from simsearch.applications.grouping import Conflict, CrossScore, connected_components, group_pairs
 
-__all__ = ["assign_ids", "cut_large_groups", "regroup"]
+__all__ = ["REPLAY_HOPS", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
+
+#: How far from a dirty row an update regroups: the groups that hold a dirty
+#: row or a row paired (at or above the threshold) with one, then this many
+#: more steps of pairs out.
+REPLAY_HOPS = 1
 
 
 def regroup(
     cross: CrossScore,
     alive: np.ndarray,
     old_group: np.ndarray,
-    prev_group: np.ndarray,
     edges: tuple[np.ndarray, np.ndarray, np.ndarray],
-    new_rows: np.ndarray,
-    removed_rows: np.ndarray,
+    dirty: np.ndarray,
     threshold: float,
     grouped_at: float,
     next_group: int,
     cap: int | None,
     conflict: Conflict | None = None,
+    tie_key: np.ndarray | None = None,
+    hops: int = REPLAY_HOPS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster labels of every row and the mask of rows whose group may have changed.
+
+    The groups of a full run are a function of each connected component of
+    the pairs at or above the threshold: :func:`group_pairs` only merges
+    along such pairs, so no group spans two components, and with an order-free
+    ``tie_key`` the groups of a component depend on its pairs alone. An
+    update therefore regroups, from scratch, exactly the components that hold
+    a dirty row (a new row, or one whose pairs or group changed) and keeps
+    every other group as it is: the result is the full run's on the same pairs.
 
     Parameters
     ----------
@@ -48,11 +61,11 @@ def regroup(
         Live rows after the update.
     old_group : ndarray of shape (n,), int64
         Group id of each row before the update; -1 for new and removed rows.
-    prev_group : ndarray of shape (n_before,), int64
-        The group ids as stored before the update (removed rows included).
     edges : tuple of ndarray
         ``(rows_a, rows_b, scores)`` of every live candidate pair.
-    new_rows, removed_rows : ndarray of int64
+    dirty : ndarray of shape (n,), bool
+        Rows whose component must be regrouped: new rows, live ends of pairs
+        that were added or dropped, members of groups that lost members.
     threshold : float
         The threshold in use; ``grouped_at`` is the one the groups were made
         at (a change regroups everything).
@@ -63,6 +76,8 @@ def regroup(
     conflict : callable, optional
         Whether two row lists hold a pair that must not share a group (see
         :func:`group_pairs`).
+    tie_key : ndarray of shape (n,), int, optional
+        Order of pairs of equal score (see :func:`group_pairs`).
 
     Returns
     -------
@@ -77,34 +92,18 @@ def regroup(
     if threshold != grouped_at:
         # A new threshold: regroup everything from the stored pairs.
         cluster = group_pairs(
-            n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap, conflict=conflict
-        )
+            n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap, conflict=conflict,
+            tie_key=tie_key,
+        )  # fmt: skip
         affected = alive.copy()
     else:
-        # Seeds: the current groups, new items alone; dead rows alone.
         cluster = np.where(old_group >= 0, old_group, next_group + np.arange(n))
+        region = replay_region(cluster, alive, dirty, a, b, hops)
         affected = np.zeros(n, dtype=bool)
-        lost = np.unique(prev_group[removed_rows])
-        if lost.size:
-            # Groups that lost members split where nothing above the threshold holds them.
-            in_lost = alive & np.isin(old_group, lost)
-            inner = in_lost[a] & in_lost[b] & (old_group[a] == old_group[b])
-            comp = connected_components(n, a[inner], b[inner])
-            cluster = np.where(in_lost, next_group + n + comp, cluster)
-            affected |= in_lost
-        is_new = np.zeros(n, dtype=bool)
-        is_new[new_rows] = True
-        touching = is_new[a] | is_new[b]
-        seeds = np.unique(np.r_[cluster[a[touching]], cluster[b[touching]], cluster[new_rows]])
-        region = np.flatnonzero(alive & np.isin(cluster, seeds))
         if region.size:
             local = np.full(n, -1, dtype=np.int64)
             local[region] = np.arange(region.size)
-            # Only pairs of a new item: pairs between old groups were weighed
-            # when those groups formed, and re-weighing them every update
-            # would cost as much as the new work (a merge of two old groups
-            # goes through the new item that bridges them).
-            inside = touching & (local[a] >= 0) & (local[b] >= 0)
+            inside = local[a] >= 0  # a component holds both ends of its pairs
             labels = group_pairs(
                 region.size,
                 local[a[inside]],
@@ -113,14 +112,29 @@ def regroup(
                 cross_score=lambda x, y: cross(region[x], region[y]),
                 link_threshold=threshold,
                 max_group_size=cap,
-                initial=cluster[region],
                 conflict=None if conflict is None else lambda x, y: conflict(region[x], region[y]),
+                tie_key=None if tie_key is None else tie_key[region],
             )
-            cluster[region] = 3 * n + next_group + region[labels]
+            cluster[region] = next_group + n + region[labels]
             affected[region] = True
     if cap is not None:
         affected |= cut_large_groups(cluster, alive, a, b, s, cap)
     return cluster, affected & alive
+
+
+def replay_region(
+    cluster: np.ndarray, alive: np.ndarray, dirty: np.ndarray, a: np.ndarray, b: np.ndarray, hops: int
+) -> np.ndarray:
+    """Live rows of the groups within ``hops`` pairs (at or above the threshold) of a dirty row, sorted."""
+    inside = alive & dirty
+    for _ in range(hops + 1):
+        groups = np.unique(cluster[inside])
+        inside = alive & np.isin(cluster, groups)
+        reach = inside[a] | inside[b]
+        inside[a[reach]] = True
+        inside[b[reach]] = True
+        inside &= alive
+    return np.flatnonzero(alive & np.isin(cluster, np.unique(cluster[inside])))
 
 
 def cut_large_groups(
