@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.applications.grouping import Conflict, CrossScore, connected_components, group_pairs
+from simsearch.applications.grouping import GroupLinkage, connected_components, group_pairs
 
 __all__ = ["REPLAY_HOPS", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
 
@@ -30,7 +30,7 @@ REPLAY_HOPS = 1
 
 
 def regroup(
-    cross: CrossScore,
+    linkage: GroupLinkage,
     alive: np.ndarray,
     old_group: np.ndarray,
     edges: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -39,7 +39,6 @@ def regroup(
     grouped_at: float,
     next_group: int,
     cap: int | None,
-    conflict: Conflict | None = None,
     tie_key: np.ndarray | None = None,
     hops: int = REPLAY_HOPS,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +54,9 @@ def regroup(
 
     Parameters
     ----------
-    cross : callable
-        Scores every pair across two row lists (see :func:`group_pairs`).
+    linkage : GroupLinkage
+        Mean cross score and conflict of two groups (remembered across
+        updates: a replayed merge is not scored again).
     alive : ndarray of shape (n,), bool
         Live rows after the update.
     old_group : ndarray of shape (n,), int64
@@ -73,9 +73,6 @@ def regroup(
         The next unused group id.
     cap : int or None
         ``max_group_size``.
-    conflict : callable, optional
-        Whether two row lists hold a pair that must not share a group (see
-        :func:`group_pairs`).
     tie_key : ndarray of shape (n,), int, optional
         Order of pairs of equal score (see :func:`group_pairs`).
 
@@ -92,8 +89,8 @@ def regroup(
     if threshold != grouped_at:
         # A new threshold: regroup everything from the stored pairs.
         cluster = group_pairs(
-            n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap, conflict=conflict,
-            tie_key=tie_key,
+            n, a, b, s, cross_score=linkage, link_threshold=threshold, max_group_size=cap,
+            conflict=linkage if linkage.conflict_of is not None else None, tie_key=tie_key,
         )  # fmt: skip
         affected = alive.copy()
     else:
@@ -103,16 +100,17 @@ def regroup(
         if region.size:
             local = np.full(n, -1, dtype=np.int64)
             local[region] = np.arange(region.size)
-            inside = local[a] >= 0  # a component holds both ends of its pairs
+            inside = (local[a] >= 0) & (local[b] >= 0)
+            local_linkage = linkage.on(region)
             labels = group_pairs(
                 region.size,
                 local[a[inside]],
                 local[b[inside]],
                 s[inside],
-                cross_score=lambda x, y: cross(region[x], region[y]),
+                cross_score=local_linkage,
                 link_threshold=threshold,
                 max_group_size=cap,
-                conflict=None if conflict is None else lambda x, y: conflict(region[x], region[y]),
+                conflict=local_linkage if linkage.conflict_of is not None else None,
                 tie_key=None if tie_key is None else tie_key[region],
             )
             cluster[region] = next_group + n + region[labels]
