@@ -36,7 +36,7 @@ from simsearch.applications.incremental.ids import (
     rows_of_removed,
     same_id_type,
 )
-from simsearch.applications.incremental.neighbours import REVERSE_FACTOR, knn_union, search_similarity
+from simsearch.applications.incremental.neighbours import REVERSE_FACTOR, SEARCH_FACTOR, knn_union, search_similarity
 from simsearch.applications.incremental.regroup import assign_ids, regroup
 from simsearch.applications.incremental.review import ReviewLoop
 from simsearch.applications.incremental.state import (
@@ -191,7 +191,7 @@ class Deduplicator(ReviewLoop):
             scoring=scoring, progress=self.progress,
         )  # fmt: skip
         cands = self_join(
-            loaded, k=self.k, floor=threshold - PAIR_MARGIN, scoring=scoring, index_params=self.index_params,
+            loaded, k=SEARCH_FACTOR * self.k, floor=threshold - PAIR_MARGIN, scoring=scoring, index_params=self.index_params,
             batch_size=self.batch_size, progress=self.progress, ef=self.ef,
         )  # fmt: skip
         a, b, s = cands.pairs
@@ -393,13 +393,14 @@ class Deduplicator(ReviewLoop):
             old_group = np.r_[self._group, np.full(m, -1, dtype=np.int64)]
             old_group[removed_rows] = -1
             # Dirty: new rows, the live ends of dropped pairs (removed, or pushed out of
-            # a kNN list) that could link, and the groups that lost members.
+            # a kNN list) that could have linked their group, and the groups that lost
+            # members. A dropped pair across two groups linked nothing: no merge used it.
             dirty = np.zeros(n_old + m, dtype=bool)
             dirty[new_rows] = True
             ea, eb, es = self._edges
-            gone = ~keep & (es >= threshold)
+            gone = ~keep & (es >= threshold) & (self._group[ea] == self._group[eb])
             dirty[ea[gone]] = dirty[eb[gone]] = True
-            gone = ~union & (s >= threshold)
+            gone = ~union & (s >= threshold) & (old_group[a] == old_group[b]) & (old_group[a] >= 0)
             dirty[a[gone]] = dirty[b[gone]] = True
             edges, sim = (a[union], b[union], s[union]), sim[union]
             lost = np.unique(self._group[removed_rows])

@@ -22,7 +22,9 @@ every update apply the rule to all their candidates, so an incremental state
 holds, up to the approximate search, the pairs a full run would.
 
 The similarity is the exact inner product of the rows the index holds
-(``Items.search``), so the rule does not depend on the index's int8 rounding.
+(``Items.search``), so the rule does not depend on the index's int8 rounding;
+the fit searches :data:`SEARCH_FACTOR` times ``k`` neighbours so that the exact
+``k`` nearest are among them.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ import numpy as np
 
 from simsearch.applications.lexical import rowwise_dot
 
-__all__ = ["REVERSE_FACTOR", "knn_union", "kth_similarity", "search_similarity"]
+__all__ = ["REVERSE_FACTOR", "SEARCH_FACTOR", "knn_union", "kth_similarity", "search_similarity"]
 
+#: The fit searches this many times ``k`` neighbours of each item and keeps the
+#: ``k`` of highest exact similarity: the index ranks by int8 codes, whose
+#: rounding would otherwise pick the ``k``-th neighbour by chance among near ties.
+SEARCH_FACTOR = 2
 #: An update searches this many times ``k`` neighbours of each new item.
 REVERSE_FACTOR = 3
 

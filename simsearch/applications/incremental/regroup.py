@@ -1,11 +1,10 @@
 """How an update regroups the rows it touches, and how group ids follow the groups.
 
-- :func:`regroup`: the connected components (of the pairs at or above the
-  threshold) that an update touches are regrouped from scratch by the
-  strongest-first, average-linkage rule of
+- :func:`regroup`: the region an update touches (:func:`replay_region`) is
+  regrouped from scratch by the strongest-first, average-linkage rule of
   :func:`~simsearch.applications.grouping.group_pairs`, the rule a full run
-  applies to every component; untouched components keep their groups. A new
-  threshold regroups everything.
+  applies to everything; the rest keeps its groups. A new threshold
+  regroups everything.
 - :func:`cut_large_groups`: a group over the size cap is cut at its weakest
   bridge, the weakest edge of its maximum spanning tree.
 - :func:`assign_ids`: each old id goes, oldest first, to the cluster holding
@@ -23,9 +22,8 @@ from simsearch.applications.grouping import GroupLinkage, connected_components, 
 
 __all__ = ["REPLAY_HOPS", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
 
-#: How far from a dirty row an update regroups: the groups that hold a dirty
-#: row or a row paired (at or above the threshold) with one, then this many
-#: more steps of pairs out.
+#: How far from a new row an update regroups: the groups of the rows paired
+#: (at or above the threshold) with it this many steps out (see :func:`replay_region`).
 REPLAY_HOPS = 1
 
 
@@ -44,13 +42,15 @@ def regroup(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster labels of every row and the mask of rows whose group may have changed.
 
-    The groups of a full run are a function of each connected component of
-    the pairs at or above the threshold: :func:`group_pairs` only merges
-    along such pairs, so no group spans two components, and with an order-free
-    ``tie_key`` the groups of a component depend on its pairs alone. An
-    update therefore regroups, from scratch, exactly the components that hold
-    a dirty row (a new row, or one whose pairs or group changed) and keeps
-    every other group as it is: the result is the full run's on the same pairs.
+    With an order-free ``tie_key`` the groups of a full run depend on the
+    pairs alone, and :func:`group_pairs` only merges along pairs at or above
+    the threshold, so what a new pair can change lies near it. Exact equality
+    with a full run would regroup every connected component holding a dirty
+    row, but at low thresholds one component spans most of a catalog. An
+    update therefore regroups, from scratch, the groups of the dirty rows (new
+    rows, rows whose pairs or group changed) and of the rows within ``hops``
+    pairs of a new row, and keeps every other group: a full run's result
+    wherever a change does not travel further than that.
 
     Parameters
     ----------
@@ -64,7 +64,7 @@ def regroup(
     edges : tuple of ndarray
         ``(rows_a, rows_b, scores)`` of every live candidate pair.
     dirty : ndarray of shape (n,), bool
-        Rows whose component must be regrouped: new rows, live ends of pairs
+        Rows whose region must be regrouped: new rows, live ends of pairs
         that were added or dropped, members of groups that lost members.
     threshold : float
         The threshold in use; ``grouped_at`` is the one the groups were made
@@ -75,6 +75,9 @@ def regroup(
         ``max_group_size``.
     tie_key : ndarray of shape (n,), int, optional
         Order of pairs of equal score (see :func:`group_pairs`).
+    hops : int, default :data:`REPLAY_HOPS`
+        How far the regrouped region reaches from a new row (see
+        :func:`replay_region`); from other dirty rows, only their groups.
 
     Returns
     -------
@@ -95,7 +98,8 @@ def regroup(
         affected = alive.copy()
     else:
         cluster = np.where(old_group >= 0, old_group, next_group + np.arange(n))
-        region = replay_region(cluster, alive, dirty, a, b, hops)
+        is_new = old_group < 0
+        region = np.union1d(replay_region(cluster, alive, dirty & is_new, a, b, hops), replay_region(cluster, alive, dirty, a, b, 0))
         affected = np.zeros(n, dtype=bool)
         if region.size:
             local = np.full(n, -1, dtype=np.int64)
@@ -123,11 +127,14 @@ def regroup(
 def replay_region(
     cluster: np.ndarray, alive: np.ndarray, dirty: np.ndarray, a: np.ndarray, b: np.ndarray, hops: int
 ) -> np.ndarray:
-    """Live rows of the groups within ``hops`` pairs (at or above the threshold) of a dirty row, sorted."""
+    """Live rows of the groups within reach of a dirty row, sorted.
+
+    The rows paired with a dirty row (``a``, ``b``: the pairs at or above the
+    threshold), ``hops`` steps out, and every member of their groups and of
+    the dirty rows' groups.
+    """
     inside = alive & dirty
-    for _ in range(hops + 1):
-        groups = np.unique(cluster[inside])
-        inside = alive & np.isin(cluster, groups)
+    for _ in range(hops):
         reach = inside[a] | inside[b]
         inside[a[reach]] = True
         inside[b[reach]] = True
