@@ -17,9 +17,10 @@ index, the scored candidate pairs, the groups) and updates it:
   average-linkage rule of :func:`~simsearch.applications.grouping.group_pairs`
   with ties broken by id, so they depend on the pairs and not on the order
   the items came in. An update regroups, from scratch and by that rule, the
-  *region* it touches: the groups holding a new item, a row that lost or
-  gained a pair or a group that lost members, and the groups paired with
-  them (:func:`~simsearch.applications.incremental.regroup.replay_region`).
+  *region* it touches: the groups of the rows paired with a new item, of the
+  rows whose pair that could have linked their group was dropped, and of the
+  groups that lost members
+  (:func:`~simsearch.applications.incremental.regroup.replay_region`).
   The rest keeps its groups. The mean cross scores the rule asks for are
   remembered (:class:`~simsearch.applications.grouping.GroupLinkage`), so a
   stretch of merges that replays as before costs little. (A state just

@@ -37,7 +37,7 @@ from simsearch.applications.incremental.ids import (
     same_id_type,
 )
 from simsearch.applications.incremental.neighbours import REVERSE_FACTOR, SEARCH_FACTOR, knn_union, search_similarity
-from simsearch.applications.incremental.regroup import assign_ids, regroup
+from simsearch.applications.incremental.regroup import CrossScorer, assign_ids, regroup
 from simsearch.applications.incremental.review import ReviewLoop
 from simsearch.applications.incremental.state import (
     StateFiles,
@@ -199,7 +199,8 @@ class Deduplicator(ReviewLoop):
         union = knn_union(len(cands.items), a, b, sim, self.k)  # the rule every update applies
         a, b, s, sim = a[union], b[union], s[union], sim[union]
         hit = s >= threshold
-        linkage = GroupLinkage(cands.cross, cands.conflict if loaded.lexical_text else None)
+        scorer = CrossScorer(cands.items, scoring, cands.rules, cands.calibration)
+        linkage = GroupLinkage(scorer, cands.conflict if loaded.lexical_text else None)
         labels = group_pairs(
             len(cands.items), a[hit], b[hit], s[hit], cross_score=linkage, link_threshold=threshold,
             max_group_size=self.max_group_size, conflict=linkage if loaded.lexical_text else None,
@@ -302,10 +303,7 @@ class Deduplicator(ReviewLoop):
         return a[keep], b[keep], s[keep]
 
     def _cross(self, items: Items) -> Any:
-        scoring, rules, calibration = self._scoring, self._rules, self._score_calibration
-        if calibration is None:
-            return lambda ra, rb: items.cross_scores(items, ra, rb, scoring, rules)
-        return lambda ra, rb: calibration.apply(items.cross_scores(items, ra, rb, scoring, rules))
+        return CrossScorer(items, self._scoring, self._rules, self._score_calibration)
 
     def _conflict(self, items: Items) -> Any:
         if items.features is None:

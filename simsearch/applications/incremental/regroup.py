@@ -20,7 +20,7 @@ import numpy as np
 
 from simsearch.applications.grouping import GroupLinkage, connected_components, group_pairs
 
-__all__ = ["REPLAY_HOPS", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
+__all__ = ["REPLAY_HOPS", "CrossScorer", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
 
 #: How far from a new row an update regroups: the groups of the rows paired
 #: (at or above the threshold) with it this many steps out (see :func:`replay_region`).
@@ -234,3 +234,64 @@ def assign_ids(
             out_new.append(gid)
             out_event.append("merged" if g not in assigned and majority.get(g) == c else "split")
     return group, next_group, (out_rows, out_old, out_new, out_event)
+
+
+class CrossScorer:
+    """Scores of every pair across two row lists, as ``Items.cross_scores`` gives them, fast for small lists.
+
+    Regrouping asks for many small blocks (a few rows against a few), where
+    slicing sparse matrices costs more than the arithmetic: those blocks are
+    scored from each row's n-grams held in a dict; larger blocks go through
+    ``Items.cross_scores``.
+
+    Parameters
+    ----------
+    items : Items
+    scoring : PairScoring
+    rules : dict
+        ``(row_a, row_b) -> rule adjustment``, filled and reused.
+    calibration : PairCalibration or None
+        Maps raw scores to probabilities.
+    """
+
+    #: Blocks of at most this many pairs are scored from the dicts.
+    SMALL = 64
+
+    def __init__(self, items: Any, scoring: Any, rules: dict[tuple[int, int], float], calibration: Any) -> None:
+        self.items, self.scoring, self.rules, self.calibration = items, scoring, rules, calibration
+        self._grams: dict[int, dict[int, float]] = {}
+
+    def _row(self, r: int) -> dict[int, float]:
+        grams = self._grams.get(r)
+        if grams is None:
+            m = self.items.features.tfidf
+            lo, hi = m.indptr[r], m.indptr[r + 1]
+            grams = self._grams[r] = dict(zip(m.indices[lo:hi].tolist(), m.data[lo:hi].tolist()))
+        return grams
+
+    def __call__(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        from simsearch.applications.lexical import rule_adjustment
+
+        items = self.items
+        if items.features is None or len(rows_a) * len(rows_b) > self.SMALL:
+            raw = items.cross_scores(items, rows_a, rows_b, self.scoring, self.rules)
+        else:
+            w = self.scoring.vector_weight
+            vec = items.vectors[rows_a] @ items.vectors[rows_b].T
+            raw = np.empty((len(rows_a), len(rows_b)), dtype=np.float32)
+            facts = items.features.facts
+            for i, ra in enumerate(rows_a.tolist()):
+                ga, fa = self._row(ra), facts[ra]
+                rules_a = bool(fa.codes or fa.measures)
+                for j, rb in enumerate(rows_b.tolist()):
+                    gb = self._row(rb)
+                    small, large = (ga, gb) if len(ga) <= len(gb) else (gb, ga)
+                    lex = sum(v * large[c] for c, v in small.items() if c in large)
+                    score = w * float(vec[i, j]) + (1.0 - w) * lex
+                    if rules_a:
+                        adj = self.rules.get((ra, rb))
+                        if adj is None:
+                            adj = self.rules[(ra, rb)] = rule_adjustment(self.scoring, fa, facts[rb])
+                        score += adj
+                    raw[i, j] = score
+        return raw if self.calibration is None else self.calibration.apply(raw)
