@@ -1,6 +1,6 @@
 """Incremental dedup on PriceRunner: ten updates against one full run, and the review loop.
 
-    python benchmarks/incremental.py [--data ../shared/data] [--labels 200] [--seeds 5] [--review-only]
+    python benchmarks/incremental.py [--data ../shared/data] [--labels 200] [--seeds 5] [--review-only] [--no-review]
 
 **Updates.** The 35,311 PriceRunner offers are shuffled (seed 0). A
 :class:`simsearch.Deduplicator` is fit on the first 90% and updated with the
@@ -9,7 +9,8 @@ full run). Both use the defaults (threshold: probability 0.15, ``k=10``) with
 ``max_group_size=100``. Reported:
 
 - pairwise precision, recall and F1 of the incremental groups against the full
-  run's groups (the full run taken as the reference), and of both against the
+  run's groups (the full run taken as the reference; goal 0.95), how many of
+  the stored pairs at or above the threshold the two share, and of both against the
   true products (``Cluster ID``);
 - id stability: old items whose group id changed in an update, split into
   those reported as ``merged``, as ``split``, and not reported at all;
@@ -28,6 +29,8 @@ the candidate pairs each recalibrate the threshold (maximum F1), repeated over
 pairwise F1 against the true products. References: the threshold calibrated
 on all candidate pairs labelled, and the best threshold of a grid
 (probabilities 0.60 down to 0.05 by 0.05) judged by the groups' F1 itself.
+
+``--no-review`` measures the updates only.
 
 Prints the CPU, each figure beside the issue's goal, and one JSON object on
 the last line.

@@ -53,3 +53,20 @@ def test_updates_keep_the_pairs_of_a_full_run():
     assert len(theirs ^ truth) <= 0.03 * len(truth)  # int8 search: nearly exact here
     assert len(ours ^ theirs) <= 0.03 * len(theirs)
     assert len(ours ^ truth) <= 0.03 * len(truth)
+
+
+def test_cross_scorer_equals_the_items_cross_scores(sample, encoder):
+    from simsearch.applications.candidates import load_items
+    from simsearch.applications.dedup_calibration import default_calibration
+    from simsearch.applications.incremental.regroup import CrossScorer
+    from simsearch.applications.lexical import dedup_scoring
+
+    scoring = dedup_scoring()
+    items = load_items(sample.slice(0, 300), encoder=encoder, scoring=scoring, progress=False).items
+    calibration = default_calibration()
+    scorer = CrossScorer(items, scoring, {}, calibration)
+    rng = np.random.default_rng(0)
+    for size_a, size_b in ((1, 1), (3, 5), (8, 8), (9, 8), (20, 4)):  # both sides of CrossScorer.SMALL
+        a, b = rng.integers(0, len(items), size_a), rng.integers(0, len(items), size_b)
+        expected = calibration.apply(items.cross_scores(items, a, b, scoring, {}))
+        np.testing.assert_allclose(scorer(a, b), expected, atol=1e-5)

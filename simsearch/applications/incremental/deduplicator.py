@@ -69,7 +69,10 @@ class Deduplicator(ReviewLoop):
         :func:`~simsearch.find_duplicates`). A calibration from reviewed pairs
         (:meth:`calibrate`) replaces it.
     k : int, default 10
-        Neighbours looked up per item.
+        Neighbours per item: the candidate pairs are the union of both
+        directions' ``k``-nearest lists, by exact similarity (the fit searches
+        ``2 k``, an update ``3 k`` per new item; see
+        :mod:`~simsearch.applications.incremental.neighbours`).
     encoder : TextEncoder, optional
         Encodes titles; default ``TextEncoder()``. Unused for vectors.
     max_group_size : int or None, default None
