@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from _helpers import blobs, normalize
 
 from simsearch import Deduplicator
 from simsearch.applications import incremental
 from simsearch.applications.incremental.neighbours import knn_union, kth_similarity
-
-from _helpers import blobs, normalize
 
 
 def brute_force_union(x: np.ndarray, k: int) -> set[tuple[int, int]]:

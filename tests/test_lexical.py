@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simsearch.applications.lexical import LexicalModel, PairScoring, dedup_scoring, hashed_rows
+from simsearch.applications.lexical import (
+    LexicalModel,
+    PairScoring,
+    dedup_scoring,
+    hashed_rows,
+)
 
 
 def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

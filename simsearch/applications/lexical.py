@@ -401,7 +401,7 @@ class LexicalModel:
         if len(texts) == 0:
             raise ValueError("cannot fit the lexical model on no texts")
         self.vectorizer_ = self._vectorizer()
-        tfidf = self.vectorizer_.fit_transform(texts)
+        self.vectorizer_.fit(texts)
         self._fit_projection(self._terms())
         return self
 

@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.applications.grouping import GroupLinkage, connected_components, group_pairs
+from simsearch.applications.grouping import (
+    GroupLinkage,
+    connected_components,
+    group_pairs,
+)
 
 __all__ = ["REPLAY_HOPS", "CrossScorer", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
 
