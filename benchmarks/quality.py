@@ -1,6 +1,6 @@
 """Quality of kNN classification, dedup and matching on the real product data.
 
-    python benchmarks/quality.py [--data ../shared/data] [--encoders fp32,int8] [--student DIR] [--no-full]
+    python benchmarks/quality.py [--data ../shared/data] [--encoders fp32,int8] [--student DIR] [--no-full] [--no-cache]
     python benchmarks/quality.py --fit-calibration   # refit simsearch/data/dedup_calibration.json
 
 For each encoder (``TextEncoder(precision="fp32")``, ``TextEncoder(precision="int8")``
@@ -25,6 +25,10 @@ and, with ``--student``, a distilled student folder) it measures:
   (and at the default threshold, with the calibration error).
 - **Abt-Buy retrieval**: ``CatalogMatcher`` over the 1,092 Buy names, each of the
   1,081 Abt names matched; recall@1 and @5 against the Leipzig perfect mapping.
+
+Encodings are kept in ``benchmarks/.cache/quality-PRECISION.sqlite``
+(:class:`simsearch.EmbeddingCache`), so a rerun encodes nothing; ``--no-cache``
+encodes again.
 
 Each dedup and matching figure is given for the full pair score (embedding +
 character n-grams + model codes + measures) and for the embedding cosine alone
@@ -128,7 +132,7 @@ def plain_thresholds() -> np.ndarray:
     return np.round(np.arange(0.6, 0.981, 0.02), 4)
 
 
-def pricerunner(data_dir: Path, encoder: Any, full: bool, log: Any) -> dict[str, Any]:
+def pricerunner(data_dir: Path, encoder: Any, full: bool, log: Any, classify: bool = True) -> dict[str, Any]:
     from sklearn.model_selection import GroupShuffleSplit
 
     offers = _data.pricerunner_offers(data_dir)
@@ -139,9 +143,10 @@ def pricerunner(data_dir: Path, encoder: Any, full: bool, log: Any) -> dict[str,
     encoder.encode(titles, progress=False)  # fill the memo once
     log(f"  encoded {len(titles)} PriceRunner titles in {time.perf_counter() - start:.0f} s")
 
-    train, test = next(GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0).split(titles, category, clusters))
-    out.update(classification([titles[i] for i in train], category[train], [titles[i] for i in test], category[test], encoder))
-    log(f"  PriceRunner categories: {out}")
+    if classify:
+        train, test = next(GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0).split(titles, category, clusters))
+        out.update(classification([titles[i] for i in train], category[train], [titles[i] for i in test], category[test], encoder))
+        log(f"  PriceRunner categories: {out}")
 
     eval_rows = whole_cluster_sample(clusters, SAMPLE_OFFERS, seed=0)
     dev_rows = whole_cluster_sample(clusters, SAMPLE_OFFERS, seed=1, exclude=set(clusters[eval_rows].tolist()))
@@ -298,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoders", default="fp32,int8", help="comma-separated precisions of the default model")
     parser.add_argument("--student", type=Path, default=None, help="folder of a distilled student to measure too")
     parser.add_argument("--no-full", action="store_true", help="skip dedup of all 35,311 PriceRunner offers")
-    parser.add_argument("--tasks", default="pricerunner,wdc,shopee,abt_buy")
+    parser.add_argument("--tasks", default="pricerunner,wdc,shopee,abt_buy",
+                        help="comma-separated; pricerunner_dedup runs PriceRunner's dedup without its classification")
+    parser.add_argument("--no-cache", action="store_true", help="encode every title again (default: reuse benchmarks/.cache/quality-PRECISION.sqlite)")
     parser.add_argument("--fit-calibration", action="store_true", help="refit the shipped dedup calibration and stop")
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -315,7 +322,14 @@ def main(argv: list[str] | None = None) -> None:
         result = fit_calibration(args.data, MemoEncoder(TextEncoder()), log)
         print(json.dumps(result))
         return
-    encoders: list[tuple[str, Any]] = [(p, lambda p=p: TextEncoder(precision=p)) for p in args.encoders.split(",") if p]
+    from simsearch import EmbeddingCache
+
+    def cache(name: str) -> Any:
+        return None if args.no_cache else EmbeddingCache(_common.CACHE_DIR / f"quality-{name}.sqlite")
+
+    encoders: list[tuple[str, Any]] = [
+        (p, lambda p=p: TextEncoder(precision=p, cache=cache(p))) for p in args.encoders.split(",") if p
+    ]
     if args.student is not None:
         encoders.append(("student-int8", lambda: TextEncoder(model=args.student, precision="int8")))
     tasks = set(args.tasks.split(","))
@@ -325,8 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         encoder = MemoEncoder(make())
         res: dict[str, Any] = {}
         start = time.perf_counter()
-        if "pricerunner" in tasks:
-            res["pricerunner"] = pricerunner(args.data, encoder, not args.no_full, log)
+        if "pricerunner" in tasks or "pricerunner_dedup" in tasks:
+            res["pricerunner"] = pricerunner(args.data, encoder, not args.no_full, log, classify="pricerunner" in tasks)
         if "wdc" in tasks:
             res["wdc"] = wdc_categories(args.data, encoder, log)
         if "shopee" in tasks:

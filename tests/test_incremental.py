@@ -107,6 +107,25 @@ def test_merge_keeps_the_older_id_and_removing_the_bridge_splits():
     assert got == {"x": (0, None, "removed"), "b1": (0, 3, "split"), "b2": (0, 3, "split")}
 
 
+def test_a_new_item_regroups_old_items_as_a_full_run_would():
+    # x1 (0 deg) and x2 (20) form a group; x3 (42) is close to x2 only. A new
+    # item y (38) is close to x3 and x2: a full run takes (y, x3) first, then
+    # pulls x2 over to them (mean cross cosine 0.94) and leaves x1 alone.
+    # Seeding the old groups and adding y's pairs only would keep {x1, x2}.
+    x = angles([0, 20, 42])
+    ids = ["x1", "x2", "x3"]
+    full = Deduplicator(threshold=0.9, k=3, progress=False).fit(np.vstack([x, angles([38])]), ids=ids + ["y"])
+    dedup = Deduplicator(threshold=0.9, k=3, progress=False).fit(x, ids=ids)
+    assert labels_of(dedup.groups_, ids).tolist() == [0, 0, 1]
+    before = dedup.groups_
+    changes = dedup.update(angles([38]), new_ids=["y"])
+    check_change_table(before, dedup.groups_, changes)
+    everyone = ids + ["y"]
+    assert pairwise_precision_recall(labels_of(full.groups_, everyone), labels_of(dedup.groups_, everyone)) == (1.0, 1.0)
+    got = labels_of(dedup.groups_, everyone)
+    assert got[1] == got[2] == got[3] != got[0]
+
+
 def test_new_items_alone_form_new_groups_and_unchanged_groups_keep_ids():
     x = np.vstack([angles([0, 1]), angles([0, 1], z=5.0)])
     dedup = Deduplicator(threshold=0.95, k=5, progress=False).fit(x, ids=[1, 2, 3, 4])
@@ -243,7 +262,7 @@ def test_state_folder_checks(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
     (path / "CURRENT").write_text(f"{folder.name} {digest}\n")
-    with pytest.raises(FormatVersionError, match="format_version 3.*upgrade"):
+    with pytest.raises(FormatVersionError, match=f"format_version {incremental.FORMAT_VERSION + 1}.*upgrade"):
         Deduplicator.load(path)
     # A corrupted file is refused by its checksum.
     dedup.save(path)

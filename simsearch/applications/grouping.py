@@ -23,6 +23,7 @@ callers who want single linkage.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +98,7 @@ def group_pairs(
     refine: bool = True,
     initial: np.ndarray | None = None,
     conflict: Conflict | None = None,
+    tie_key: np.ndarray | None = None,
 ) -> np.ndarray:
     """Group ``n`` items from scored pairs.
 
@@ -126,6 +128,12 @@ def group_pairs(
     conflict : callable, optional
         ``f(rows_a, rows_b)``: True if any pair across two groups must not
         share a group. Such merges are refused (refining only).
+    tie_key : ndarray of shape (n,), int, optional
+        Orders pairs of equal score: by the smaller, then the larger key of
+        their two items (e.g. the rank of each item's id). Without it equal
+        scores keep the order of the input pairs. A key that does not depend
+        on where an item sits in the input makes the groups a function of
+        the pairs alone, whatever order the items came in.
 
     Returns
     -------
@@ -152,7 +160,7 @@ def group_pairs(
     # refusal stays valid until one of them changes, which bumps its version.
     version = np.zeros(n, dtype=np.int64)
     refused: set[tuple[int, int, int, int]] = set()
-    for e in np.argsort(-np.asarray(scores), kind="stable"):
+    for e in edge_order(rows_a, rows_b, scores, tie_key):
         a, b = uf.find(int(rows_a[e])), uf.find(int(rows_b[e]))
         if a == b:
             continue
@@ -167,12 +175,88 @@ def group_pairs(
             if conflict is not None and conflict(np.asarray(ga), np.asarray(gb)):
                 refused.add(key)
                 continue
-            if linkage and float(np.mean(cross_score(np.asarray(ga), np.asarray(gb)))) < link_threshold:  # type: ignore[misc]
+            if linkage and _mean_cross(cross_score, ga, gb) < link_threshold:  # type: ignore[operator]
                 refused.add(key)
                 continue
         root = uf.union(a, b)
         version[root] += 1
     return _smallest_member_labels(uf.labels())
+
+
+def _mean_cross(cross_score: CrossScore | None, ga: list[int], gb: list[int]) -> float:
+    """Mean score across two groups; a :class:`GroupLinkage` answers from its memo."""
+    if isinstance(cross_score, GroupLinkage):
+        return cross_score.mean(ga, gb)
+    return float(np.mean(cross_score(np.asarray(ga), np.asarray(gb))))  # type: ignore[misc]
+
+
+class GroupLinkage:
+    """Mean cross score and conflict of two groups, remembered by their members.
+
+    A greedy regrouping asks about the same two groups again whenever it
+    replays a stretch of merges it made before (an incremental update
+    regroups a region from scratch, see
+    :mod:`~simsearch.applications.incremental.regroup`); the answer depends on
+    the two member sets only, so it is computed once. Pass the object as
+    both ``cross_score`` and ``conflict`` of :func:`group_pairs`.
+
+    Parameters
+    ----------
+    cross : callable
+        Scores every pair across two row lists (a :data:`CrossScore`).
+    conflict : callable, optional
+        A :data:`Conflict`; None: no two groups conflict.
+    rows : ndarray of shape (m,), int, optional
+        Row of each local index when :func:`group_pairs` works on a subset;
+        the memo is kept by these rows, so it carries over between subsets.
+    """
+
+    def __init__(self, cross: CrossScore, conflict: Conflict | None = None, rows: np.ndarray | None = None) -> None:
+        self.cross = cross
+        self.conflict_of = conflict
+        self.rows = rows
+        self.means: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+        self.conflicts: dict[tuple[tuple[int, ...], tuple[int, ...]], bool] = {}
+
+    def on(self, rows: np.ndarray) -> GroupLinkage:
+        """The same memo, for a :func:`group_pairs` over ``rows`` (local index i is row ``rows[i]``)."""
+        view = GroupLinkage(self.cross, self.conflict_of, np.asarray(rows, dtype=np.int64))
+        view.means, view.conflicts = self.means, self.conflicts
+        return view
+
+    def _key(self, ga: Any, gb: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+        ra, rb = np.asarray(ga, dtype=np.int64), np.asarray(gb, dtype=np.int64)
+        if self.rows is not None:
+            ra, rb = self.rows[ra], self.rows[rb]
+        ka, kb = tuple(sorted(ra.tolist())), tuple(sorted(rb.tolist()))
+        return ((ka, kb) if ka <= kb else (kb, ka)), ra, rb
+
+    def mean(self, ga: Any, gb: Any) -> float:
+        """Mean score over every pair across the two groups."""
+        key, ra, rb = self._key(ga, gb)
+        value = self.means.get(key)
+        if value is None:
+            value = self.means[key] = float(np.mean(self.cross(ra, rb)))
+        return value
+
+    def __call__(self, ga: Any, gb: Any) -> bool:
+        """Whether a pair across the two groups conflicts (the ``conflict`` callback)."""
+        if self.conflict_of is None:
+            return False
+        key, ra, rb = self._key(ga, gb)
+        value = self.conflicts.get(key)
+        if value is None:
+            value = self.conflicts[key] = bool(self.conflict_of(ra, rb))
+        return value
+
+
+def edge_order(rows_a: np.ndarray, rows_b: np.ndarray, scores: np.ndarray, tie_key: np.ndarray | None) -> np.ndarray:
+    """Positions of the pairs strongest first; equal scores by ``tie_key`` (see :func:`group_pairs`), else input order."""
+    scores = np.asarray(scores)
+    if tie_key is None:
+        return np.argsort(-scores, kind="stable")
+    key_a, key_b = tie_key[rows_a], tie_key[rows_b]
+    return np.lexsort((np.maximum(key_a, key_b), np.minimum(key_a, key_b), -scores))
 
 
 def connected_components(n: int, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:

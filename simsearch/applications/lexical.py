@@ -21,6 +21,16 @@ numbers, capacities, sizes. Three cheap signals see them, and the pair score of
 Codes and measures are only compared when both titles have them: a title that
 states no code is neither helped nor hurt.
 
+The candidate search sees the TF-IDF vector through a random projection
+(:func:`hybrid_vectors`). By default the projection matrix is drawn over the
+fitted vocabulary's columns, so it changes whenever the vocabulary does. With
+``PairScoring(hashed_projection=True)`` (the default of
+:class:`~simsearch.Deduplicator`, see :func:`dedup_scoring`) each n-gram's
+row of the projection is fixed by a hash of the n-gram itself: a title's
+search vector then depends on its own n-grams and their IDF, not on which
+other titles built the vocabulary, and a catalog that grows keeps its items'
+neighbours.
+
 The default weights were chosen on PriceRunner and the Shopee dev split (see
 ``benchmarks/RESULTS.md``) and then kept fixed for every data set; they are
 plain fields of :class:`PairScoring`, so a user can set them.
@@ -47,6 +57,7 @@ __all__ = [
     "TitleFacts",
     "best_f1_threshold",  # lives in metrics.py; importable from here as before
     "code_relation",
+    "dedup_scoring",
     "extract_facts",
     "facts_conflict",
     "hybrid_vectors",
@@ -272,6 +283,13 @@ class PairScoring:
         Width of the random projection of the TF-IDF vector that is appended
         to the embedding for candidate search (the index sees
         ``[sqrt(w) * embedding, sqrt(1 - w) * projection]``).
+    hashed_projection : bool, default False
+        Fix each n-gram's projection row by a hash of the n-gram (the same
+        row whatever the vocabulary) instead of drawing the matrix over the
+        vocabulary's columns. Pair scores are the same either way; only the
+        candidate search changes. :class:`~simsearch.Deduplicator` sets it
+        (:func:`dedup_scoring`) so that the neighbours of old items do not
+        move when the lexical model is fit on a larger catalog.
     """
 
     vector_weight: float = 0.2
@@ -280,6 +298,7 @@ class PairScoring:
     measure_conflict_penalty: float = 0.2
     ngram_range: tuple[int, int] = (3, 5)
     projection_dim: int = 128
+    hashed_projection: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.vector_weight <= 1.0:
@@ -297,6 +316,55 @@ class PairScoring:
     def max_bonus(self) -> float:
         """The most the rules can add to the weighted cosines."""
         return self.code_bonus
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (``ngram_range`` as a list)."""
+        out = dict(self.__dict__)
+        out["ngram_range"] = list(self.ngram_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PairScoring:
+        """Rebuild from :meth:`to_dict`; a missing field takes its default (older files)."""
+        return cls(**{**values, "ngram_range": tuple(values["ngram_range"])})
+
+
+def dedup_scoring() -> PairScoring:
+    """The scoring of :class:`~simsearch.Deduplicator` when none is given: the defaults, ``hashed_projection=True``.
+
+    The raw pair scores are those of ``PairScoring()`` (and the shipped
+    calibration applies unchanged); only the candidate search's projection is
+    vocabulary-free, so that an incremental state and a full run on the
+    grown catalog search the same neighbourhoods.
+    """
+    return PairScoring(hashed_projection=True)
+
+
+#: Non-zeros of each n-gram's row in a hashed projection (``hashed_projection``).
+HASHED_NONZEROS = 8
+
+
+def hashed_rows(terms: Sequence[str], dim: int, seed: int = 0) -> Any:
+    """The hashed projection rows of ``terms``: sparse of shape (len(terms), dim), float32.
+
+    Each n-gram gets :data:`HASHED_NONZEROS` entries of ``+-1/sqrt(nonzeros)``
+    at positions and signs drawn from a hash of the n-gram alone (murmurhash3,
+    then splitmix64), so an n-gram's row is the same in every vocabulary.
+    """
+    import scipy.sparse as sp
+    from sklearn.utils import murmurhash3_32
+
+    h = np.fromiter((murmurhash3_32(t, seed=seed, positive=True) for t in terms), dtype=np.uint64, count=len(terms))
+    k = HASHED_NONZEROS
+    with np.errstate(over="ignore"):  # splitmix64 wraps modulo 2**64 by design
+        z = (h[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)[None, :]) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    cols = (z % np.uint64(dim)).astype(np.int64).ravel()
+    signs = np.where((z >> np.uint64(32)) & np.uint64(1), 1.0, -1.0).astype(np.float32).ravel() / np.sqrt(k)
+    rows = np.repeat(np.arange(len(terms), dtype=np.int64), k)
+    return sp.csr_matrix((signs, (rows, cols)), shape=(len(terms), dim), dtype=np.float32)
 
 
 @dataclass
@@ -320,6 +388,7 @@ class LexicalModel:
     random_state: int = 0
     vectorizer_: Any = None
     projection_: Any = None
+    term_rows_: Any = None
 
     def fit(self, texts: Sequence[str]) -> LexicalModel:
         """Learn the vocabulary and IDF from ``texts`` (usually the catalog).
@@ -332,8 +401,8 @@ class LexicalModel:
         if len(texts) == 0:
             raise ValueError("cannot fit the lexical model on no texts")
         self.vectorizer_ = self._vectorizer()
-        tfidf = self.vectorizer_.fit_transform(texts)
-        self._fit_projection(tfidf.shape[1])
+        self.vectorizer_.fit(texts)
+        self._fit_projection(self._terms())
         return self
 
     def _vectorizer(self, vocabulary: dict[str, int] | None = None) -> Any:
@@ -348,10 +417,19 @@ class LexicalModel:
             vocabulary=vocabulary,
         )
 
-    def _fit_projection(self, n_features: int) -> None:
+    def _terms(self) -> list[str]:
+        vocab = self.vectorizer_.vocabulary_
+        terms = [""] * len(vocab)
+        for term, column in vocab.items():
+            terms[column] = term
+        return terms
+
+    def _fit_projection(self, terms: Sequence[str]) -> None:
         import scipy.sparse as sp
         from sklearn.exceptions import DataDimensionalityWarning
         from sklearn.random_projection import SparseRandomProjection
+
+        n_features = len(terms)
 
         # The projection matrix depends only on the number of features, the
         # width and the seed, so fitting on an empty matrix of the right width
@@ -364,6 +442,7 @@ class LexicalModel:
             # up is harmless here (only candidate search sees the projection).
             warnings.simplefilter("ignore", DataDimensionalityWarning)
             self.projection_.fit(sp.csr_matrix((1, n_features), dtype=np.float32))
+        self.term_rows_ = hashed_rows(terms, self.scoring.projection_dim, self.random_state) if self.scoring.hashed_projection else None
 
     def vocabulary(self) -> tuple[list[str], np.ndarray]:
         """The learned n-grams in column order and their IDF weights.
@@ -376,11 +455,7 @@ class LexicalModel:
         """
         if self.vectorizer_ is None:
             raise NotFittedError("this LexicalModel is not fitted: call fit(texts) before vocabulary()")
-        vocab = self.vectorizer_.vocabulary_
-        terms = [""] * len(vocab)
-        for term, column in vocab.items():
-            terms[column] = term
-        return terms, np.asarray(self.vectorizer_.idf_)
+        return self._terms(), np.asarray(self.vectorizer_.idf_)
 
     @classmethod
     def restore(
@@ -406,7 +481,7 @@ class LexicalModel:
         model = cls(scoring=scoring, random_state=random_state)
         model.vectorizer_ = model._vectorizer({t: i for i, t in enumerate(terms)})
         model.vectorizer_.idf_ = np.asarray(idf, dtype=np.float64)
-        model._fit_projection(len(terms))
+        model._fit_projection(terms)
         return model
 
     def transform(self, texts: Sequence[str]) -> TextFeatures:
@@ -422,7 +497,10 @@ class LexicalModel:
         return TextFeatures(tfidf=tfidf, facts=[extract_facts(t) for t in texts], projection=self._project(tfidf))
 
     def _project(self, tfidf: Any) -> np.ndarray:
-        out = np.asarray(self.projection_.transform(tfidf), dtype=np.float32)
+        if self.term_rows_ is not None:
+            out = np.asarray((tfidf @ self.term_rows_).toarray(), dtype=np.float32)
+        else:
+            out = np.asarray(self.projection_.transform(tfidf), dtype=np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out

@@ -4,16 +4,36 @@ A catalog changes every day; re-running :func:`~simsearch.find_duplicates`
 each night renumbers every group. :class:`Deduplicator` keeps a state (the
 index, the scored candidate pairs, the groups) and updates it:
 
-- **New items** are added to the index and their ``k`` nearest neighbours are
-  scored with the same pair score as :func:`~simsearch.find_duplicates`. The
-  groups they touch (through a pair at or above the threshold), seeded as
-  they are, and the new items are then merged over the new items' pairs by the
-  same strongest-first, average-linkage rule
-  (:func:`~simsearch.applications.grouping.group_pairs` with ``initial``): a
-  new item joins a group, forms a new one, or bridges two groups into one.
-  Pairs between old groups are not weighed again.
-- **Removed items** leave the index and their pairs. A group that lost members
-  is split where no pair at or above the threshold holds it together any more.
+- **New items** are added to the index and scored with the same pair score
+  as :func:`~simsearch.find_duplicates`. Their neighbourhood is searched
+  wider (:data:`~simsearch.applications.incremental.neighbours.REVERSE_FACTOR`
+  times ``k``) so that the old items whose kNN lists they enter are found,
+  and one rule decides which candidate pairs stay, in the fit and in every
+  update: the union of both directions' ``k``-nearest lists
+  (:func:`~simsearch.applications.incremental.neighbours.knn_union`). A pair
+  that a new item pushes out of both lists is dropped, as a full run on the
+  grown catalog would drop it.
+- **Regrouping.** The groups of a full run are made by the strongest-first,
+  average-linkage rule of :func:`~simsearch.applications.grouping.group_pairs`
+  with ties broken by id, so they depend on the pairs and not on the order
+  the items came in. An update regroups, from scratch and by that rule, the
+  *region* it touches: the groups of the rows paired with a new item, of the
+  rows whose pair that could have linked their group was dropped, and of the
+  groups that lost members
+  (:func:`~simsearch.applications.incremental.regroup.replay_region`).
+  The rest keeps its groups. The mean cross scores the rule asks for are
+  remembered (:class:`~simsearch.applications.grouping.GroupLinkage`), so a
+  stretch of merges that replays as before costs little. (A state just
+  loaded from disk starts with an empty memo: its first update scores its
+  region in full.)
+- **Removed items** leave the index and their pairs; the groups that held
+  them are regrouped with their region.
+- **Scores that do not move.** The n-gram vocabulary and IDF are learned at
+  the fit and frozen: new titles are scored with them. The candidate search's
+  projection of the TF-IDF vector is hashed per n-gram
+  (``PairScoring(hashed_projection=True)``, the default here), so the search
+  vectors of old items do not change when a full run fits the lexical model
+  on more titles; only the IDF moves a little.
 - **A new threshold** (from :meth:`Deduplicator.calibrate`) regroups every item
   from the stored pairs at the next update.
 
@@ -37,9 +57,9 @@ pointer file. A save interrupted at any point leaves the previous version in
 place and readable. Nothing is unpickled on load
 (:mod:`~simsearch.applications.incremental.state`).
 
-Modules: ``deduplicator`` (the estimator), ``regroup`` (regrouping and group
-ids), ``review`` (the review loop), ``ids`` (id checks), ``state`` (the folder
-format).
+Modules: ``deduplicator`` (the estimator), ``neighbours`` (which candidate
+pairs stay), ``regroup`` (regrouping and group ids), ``review`` (the review
+loop), ``ids`` (id checks), ``state`` (the folder format).
 """
 
 

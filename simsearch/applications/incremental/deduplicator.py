@@ -26,8 +26,18 @@ from simsearch.applications.candidates import (
     load_items,
     self_join,
 )
-from simsearch.applications.incremental.ids import as_id_array, check_unique_ids, row_map
-from simsearch.applications.incremental.regroup import assign_ids, regroup
+from simsearch.applications.grouping import GroupLinkage, group_pairs
+from simsearch.applications.incremental.ids import (
+    as_id_array,
+    check_new_ids,
+    check_unique_ids,
+    id_ranks,
+    row_map,
+    rows_of_removed,
+    same_id_type,
+)
+from simsearch.applications.incremental.neighbours import REVERSE_FACTOR, SEARCH_FACTOR, knn_union, search_similarity
+from simsearch.applications.incremental.regroup import CrossScorer, assign_ids, regroup
 from simsearch.applications.incremental.review import ReviewLoop
 from simsearch.applications.incremental.state import (
     StateFiles,
@@ -37,7 +47,7 @@ from simsearch.applications.incremental.state import (
     save_state,
 )
 from simsearch.applications.dedup_calibration import PairCalibration
-from simsearch.applications.lexical import LexicalModel, PairScoring, TextFeatures, extract_facts, hybrid_vectors
+from simsearch.applications.lexical import LexicalModel, PairScoring, TextFeatures, dedup_scoring, extract_facts, hybrid_vectors
 from simsearch.applications.metrics import ThresholdChoice
 from simsearch.errors import CorruptFileError, NotFittedError
 
@@ -59,7 +69,10 @@ class Deduplicator(ReviewLoop):
         :func:`~simsearch.find_duplicates`). A calibration from reviewed pairs
         (:meth:`calibrate`) replaces it.
     k : int, default 10
-        Neighbours looked up per item.
+        Neighbours per item: the candidate pairs are the union of both
+        directions' ``k``-nearest lists, by exact similarity (the fit searches
+        ``2 k``, an update ``3 k`` per new item; see
+        :mod:`~simsearch.applications.incremental.neighbours`).
     encoder : TextEncoder, optional
         Encodes titles; default ``TextEncoder()``. Unused for vectors.
     max_group_size : int or None, default None
@@ -71,6 +84,10 @@ class Deduplicator(ReviewLoop):
         Score titles with character n-grams, model codes and measures as well
         as the embedding (see :class:`~simsearch.PairScoring`).
     scoring : PairScoring, optional
+        Default :func:`~simsearch.applications.lexical.dedup_scoring`: the
+        weights of ``PairScoring()`` with a vocabulary-free projection for the
+        candidate search, so that the lexical model fit on a larger catalog
+        searches the same neighbourhoods.
     index_params : dict, optional
         Passed to :class:`~simsearch.Index` (default ``ef_construction=100``).
     batch_size : int, default 10000
@@ -171,16 +188,27 @@ class Deduplicator(ReviewLoop):
         encoder = None
         if not vectors:
             encoder = default_encoder() if self.encoder is None else self.encoder
-        scoring = self.scoring if self.scoring is not None else PairScoring()
+        scoring = self.scoring if self.scoring is not None else dedup_scoring()
         loaded = load_items(
             items, ids=ids, id_col=self.id_col, text_col=self.text_col, encoder=encoder, lexical=self.lexical,
             scoring=scoring, progress=self.progress,
         )  # fmt: skip
         cands = self_join(
-            loaded, k=self.k, floor=threshold - PAIR_MARGIN, scoring=scoring, index_params=self.index_params,
+            loaded, k=SEARCH_FACTOR * self.k, floor=threshold - PAIR_MARGIN, scoring=scoring, index_params=self.index_params,
             batch_size=self.batch_size, progress=self.progress, ef=self.ef,
         )  # fmt: skip
-        labels, _ = cands.group(threshold, True, self.max_group_size)
+        a, b, s = cands.pairs
+        sim = search_similarity(cands.items.search, a, b)
+        union = knn_union(len(cands.items), a, b, sim, self.k)  # the rule every update applies
+        a, b, s, sim = a[union], b[union], s[union], sim[union]
+        hit = s >= threshold
+        scorer = CrossScorer(cands.items, scoring, cands.rules, cands.calibration)
+        linkage = GroupLinkage(scorer, cands.conflict if loaded.lexical_text else None)
+        labels = group_pairs(
+            len(cands.items), a[hit], b[hit], s[hit], cross_score=linkage, link_threshold=threshold,
+            max_group_size=self.max_group_size, conflict=linkage if loaded.lexical_text else None,
+            tie_key=id_ranks(cands.ids),
+        )  # fmt: skip
         n = len(cands.items)
         self._kind = "vectors" if vectors else "texts"
         self._scoring = scoring
@@ -197,7 +225,9 @@ class Deduplicator(ReviewLoop):
         _, gid = np.unique(labels, return_inverse=True)  # 0..G-1 in order of each group's first item
         self._group = gid.astype(np.int64)
         self._next_group = int(gid.max()) + 1 if n else 0
-        self._edges = cands.pairs
+        self._edges = (a, b, s)
+        self._edge_sim = sim
+        self._linkage = linkage
         self._floor = float(threshold - PAIR_MARGIN)
         self._base_threshold = float(threshold)
         self._grouped_at = float(threshold)
@@ -276,10 +306,7 @@ class Deduplicator(ReviewLoop):
         return a[keep], b[keep], s[keep]
 
     def _cross(self, items: Items) -> Any:
-        scoring, rules, calibration = self._scoring, self._rules, self._score_calibration
-        if calibration is None:
-            return lambda ra, rb: items.cross_scores(items, ra, rb, scoring, rules)
-        return lambda ra, rb: calibration.apply(items.cross_scores(items, ra, rb, scoring, rules))
+        return CrossScorer(items, self._scoring, self._rules, self._score_calibration)
 
     def _conflict(self, items: Items) -> Any:
         if items.features is None:
@@ -354,18 +381,36 @@ class Deduplicator(ReviewLoop):
                 removed = True
             alive = np.r_[self._alive, np.ones(m, dtype=bool)]
             alive[removed_rows] = False
+            # Each new item's wider neighbourhood: the old items whose kNN lists it may enter.
             na, nb, ns = knn_pairs(
-                self._index, items, new_rows, self.k, self._scoring, self._floor, self.batch_size, self.progress,
-                chosen_ef(self.ef, self.index_params), self._score_calibration,
-            )
+                self._index, items, new_rows, REVERSE_FACTOR * self.k, self._scoring, self._floor, self.batch_size,
+                self.progress, chosen_ef(self.ef, self.index_params), self._score_calibration,
+            )  # fmt: skip
             a, b, s = self._edges
             keep = alive[a] & alive[b]
-            edges = (np.r_[a[keep], na], np.r_[b[keep], nb], np.r_[s[keep], ns].astype(np.float32))
+            a, b, s = np.r_[a[keep], na], np.r_[b[keep], nb], np.r_[s[keep], ns].astype(np.float32)
+            sim = np.r_[self._edge_sim[keep], search_similarity(items.search, na, nb)]
+            union = knn_union(n_old + m, a, b, sim, self.k)
             old_group = np.r_[self._group, np.full(m, -1, dtype=np.int64)]
             old_group[removed_rows] = -1
+            # Dirty: new rows, the live ends of dropped pairs (removed, or pushed out of
+            # a kNN list) that could have linked their group, and the groups that lost
+            # members. A dropped pair across two groups linked nothing: no merge used it.
+            dirty = np.zeros(n_old + m, dtype=bool)
+            dirty[new_rows] = True
+            ea, eb, es = self._edges
+            gone = ~keep & (es >= threshold) & (self._group[ea] == self._group[eb])
+            dirty[ea[gone]] = dirty[eb[gone]] = True
+            gone = ~union & (s >= threshold) & (old_group[a] == old_group[b]) & (old_group[a] >= 0)
+            dirty[a[gone]] = dirty[b[gone]] = True
+            edges, sim = (a[union], b[union], s[union]), sim[union]
+            lost = np.unique(self._group[removed_rows])
+            dirty[: n_old] |= np.isin(self._group, lost)
+            all_keys = self._keys if m == 0 else pa.concat_arrays([self._keys, keys])
+            self._linkage.cross, self._linkage.conflict_of = self._cross(items), self._conflict(items)
             cluster, affected = regroup(
-                self._cross(items), alive, old_group, self._group, edges, new_rows, removed_rows, threshold,
-                self._grouped_at, self._next_group, self.max_group_size, self._conflict(items),
+                self._linkage, alive, old_group, edges, dirty, threshold, self._grouped_at, self._next_group,
+                self.max_group_size, id_ranks(all_keys),
             )  # fmt: skip
             group, next_group, events = assign_ids(cluster, affected, old_group, self._group, self._next_group)
         except BaseException:
@@ -386,7 +431,7 @@ class Deduplicator(ReviewLoop):
         for r in removed_rows.tolist():
             del self._row_of[self._keys[r].as_py()]
         group[~alive] = -1
-        self._alive, self._group, self._next_group, self._edges = alive, group, next_group, edges
+        self._alive, self._group, self._next_group, self._edges, self._edge_sim = alive, group, next_group, edges, sim
         self._grouped_at = threshold
         rows, old, newg, what = events
         rows = list(rows) + removed_rows.tolist()
@@ -415,16 +460,7 @@ class Deduplicator(ReviewLoop):
         )
 
     def _check_removed(self, removed_ids: Any) -> np.ndarray:
-        if removed_ids is None:
-            return np.zeros(0, dtype=np.int64)
-        ids = as_id_array(removed_ids, "removed_ids")
-        check_unique_ids(ids, "removed_ids")
-        values = ids.to_pylist()
-        unknown = [v for v in values if v not in self._row_of]
-        if unknown:
-            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise ValueError(f"removed_ids holds an id that is not in the state: {unknown[0]!r}{more}")
-        return np.array([self._row_of[v] for v in values], dtype=np.int64)
+        return rows_of_removed(self._row_of, removed_ids)
 
     def _prepare_new(self, new_items: Any, new_ids: Any) -> tuple[pa.Array, Items, list[str] | None] | None:
         if new_items is None:
@@ -461,18 +497,10 @@ class Deduplicator(ReviewLoop):
         return keys, items, texts
 
     def _same_id_type(self, keys: pa.Array, name: str) -> pa.Array:
-        if keys.type == self._keys.type:
-            return keys
-        if pa.types.is_integer(keys.type) and pa.types.is_integer(self._keys.type):
-            return keys.cast(self._keys.type)
-        raise TypeError(f"{name} are {keys.type}, the state's ids are {self._keys.type}")
+        return same_id_type(keys, self._keys.type, name)
 
     def _check_new_keys(self, keys: pa.Array) -> None:
-        check_unique_ids(keys, "new ids")
-        present = [v for v in keys.to_pylist() if v in self._row_of]
-        if present:
-            more = f" (and {len(present) - 1} more)" if len(present) > 1 else ""
-            raise ValueError(f"new item id {present[0]!r} is already in the state{more}; remove it first to replace it")
+        check_new_ids(self._row_of, keys)
 
     def _text_encoder(self) -> Any:
         if self.encoder is None:
@@ -510,14 +538,7 @@ class Deduplicator(ReviewLoop):
                 "id_col": self.id_col,
                 "text_col": self.text_col,
                 "lexical": self._lexical_model is not None,
-                "scoring": {
-                    "vector_weight": scoring.vector_weight,
-                    "code_bonus": scoring.code_bonus,
-                    "code_conflict_penalty": scoring.code_conflict_penalty,
-                    "measure_conflict_penalty": scoring.measure_conflict_penalty,
-                    "ngram_range": list(scoring.ngram_range),
-                    "projection_dim": scoring.projection_dim,
-                },
+                "scoring": scoring.to_dict(),
                 "index_params": self.index_params or {},
                 "batch_size": int(self.batch_size),
                 "ef": None if self.ef is None else int(self.ef),
@@ -596,7 +617,7 @@ class Deduplicator(ReviewLoop):
         """Build the estimator from a checked :func:`load_state` result."""
         header, sections = files.header, files.sections
         params = header["params"]
-        scoring = PairScoring(**{**params["scoring"], "ngram_range": tuple(params["scoring"]["ngram_range"])})
+        scoring = PairScoring.from_dict(params["scoring"])  # states before format 3: no hashed_projection
         self = cls(
             threshold=params["threshold"],
             k=params["k"],
@@ -644,6 +665,8 @@ class Deduplicator(ReviewLoop):
         self._alive = sections["alive"].astype(bool)
         self._group = sections["group"].astype(np.int64)
         self._edges = (sections["edge_a"].astype(np.int64), sections["edge_b"].astype(np.int64), sections["edge_s"])
+        self._edge_sim = search_similarity(self._items.search, self._edges[0], self._edges[1])
+        self._linkage = GroupLinkage(self._cross(self._items), self._conflict(self._items))
         self._row_of = row_map(self._keys, self._alive)
         self._floor = float(header["floor"])
         self._base_threshold = float(params["threshold"])

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["as_id_array", "check_unique_ids", "row_map"]
+__all__ = ["as_id_array", "check_new_ids", "check_unique_ids", "id_ranks", "row_map", "rows_of_removed", "same_id_type"]
 
 
 def as_id_array(ids: Any, name: str) -> pa.Array:
@@ -45,3 +45,49 @@ def row_map(keys: pa.Array, alive: np.ndarray | None = None) -> dict[Any, int]:
     if alive is None:
         return {v: i for i, v in enumerate(values)}
     return {values[i]: i for i in np.flatnonzero(alive).tolist()}
+
+
+def id_ranks(keys: pa.Array) -> np.ndarray:
+    """Rank of each row's id in sorted id order, shape (n,), int64.
+
+    Two rows compare the same way whatever other rows exist or the order they
+    came in, so it breaks ties between equal pair scores the same way in an
+    incremental state and in a full run (see
+    :func:`~simsearch.applications.grouping.group_pairs`).
+    """
+    order = pc.sort_indices(keys).to_numpy()
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order), dtype=np.int64)
+    return ranks
+
+
+def rows_of_removed(row_of: dict[Any, int], removed_ids: Any) -> np.ndarray:
+    """Rows of the ids to remove (int64, shape (m,)); unknown or repeated ids raise ``ValueError``."""
+    if removed_ids is None:
+        return np.zeros(0, dtype=np.int64)
+    ids = as_id_array(removed_ids, "removed_ids")
+    check_unique_ids(ids, "removed_ids")
+    values = ids.to_pylist()
+    unknown = [v for v in values if v not in row_of]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ValueError(f"removed_ids holds an id that is not in the state: {unknown[0]!r}{more}")
+    return np.array([row_of[v] for v in values], dtype=np.int64)
+
+
+def same_id_type(keys: pa.Array, state_type: pa.DataType, name: str) -> pa.Array:
+    """New ids in the state's id type (integers are cast); other mismatches raise ``TypeError``."""
+    if keys.type == state_type:
+        return keys
+    if pa.types.is_integer(keys.type) and pa.types.is_integer(state_type):
+        return keys.cast(state_type)
+    raise TypeError(f"{name} are {keys.type}, the state's ids are {state_type}")
+
+
+def check_new_ids(row_of: dict[Any, int], keys: pa.Array) -> None:
+    """Raise ``ValueError`` if new ids repeat or are already in the state."""
+    check_unique_ids(keys, "new ids")
+    present = [v for v in keys.to_pylist() if v in row_of]
+    if present:
+        more = f" (and {len(present) - 1} more)" if len(present) > 1 else ""
+        raise ValueError(f"new item id {present[0]!r} is already in the state{more}; remove it first to replace it")

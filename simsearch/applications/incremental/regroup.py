@@ -1,11 +1,10 @@
 """How an update regroups the rows it touches, and how group ids follow the groups.
 
-- :func:`regroup`: the groups that new items touch (through a pair at or
-  above the threshold), seeded as they are, and the new items are merged over
-  the new items' pairs by the strongest-first, average-linkage rule of
-  :func:`~simsearch.applications.grouping.group_pairs`; a group that lost
-  members splits where no pair at or above the threshold holds it together;
-  a new threshold regroups everything.
+- :func:`regroup`: the region an update touches (:func:`replay_region`) is
+  regrouped from scratch by the strongest-first, average-linkage rule of
+  :func:`~simsearch.applications.grouping.group_pairs`, the rule a full run
+  applies to everything; the rest keeps its groups. A new threshold
+  regroups everything.
 - :func:`cut_large_groups`: a group over the size cap is cut at its weakest
   bridge, the weakest edge of its maximum spanning tree.
 - :func:`assign_ids`: each old id goes, oldest first, to the cluster holding
@@ -19,40 +18,58 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.applications.grouping import Conflict, CrossScore, connected_components, group_pairs
+from simsearch.applications.grouping import (
+    GroupLinkage,
+    connected_components,
+    group_pairs,
+)
 
-__all__ = ["assign_ids", "cut_large_groups", "regroup"]
+__all__ = ["REPLAY_HOPS", "CrossScorer", "assign_ids", "cut_large_groups", "regroup", "replay_region"]
+
+#: How far from a new row an update regroups: the groups of the rows paired
+#: (at or above the threshold) with it this many steps out (see :func:`replay_region`).
+REPLAY_HOPS = 1
 
 
 def regroup(
-    cross: CrossScore,
+    linkage: GroupLinkage,
     alive: np.ndarray,
     old_group: np.ndarray,
-    prev_group: np.ndarray,
     edges: tuple[np.ndarray, np.ndarray, np.ndarray],
-    new_rows: np.ndarray,
-    removed_rows: np.ndarray,
+    dirty: np.ndarray,
     threshold: float,
     grouped_at: float,
     next_group: int,
     cap: int | None,
-    conflict: Conflict | None = None,
+    tie_key: np.ndarray | None = None,
+    hops: int = REPLAY_HOPS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster labels of every row and the mask of rows whose group may have changed.
 
+    With an order-free ``tie_key`` the groups of a full run depend on the
+    pairs alone, and :func:`group_pairs` only merges along pairs at or above
+    the threshold, so what a new pair can change lies near it. Exact equality
+    with a full run would regroup every connected component holding a dirty
+    row, but at low thresholds one component spans most of a catalog. An
+    update therefore regroups, from scratch, the groups of the dirty rows (new
+    rows, rows whose pairs or group changed) and of the rows within ``hops``
+    pairs of a new row, and keeps every other group: a full run's result
+    wherever a change does not travel further than that.
+
     Parameters
     ----------
-    cross : callable
-        Scores every pair across two row lists (see :func:`group_pairs`).
+    linkage : GroupLinkage
+        Mean cross score and conflict of two groups (remembered across
+        updates: a replayed merge is not scored again).
     alive : ndarray of shape (n,), bool
         Live rows after the update.
     old_group : ndarray of shape (n,), int64
         Group id of each row before the update; -1 for new and removed rows.
-    prev_group : ndarray of shape (n_before,), int64
-        The group ids as stored before the update (removed rows included).
     edges : tuple of ndarray
         ``(rows_a, rows_b, scores)`` of every live candidate pair.
-    new_rows, removed_rows : ndarray of int64
+    dirty : ndarray of shape (n,), bool
+        Rows whose region must be regrouped: new rows, live ends of pairs
+        that were added or dropped, members of groups that lost members.
     threshold : float
         The threshold in use; ``grouped_at`` is the one the groups were made
         at (a change regroups everything).
@@ -60,9 +77,11 @@ def regroup(
         The next unused group id.
     cap : int or None
         ``max_group_size``.
-    conflict : callable, optional
-        Whether two row lists hold a pair that must not share a group (see
-        :func:`group_pairs`).
+    tie_key : ndarray of shape (n,), int, optional
+        Order of pairs of equal score (see :func:`group_pairs`).
+    hops : int, default :data:`REPLAY_HOPS`
+        How far the regrouped region reaches from a new row (see
+        :func:`replay_region`); from other dirty rows, only their groups.
 
     Returns
     -------
@@ -77,50 +96,54 @@ def regroup(
     if threshold != grouped_at:
         # A new threshold: regroup everything from the stored pairs.
         cluster = group_pairs(
-            n, a, b, s, cross_score=cross, link_threshold=threshold, max_group_size=cap, conflict=conflict
-        )
+            n, a, b, s, cross_score=linkage, link_threshold=threshold, max_group_size=cap,
+            conflict=linkage if linkage.conflict_of is not None else None, tie_key=tie_key,
+        )  # fmt: skip
         affected = alive.copy()
     else:
-        # Seeds: the current groups, new items alone; dead rows alone.
         cluster = np.where(old_group >= 0, old_group, next_group + np.arange(n))
+        is_new = old_group < 0
+        region = np.union1d(replay_region(cluster, alive, dirty & is_new, a, b, hops), replay_region(cluster, alive, dirty, a, b, 0))
         affected = np.zeros(n, dtype=bool)
-        lost = np.unique(prev_group[removed_rows])
-        if lost.size:
-            # Groups that lost members split where nothing above the threshold holds them.
-            in_lost = alive & np.isin(old_group, lost)
-            inner = in_lost[a] & in_lost[b] & (old_group[a] == old_group[b])
-            comp = connected_components(n, a[inner], b[inner])
-            cluster = np.where(in_lost, next_group + n + comp, cluster)
-            affected |= in_lost
-        is_new = np.zeros(n, dtype=bool)
-        is_new[new_rows] = True
-        touching = is_new[a] | is_new[b]
-        seeds = np.unique(np.r_[cluster[a[touching]], cluster[b[touching]], cluster[new_rows]])
-        region = np.flatnonzero(alive & np.isin(cluster, seeds))
         if region.size:
             local = np.full(n, -1, dtype=np.int64)
             local[region] = np.arange(region.size)
-            # Only pairs of a new item: pairs between old groups were weighed
-            # when those groups formed, and re-weighing them every update
-            # would cost as much as the new work (a merge of two old groups
-            # goes through the new item that bridges them).
-            inside = touching & (local[a] >= 0) & (local[b] >= 0)
+            inside = (local[a] >= 0) & (local[b] >= 0)
+            local_linkage = linkage.on(region)
             labels = group_pairs(
                 region.size,
                 local[a[inside]],
                 local[b[inside]],
                 s[inside],
-                cross_score=lambda x, y: cross(region[x], region[y]),
+                cross_score=local_linkage,
                 link_threshold=threshold,
                 max_group_size=cap,
-                initial=cluster[region],
-                conflict=None if conflict is None else lambda x, y: conflict(region[x], region[y]),
+                conflict=local_linkage if linkage.conflict_of is not None else None,
+                tie_key=None if tie_key is None else tie_key[region],
             )
-            cluster[region] = 3 * n + next_group + region[labels]
+            cluster[region] = next_group + n + region[labels]
             affected[region] = True
     if cap is not None:
         affected |= cut_large_groups(cluster, alive, a, b, s, cap)
     return cluster, affected & alive
+
+
+def replay_region(
+    cluster: np.ndarray, alive: np.ndarray, dirty: np.ndarray, a: np.ndarray, b: np.ndarray, hops: int
+) -> np.ndarray:
+    """Live rows of the groups within reach of a dirty row, sorted.
+
+    The rows paired with a dirty row (``a``, ``b``: the pairs at or above the
+    threshold), ``hops`` steps out, and every member of their groups and of
+    the dirty rows' groups.
+    """
+    inside = alive & dirty
+    for _ in range(hops):
+        reach = inside[a] | inside[b]
+        inside[a[reach]] = True
+        inside[b[reach]] = True
+        inside &= alive
+    return np.flatnonzero(alive & np.isin(cluster, np.unique(cluster[inside])))
 
 
 def cut_large_groups(
@@ -215,3 +238,64 @@ def assign_ids(
             out_new.append(gid)
             out_event.append("merged" if g not in assigned and majority.get(g) == c else "split")
     return group, next_group, (out_rows, out_old, out_new, out_event)
+
+
+class CrossScorer:
+    """Scores of every pair across two row lists, as ``Items.cross_scores`` gives them, fast for small lists.
+
+    Regrouping asks for many small blocks (a few rows against a few), where
+    slicing sparse matrices costs more than the arithmetic: those blocks are
+    scored from each row's n-grams held in a dict; larger blocks go through
+    ``Items.cross_scores``.
+
+    Parameters
+    ----------
+    items : Items
+    scoring : PairScoring
+    rules : dict
+        ``(row_a, row_b) -> rule adjustment``, filled and reused.
+    calibration : PairCalibration or None
+        Maps raw scores to probabilities.
+    """
+
+    #: Blocks of at most this many pairs are scored from the dicts.
+    SMALL = 64
+
+    def __init__(self, items: Any, scoring: Any, rules: dict[tuple[int, int], float], calibration: Any) -> None:
+        self.items, self.scoring, self.rules, self.calibration = items, scoring, rules, calibration
+        self._grams: dict[int, dict[int, float]] = {}
+
+    def _row(self, r: int) -> dict[int, float]:
+        grams = self._grams.get(r)
+        if grams is None:
+            m = self.items.features.tfidf
+            lo, hi = m.indptr[r], m.indptr[r + 1]
+            grams = self._grams[r] = dict(zip(m.indices[lo:hi].tolist(), m.data[lo:hi].tolist()))
+        return grams
+
+    def __call__(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        from simsearch.applications.lexical import rule_adjustment
+
+        items = self.items
+        if items.features is None or len(rows_a) * len(rows_b) > self.SMALL:
+            raw = items.cross_scores(items, rows_a, rows_b, self.scoring, self.rules)
+        else:
+            w = self.scoring.vector_weight
+            vec = items.vectors[rows_a] @ items.vectors[rows_b].T
+            raw = np.empty((len(rows_a), len(rows_b)), dtype=np.float32)
+            facts = items.features.facts
+            for i, ra in enumerate(rows_a.tolist()):
+                ga, fa = self._row(ra), facts[ra]
+                rules_a = bool(fa.codes or fa.measures)
+                for j, rb in enumerate(rows_b.tolist()):
+                    gb = self._row(rb)
+                    small, large = (ga, gb) if len(ga) <= len(gb) else (gb, ga)
+                    lex = sum(v * large[c] for c, v in small.items() if c in large)
+                    score = w * float(vec[i, j]) + (1.0 - w) * lex
+                    if rules_a:
+                        adj = self.rules.get((ra, rb))
+                        if adj is None:
+                            adj = self.rules[(ra, rb)] = rule_adjustment(self.scoring, fa, facts[rb])
+                        score += adj
+                    raw[i, j] = score
+        return raw if self.calibration is None else self.calibration.apply(raw)

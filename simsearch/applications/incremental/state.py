@@ -19,7 +19,8 @@ Nothing is unpickled on load.
 Format versions: 1 wrote the manifest as ``{"kind", "format_version",
 "files"}``; 2 writes it with :func:`~simsearch._storage.write_manifest`
 (``format`` and ``checksums``; ``kind`` kept, so a version-1 reader says
-"upgrade"). Both are read.
+"upgrade"); 3 adds ``hashed_projection`` to the saved scoring (absent before:
+the vocabulary-drawn projection of those states). All three are read.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ __all__ = [
 ]
 
 #: Layout version of a state folder; :func:`load_state` refuses newer ones.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions :func:`load_state` reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 STATE_KIND = "simsearch.Deduplicator"
 
 POINTER = "CURRENT"
