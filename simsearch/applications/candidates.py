@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from simsearch import _tables
-from simsearch._validation import NO_ID, check_ef, check_k, check_positive_int, check_threshold
+from simsearch._validation import NO_ID, as_float_matrix, check_ef, check_k, check_positive_int, check_threshold
 from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar
 from simsearch.applications.dedup_calibration import PairCalibration, default_calibration
 from simsearch.applications.grouping import canonical_members, group_pairs
@@ -65,6 +65,7 @@ __all__ = [
     "search_ef",
     "self_join",
     "unique_pairs",
+    "unit_vectors",
 ]
 
 #: Default pair threshold for titles scored with lexical evidence: a probability
@@ -74,6 +75,15 @@ DEFAULT_TEXT_THRESHOLD = 0.15
 DEFAULT_VECTOR_THRESHOLD = 0.9
 #: Least search effort of a candidate search when the user gave none.
 MIN_EF = 64
+#: Rows whose squared norm is within this of 1 count as unit rows (float32
+#: normalization leaves about 5e-7); the cosine of two such rows is their
+#: inner product to within 2e-6.
+UNIT_TOLERANCE = 2e-6
+#: Rows handled per step when checking or normalizing vectors: the
+#: temporaries stay a few megabytes whatever the input's size.
+_NORM_CHUNK = 8192
+#: Candidate pairs scored per step of a join.
+_SCORE_CHUNK = 16_384
 
 
 class Duplicates(NamedTuple):
@@ -193,6 +203,7 @@ def load_items(
     lexical: bool = True,
     scoring: PairScoring,
     progress: bool | None = None,
+    copy: bool = True,
 ) -> LoadedItems:
     """Read vectors or a table of titles into :class:`LoadedItems`.
 
@@ -210,6 +221,12 @@ def load_items(
         Fit the lexical model on the titles.
     scoring : PairScoring
     progress : bool or None
+    copy : bool, default True
+        Vectors: always hold a normalized copy. ``False`` uses the caller's
+        array itself, read-only, when it is already float32, C-contiguous and
+        of unit rows (:func:`unit_vectors`), for callers whose items do not
+        outlive the call (:func:`~simsearch.find_duplicates`): a million
+        384-d vectors then cost no second 1.5 GB.
 
     Raises
     ------
@@ -220,7 +237,7 @@ def load_items(
         A table without ``id_col`` or ``text_col``.
     """
     if is_vector_input(data):
-        vectors = as_vectors(data, "data")
+        vectors = as_vectors(data, "data") if copy else unit_vectors(data, "data")
         if len(vectors) == 0:
             raise ValueError("data is empty: it has no rows")
         if ids is None:
@@ -239,6 +256,53 @@ def load_items(
     encoder = default_encoder() if encoder is None else encoder
     model = LexicalModel(scoring).fit(texts) if lexical else None
     return LoadedItems(Items.from_texts(texts, encoder, model, scoring, progress), id_array, texts, model)
+
+
+def unit_vectors(data: Any, name: str) -> np.ndarray:
+    """``data`` as unit float32 rows, without copying rows that already are.
+
+    A float32 C-contiguous array whose rows all have unit norm (within
+    :data:`UNIT_TOLERANCE`, as embedding models return them) comes back as
+    a read-only view of itself; any other input is converted and normalized
+    into one new array, a chunk of rows at a time, so that no temporary of
+    the input's size is made (``np.linalg.norm`` of the whole array would
+    square it all first).
+
+    Parameters
+    ----------
+    data : array-like of shape (n, dim), float
+    name : str
+        Named in errors.
+
+    Returns
+    -------
+    ndarray of shape (n, dim), float32
+        Unit rows (zero rows stay zero); read-only.
+
+    Raises
+    ------
+    ValueError
+        NaN or inf, a 1-D array or a 3-D one (:class:`~simsearch.errors.DimensionError`).
+    TypeError
+        Integer, boolean or object arrays.
+    """
+    arr = as_float_matrix(data, name)
+    # A conversion made just now (another dtype, not contiguous) is ours to normalize in place.
+    out = arr if arr is not data and arr.base is None else None
+    for lo in range(0, len(arr), _NORM_CHUNK):
+        block = arr[lo : lo + _NORM_CHUNK]
+        norm2 = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        if out is None:
+            if np.all(np.abs(norm2 - 1.0) <= UNIT_TOLERANCE):
+                continue
+            # The first block that is not unit: a normalized copy from here on.
+            out = np.empty_like(arr)
+            out[:lo] = arr[:lo]
+        norms = np.sqrt(norm2).astype(np.float32)[:, None]
+        np.divide(block, np.where(norms > 0, norms, np.float32(1)), out=out[lo : lo + len(block)])
+    view = (arr if out is None else out).view()
+    view.flags.writeable = False
+    return view
 
 
 # ---------------------------------------------------------------- joins
@@ -320,7 +384,12 @@ def knn_pairs(
         a, b = np.minimum(a, b), np.maximum(a, b)
         key = np.unique(a * n + b)  # one pair found from both ends counts once
         a, b = key // n, key % n
-        s = items.pair_scores(items, a, b, scoring, floor=raw_floor)
+        # Scored in slices: scoring gathers both rows of the pairs it scores
+        # (up to 65,536 pairs at once: 200 MB of 384-d rows).
+        s = np.empty(len(a), dtype=np.float32)
+        for lo in range(0, len(a), _SCORE_CHUNK):
+            hi = lo + _SCORE_CHUNK
+            s[lo:hi] = items.pair_scores(items, a[lo:hi], b[lo:hi], scoring, floor=raw_floor)
         hit = s >= raw_floor
         keep_a.append(a[hit])
         keep_b.append(b[hit])

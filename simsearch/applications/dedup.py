@@ -109,9 +109,11 @@ def _join(
         )  # fmt: skip
     if engine_options:
         raise ValueError(f"{sorted(engine_options)} apply to engine='ray' only")
+    # The items live only as long as this call, so unit float32 vectors are
+    # used in place, not copied (a million 384-d rows: 1.5 GB saved).
     loaded = load_items(
         data, ids=ids, id_col=id_col, text_col=text_col, encoder=encoder, lexical=lexical, scoring=scoring,
-        progress=progress,
+        progress=progress, copy=False,
     )  # fmt: skip
     return self_join(
         loaded, k=k, floor=floor, scoring=scoring, index_params=index_params, batch_size=batch_size,
