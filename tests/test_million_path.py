@@ -14,6 +14,7 @@ import pytest
 
 from simsearch import find_duplicates
 from simsearch.applications import candidates
+from simsearch.applications._items import as_vectors
 from simsearch.applications.candidates import UNIT_TOLERANCE, load_items, unit_vectors
 from simsearch.applications.lexical import PairScoring
 
@@ -46,17 +47,18 @@ def test_other_rows_are_normalized_into_a_new_array(dtype):
     np.testing.assert_array_equal(x, before)  # the input is not touched
     np.testing.assert_allclose(np.delete(v, 5, 0), normalize(np.delete(x, 5, 0)), rtol=2e-6, atol=1e-7)
     assert not v[5].any()  # a zero row stays zero
+    np.testing.assert_array_equal(v, as_vectors(x, "data"))  # the same bits as the copying path
 
 
-def test_a_non_unit_block_after_unit_ones_copies_from_there(monkeypatch):
-    monkeypatch.setattr(candidates, "_NORM_CHUNK", 4)
+def test_one_row_that_is_not_unit_makes_a_copy_like_as_vectors(monkeypatch):
+    monkeypatch.setattr(candidates, "_NORM_CHUNK", 4)  # the odd row is in the last chunk
     x = unit_rows(10, 5)
     x[9] *= 2.0
+    before = x.copy()
     v = unit_vectors(x, "data")
     assert not np.shares_memory(v, x)
-    np.testing.assert_array_equal(v[:8], x[:8])  # unit rows are kept as they are
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-6)
-    assert x[9, 0] == pytest.approx(2 * v[9, 0])
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(v, as_vectors(x, "data"))
 
 
 def test_the_tolerance_separates_unit_rows_from_scaled_ones():
@@ -71,6 +73,7 @@ def test_non_contiguous_input_is_converted_once_and_normalized():
     strided = np.asfortranarray(x * 3)
     v = unit_vectors(strided, "data")
     np.testing.assert_allclose(v, x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(v, as_vectors(strided, "data"))
 
 
 @pytest.mark.parametrize(("bad", "error", "words"), [

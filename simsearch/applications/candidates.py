@@ -75,10 +75,10 @@ DEFAULT_TEXT_THRESHOLD = 0.15
 DEFAULT_VECTOR_THRESHOLD = 0.9
 #: Least search effort of a candidate search when the user gave none.
 MIN_EF = 64
-#: Rows whose squared norm is within this of 1 count as unit rows (float32
-#: normalization leaves about 5e-7); the cosine of two such rows is their
+#: Rows whose norm is within this of 1 count as unit rows (float32
+#: normalization leaves about 3e-7); the cosine of two such rows is their
 #: inner product to within 2e-6.
-UNIT_TOLERANCE = 2e-6
+UNIT_TOLERANCE = 1e-6
 #: Rows handled per step when checking or normalizing vectors: the
 #: temporaries stay a few megabytes whatever the input's size.
 _NORM_CHUNK = 8192
@@ -264,9 +264,9 @@ def unit_vectors(data: Any, name: str) -> np.ndarray:
     A float32 C-contiguous array whose rows all have unit norm (within
     :data:`UNIT_TOLERANCE`, as embedding models return them) comes back as
     a read-only view of itself; any other input is converted and normalized
-    into one new array, a chunk of rows at a time, so that no temporary of
-    the input's size is made (``np.linalg.norm`` of the whole array would
-    square it all first).
+    into one new array, with the same values as ``as_vectors``, a chunk of
+    rows at a time, so that no temporary of the input's size is made
+    (``np.linalg.norm`` of the whole array squares it all first).
 
     Parameters
     ----------
@@ -287,22 +287,30 @@ def unit_vectors(data: Any, name: str) -> np.ndarray:
         Integer, boolean or object arrays.
     """
     arr = as_float_matrix(data, name)
-    # A conversion made just now (another dtype, not contiguous) is ours to normalize in place.
-    out = arr if arr is not data and arr.base is None else None
+    if arr is data or arr.base is not None:  # the caller's memory: used as it is, or copied
+        if _unit_rows(arr):
+            view = arr.view()
+            view.flags.writeable = False
+            return view
+        out = np.empty_like(arr)
+    else:  # a conversion made just now (another dtype, not contiguous) is normalized in place
+        out = arr
     for lo in range(0, len(arr), _NORM_CHUNK):
         block = arr[lo : lo + _NORM_CHUNK]
-        norm2 = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-        if out is None:
-            if np.all(np.abs(norm2 - 1.0) <= UNIT_TOLERANCE):
-                continue
-            # The first block that is not unit: a normalized copy from here on.
-            out = np.empty_like(arr)
-            out[:lo] = arr[:lo]
-        norms = np.sqrt(norm2).astype(np.float32)[:, None]
+        # The arithmetic of unit_rows (as_vectors), so both paths give the same bits.
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
         np.divide(block, np.where(norms > 0, norms, np.float32(1)), out=out[lo : lo + len(block)])
-    view = (arr if out is None else out).view()
-    view.flags.writeable = False
-    return view
+    out.flags.writeable = False
+    return out
+
+
+def _unit_rows(x: np.ndarray) -> bool:
+    """Whether every row of ``x`` has unit norm within :data:`UNIT_TOLERANCE` (checked a chunk at a time)."""
+    for lo in range(0, len(x), _NORM_CHUNK):
+        norms = np.linalg.norm(x[lo : lo + _NORM_CHUNK], axis=1)
+        if not np.all(np.abs(norms - 1) <= UNIT_TOLERANCE):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- joins
