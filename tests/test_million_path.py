@@ -114,7 +114,8 @@ def by_pair(pairs) -> dict[tuple[int, int, bool], float]:
     return {(a, b, same): score for a, b, same, score in rows}
 
 
-def test_find_duplicates_allocates_no_copy_of_unit_float32_input():
+def test_find_duplicates_allocates_no_copy_of_unit_float32_input(monkeypatch):
+    monkeypatch.setattr(candidates, "_NORM_CHUNK", 1024)  # the norm check's temporaries: 1024 rows
     x = unit_rows(20_000, 64, seed=4)  # 5 MB
     find_duplicates(x[:50], progress=False)  # imports and one-time allocations outside the measurement
     tracemalloc.start()

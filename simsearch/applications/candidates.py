@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -383,28 +384,42 @@ def knn_pairs(
     raw_floor = floor if calibration is None else calibration.raw(floor)
     keep_a, keep_b, keep_s = [], [], []
     bar = progress_bar(len(rows), "searching", progress)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        q, b = cross_join(index, items.search[batch], kk, ef)
-        a = batch[q]
-        not_self = a != b
-        a, b = a[not_self], b[not_self]
-        a, b = np.minimum(a, b), np.maximum(a, b)
-        key = np.unique(a * n + b)  # one pair found from both ends counts once
-        a, b = key // n, key % n
-        # Scored in slices: scoring gathers both rows of the pairs it scores
-        # (up to 65,536 pairs at once: 200 MB of 384-d rows).
-        s = np.empty(len(a), dtype=np.float32)
-        for lo in range(0, len(a), _SCORE_CHUNK):
-            hi = lo + _SCORE_CHUNK
-            s[lo:hi] = items.pair_scores(items, a[lo:hi], b[lo:hi], scoring, floor=raw_floor)
-        hit = s >= raw_floor
-        keep_a.append(a[hit])
-        keep_b.append(b[hit])
-        keep_s.append(s[hit] if calibration is None else calibration.apply(s[hit]))
-        bar.update(len(batch))
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    # The next batch is searched (native code, without the GIL, on the index's
+    # threads) while this one is scored in Python, so the cores need not wait
+    # for the scoring.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(cross_join, index, items.search[batches[0]], kk, ef)
+        for i, batch in enumerate(batches):
+            q, b = ahead.result()
+            if i + 1 < len(batches):
+                ahead = pool.submit(cross_join, index, items.search[batches[i + 1]], kk, ef)
+            a, b, s = _scored_pairs(items, batch[q], b, scoring, raw_floor)
+            keep_a.append(a)
+            keep_b.append(b)
+            keep_s.append(s if calibration is None else calibration.apply(s))
+            bar.update(len(batch))
     bar.close()
     return unique_pairs(n, np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s))
+
+
+def _scored_pairs(
+    items: Items, a: np.ndarray, b: np.ndarray, scoring: PairScoring, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs ``(a[i], b[i])`` of one batch, each once with ``a < b``, sorted, that score at least ``floor``."""
+    not_self = a != b
+    a, b = a[not_self], b[not_self]
+    n = len(items)
+    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))  # one pair found from both ends counts once
+    a, b = key // n, key % n
+    # Scored in slices: scoring gathers both rows of the pairs it scores
+    # (up to 65,536 pairs at once: 200 MB of 384-d rows).
+    s = np.empty(len(a), dtype=np.float32)
+    for lo in range(0, len(a), _SCORE_CHUNK):
+        hi = lo + _SCORE_CHUNK
+        s[lo:hi] = items.pair_scores(items, a[lo:hi], b[lo:hi], scoring, floor=floor)
+    hit = s >= floor
+    return a[hit], b[hit], s[hit]
 
 
 def unique_pairs(n: int, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
