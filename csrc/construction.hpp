@@ -55,19 +55,11 @@ inline std::vector<DistId> HnswIndex::search_layer(const QueryCode& q, uint32_t 
         if (-c.first > bound && top.size() >= ef) break;
         cand.pop();
         copy_links(c.second, level, nb);
-        // As in search_base: gather the unvisited neighbours, start fetching
-        // their first code lines, then fetch each one's remaining lines while
-        // the one before it is scored. A node's codes span several cache
-        // lines, and at a million nodes nearly every one is a miss.
-        for (uint32_t x : nb) __builtin_prefetch(vis + x);
+        // As in search_base: fetch each fresh neighbour's remaining code
+        // lines while the one before it is scored. A node's codes span
+        // several cache lines, and at a million nodes nearly every one is a miss.
         fresh.resize(nb.size());
-        size_t m = 0;
-        for (uint32_t x : nb) {
-            if (vis[x] == tag) continue;
-            vis[x] = tag;
-            fresh[m++] = x;
-            __builtin_prefetch(codes(x));
-        }
+        const size_t m = gather_unvisited(nb.data(), nb.size(), vis, tag, fresh.data());
         for (size_t i = 0; i < m; ++i) {
             if (i + 1 < m) prefetch_node(fresh[i + 1]);
             const uint32_t x = fresh[i];
