@@ -22,7 +22,7 @@ matter printed at each step:
    exact neighbours (brute force) at or above the threshold that came back,
    and the largest difference between a returned score and the exact cosine.
 
-The mixture's own points are no nearer each other than a cosine of about
+The mixture's points have their nearest neighbours at cosines of about 0.5 to
 0.67, so without planted rows the default threshold (0.9) finds nothing: the
 planted near-duplicates (5 % of the rows, each a copy of another row turned
 by a random angle, cosines 0.85-0.99 to its source; a source may have two
@@ -32,7 +32,7 @@ Usage::
 
     nice python benchmarks/million.py                # about 45 minutes on 2 cores
     python benchmarks/million.py --n 100000          # a smaller rehearsal
-    nice python benchmarks/million.py --dedup-only   # step 6 alone, about 6 minutes
+    nice python benchmarks/million.py --dedup-only   # step 6 alone, about 11 CPU-minutes
 
 The last line printed is one JSON object with the figures.
 """
