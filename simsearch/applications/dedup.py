@@ -150,7 +150,9 @@ def find_duplicates(
         Vectors (ids are row positions unless ``ids`` is given), or a pyarrow
         Table, pandas DataFrame, mapping or Parquet/CSV path with an id and a
         title column, encoded with ``encoder``. With ``engine="ray"``: the
-        path of a Parquet file (or folder) or CSV file.
+        path of a Parquet file (or folder) or CSV file. A float32 C-contiguous
+        array of unit rows (as embedding models return) is read in place,
+        never copied or changed; other vectors are normalized into one copy.
     threshold : float, optional
         Least pair score for two items to be duplicates. For titles with
         lexical scoring the score is the probability that the two are one
