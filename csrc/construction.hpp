@@ -49,19 +49,20 @@ inline std::vector<DistId> HnswIndex::search_layer(const QueryCode& q, uint32_t 
     }
     cand.emplace(-d0, ep);
     float bound = top.empty() ? INFINITY : d0;
-    thread_local std::vector<uint32_t> nb;
+    thread_local std::vector<uint32_t> nb, fresh;
     while (!cand.empty()) {
         const DistId c = cand.top();
         if (-c.first > bound && top.size() >= ef) break;
         cand.pop();
         copy_links(c.second, level, nb);
-        for (uint32_t x : nb) {  // start all fetches first, as in search_base
-            __builtin_prefetch(vis + x);
-            __builtin_prefetch(codes(x));
-        }
-        for (uint32_t x : nb) {
-            if (vis[x] == tag) continue;
-            vis[x] = tag;
+        // As in search_base: fetch each fresh neighbour's remaining code
+        // lines while the one before it is scored. A node's codes span
+        // several cache lines, and at a million nodes nearly every one is a miss.
+        fresh.resize(nb.size());
+        const size_t m = gather_unvisited(nb.data(), nb.size(), vis, tag, fresh.data());
+        for (size_t i = 0; i < m; ++i) {
+            if (i + 1 < m) prefetch_node(fresh[i + 1]);
+            const uint32_t x = fresh[i];
             const float d = dist(q, x);
             if (top.size() < ef || d < bound) {
                 cand.emplace(-d, x);
@@ -125,12 +126,16 @@ inline void HnswIndex::link_back(uint32_t n, uint32_t s, int level) {
         ll[0] = cnt + 1;
         return;
     }
+    for (uint32_t j = 0; j < cnt; ++j) __builtin_prefetch(codes(ll[1 + j]));
     thread_local QueryCode qn;
     node_query(n, qn);
     std::vector<DistId> cand;
     cand.reserve(cnt + 1);
     cand.emplace_back(dist(qn, s), s);
-    for (uint32_t j = 0; j < cnt; ++j) cand.emplace_back(dist(qn, ll[1 + j]), ll[1 + j]);
+    for (uint32_t j = 0; j < cnt; ++j) {
+        if (j + 1 < cnt) prefetch_node(ll[2 + j]);
+        cand.emplace_back(dist(qn, ll[1 + j]), ll[1 + j]);
+    }
     std::sort(cand.begin(), cand.end());
     thread_local std::vector<uint32_t> sel;
     select_neighbors(cand, cap, sel);

@@ -520,6 +520,23 @@ private:
         for (size_t off = 64; off < dim_padded_; off += 64) __builtin_prefetch(c + off);
     }
 
+    // The walks' first step on a neighbour list: mark the unvisited ones
+    // visited, collect them into `fresh` and start fetching their codes
+    // before any distance is computed, so the cache misses of one list
+    // overlap instead of queueing one by one. Returns how many were fresh.
+    size_t gather_unvisited(const uint32_t* nb, size_t n, uint16_t* vis, uint16_t tag, uint32_t* fresh) const {
+        for (size_t j = 0; j < n; ++j) __builtin_prefetch(vis + nb[j]);
+        size_t m = 0;
+        for (size_t j = 0; j < n; ++j) {
+            const uint32_t x = nb[j];
+            if (vis[x] == tag) continue;
+            vis[x] = tag;
+            fresh[m++] = x;
+            __builtin_prefetch(codes(x));
+        }
+        return m;
+    }
+
     // ---- construction (construction.hpp) -----------------------------------------
     void copy_links(uint32_t s, int level, std::vector<uint32_t>& out) const;
     void greedy_build(const QueryCode& q, uint32_t& cur, float& curd, int level) const;
@@ -558,19 +575,7 @@ private:
             if (-c.first > bound && bounding.size() >= width) break;
             cand.pop();
             const uint32_t* ll = links0(c.second);
-            const uint32_t cnt = ll[0];
-            // Gather the unvisited neighbours and start fetching all their
-            // codes before computing any distance, so the cache misses of
-            // one neighbour list overlap instead of queueing one by one.
-            for (uint32_t j = 1; j <= cnt; ++j) __builtin_prefetch(vis + ll[j]);
-            size_t m = 0;
-            for (uint32_t j = 1; j <= cnt; ++j) {
-                const uint32_t x = ll[j];
-                if (vis[x] == tag) continue;
-                vis[x] = tag;
-                fresh[m++] = x;
-                __builtin_prefetch(codes(x));
-            }
+            const size_t m = gather_unvisited(ll + 1, ll[0], vis, tag, fresh.data());
             for (size_t i = 0; i < m; ++i) {
                 if (i + 1 < m) prefetch_node(fresh[i + 1]);
                 const uint32_t x = fresh[i];

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from simsearch import _tables
-from simsearch._validation import NO_ID, check_ef, check_k, check_positive_int, check_threshold
+from simsearch._validation import NO_ID, as_float_matrix, check_ef, check_k, check_positive_int, check_threshold
 from simsearch.applications._items import Items, as_vectors, build_index, default_encoder, progress_bar
 from simsearch.applications.dedup_calibration import PairCalibration, default_calibration
 from simsearch.applications.grouping import canonical_members, group_pairs
@@ -65,6 +66,7 @@ __all__ = [
     "search_ef",
     "self_join",
     "unique_pairs",
+    "unit_vectors",
 ]
 
 #: Default pair threshold for titles scored with lexical evidence: a probability
@@ -74,6 +76,15 @@ DEFAULT_TEXT_THRESHOLD = 0.15
 DEFAULT_VECTOR_THRESHOLD = 0.9
 #: Least search effort of a candidate search when the user gave none.
 MIN_EF = 64
+#: Rows whose norm is within this of 1 count as unit rows (float32
+#: normalization leaves about 3e-7); the cosine of two such rows is their
+#: inner product to within 2e-6.
+UNIT_TOLERANCE = 1e-6
+#: Rows handled per step when checking or normalizing vectors: the
+#: temporaries stay a few megabytes whatever the input's size.
+_NORM_CHUNK = 8192
+#: Candidate pairs scored per step of a join.
+_SCORE_CHUNK = 16_384
 
 
 class Duplicates(NamedTuple):
@@ -193,6 +204,7 @@ def load_items(
     lexical: bool = True,
     scoring: PairScoring,
     progress: bool | None = None,
+    copy: bool = True,
 ) -> LoadedItems:
     """Read vectors or a table of titles into :class:`LoadedItems`.
 
@@ -210,6 +222,12 @@ def load_items(
         Fit the lexical model on the titles.
     scoring : PairScoring
     progress : bool or None
+    copy : bool, default True
+        Vectors: always hold a normalized copy. ``False`` uses the caller's
+        array itself, read-only, when it is already float32, C-contiguous and
+        of unit rows (:func:`unit_vectors`), for callers whose items do not
+        outlive the call (:func:`~simsearch.find_duplicates`): a million
+        384-d vectors then cost no second 1.5 GB.
 
     Raises
     ------
@@ -220,7 +238,7 @@ def load_items(
         A table without ``id_col`` or ``text_col``.
     """
     if is_vector_input(data):
-        vectors = as_vectors(data, "data")
+        vectors = as_vectors(data, "data") if copy else unit_vectors(data, "data")
         if len(vectors) == 0:
             raise ValueError("data is empty: it has no rows")
         if ids is None:
@@ -239,6 +257,61 @@ def load_items(
     encoder = default_encoder() if encoder is None else encoder
     model = LexicalModel(scoring).fit(texts) if lexical else None
     return LoadedItems(Items.from_texts(texts, encoder, model, scoring, progress), id_array, texts, model)
+
+
+def unit_vectors(data: Any, name: str) -> np.ndarray:
+    """``data`` as unit float32 rows, without copying rows that already are.
+
+    A float32 C-contiguous array whose rows all have unit norm (within
+    :data:`UNIT_TOLERANCE`, as embedding models return them) comes back as
+    a read-only view of itself; any other input is converted and normalized
+    into one new array, with the same values as ``as_vectors``, a chunk of
+    rows at a time, so that no temporary of the input's size is made
+    (``np.linalg.norm`` of the whole array squares it all first).
+
+    Parameters
+    ----------
+    data : array-like of shape (n, dim), float
+    name : str
+        Named in errors.
+
+    Returns
+    -------
+    ndarray of shape (n, dim), float32
+        Unit rows (zero rows stay zero); read-only.
+
+    Raises
+    ------
+    ValueError
+        NaN or inf, a 1-D array or a 3-D one (:class:`~simsearch.errors.DimensionError`).
+    TypeError
+        Integer, boolean or object arrays.
+    """
+    arr = as_float_matrix(data, name)
+    if arr is data or arr.base is not None:  # the caller's memory: used as it is, or copied
+        if _unit_rows(arr):
+            view = arr.view()
+            view.flags.writeable = False
+            return view
+        out = np.empty_like(arr)
+    else:  # a conversion made just now (another dtype, not contiguous) is normalized in place
+        out = arr
+    for lo in range(0, len(arr), _NORM_CHUNK):
+        block = arr[lo : lo + _NORM_CHUNK]
+        # The arithmetic of unit_rows (as_vectors), so both paths give the same bits.
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, np.where(norms > 0, norms, np.float32(1)), out=out[lo : lo + len(block)])
+    out.flags.writeable = False
+    return out
+
+
+def _unit_rows(x: np.ndarray) -> bool:
+    """Whether every row of ``x`` has unit norm within :data:`UNIT_TOLERANCE` (checked a chunk at a time)."""
+    for lo in range(0, len(x), _NORM_CHUNK):
+        norms = np.linalg.norm(x[lo : lo + _NORM_CHUNK], axis=1)
+        if not np.all(np.abs(norms - 1) <= UNIT_TOLERANCE):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- joins
@@ -311,23 +384,42 @@ def knn_pairs(
     raw_floor = floor if calibration is None else calibration.raw(floor)
     keep_a, keep_b, keep_s = [], [], []
     bar = progress_bar(len(rows), "searching", progress)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        q, b = cross_join(index, items.search[batch], kk, ef)
-        a = batch[q]
-        not_self = a != b
-        a, b = a[not_self], b[not_self]
-        a, b = np.minimum(a, b), np.maximum(a, b)
-        key = np.unique(a * n + b)  # one pair found from both ends counts once
-        a, b = key // n, key % n
-        s = items.pair_scores(items, a, b, scoring, floor=raw_floor)
-        hit = s >= raw_floor
-        keep_a.append(a[hit])
-        keep_b.append(b[hit])
-        keep_s.append(s[hit] if calibration is None else calibration.apply(s[hit]))
-        bar.update(len(batch))
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    # The next batch is searched (native code, without the GIL, on the index's
+    # threads) while this one is scored in Python, so the cores need not wait
+    # for the scoring.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(cross_join, index, items.search[batches[0]], kk, ef)
+        for i, batch in enumerate(batches):
+            q, b = ahead.result()
+            if i + 1 < len(batches):
+                ahead = pool.submit(cross_join, index, items.search[batches[i + 1]], kk, ef)
+            a, b, s = _scored_pairs(items, batch[q], b, scoring, raw_floor)
+            keep_a.append(a)
+            keep_b.append(b)
+            keep_s.append(s if calibration is None else calibration.apply(s))
+            bar.update(len(batch))
     bar.close()
     return unique_pairs(n, np.concatenate(keep_a), np.concatenate(keep_b), np.concatenate(keep_s))
+
+
+def _scored_pairs(
+    items: Items, a: np.ndarray, b: np.ndarray, scoring: PairScoring, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs ``(a[i], b[i])`` of one batch, each once with ``a < b``, sorted, that score at least ``floor``."""
+    not_self = a != b
+    a, b = a[not_self], b[not_self]
+    n = len(items)
+    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))  # one pair found from both ends counts once
+    a, b = key // n, key % n
+    # Scored in slices: scoring gathers both rows of the pairs it scores
+    # (up to 65,536 pairs at once: 200 MB of 384-d rows).
+    s = np.empty(len(a), dtype=np.float32)
+    for lo in range(0, len(a), _SCORE_CHUNK):
+        hi = lo + _SCORE_CHUNK
+        s[lo:hi] = items.pair_scores(items, a[lo:hi], b[lo:hi], scoring, floor=floor)
+    hit = s >= floor
+    return a[hit], b[hit], s[hit]
 
 
 def unique_pairs(n: int, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

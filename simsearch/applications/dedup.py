@@ -109,9 +109,11 @@ def _join(
         )  # fmt: skip
     if engine_options:
         raise ValueError(f"{sorted(engine_options)} apply to engine='ray' only")
+    # The items live only as long as this call, so unit float32 vectors are
+    # used in place, not copied (a million 384-d rows: 1.5 GB saved).
     loaded = load_items(
         data, ids=ids, id_col=id_col, text_col=text_col, encoder=encoder, lexical=lexical, scoring=scoring,
-        progress=progress,
+        progress=progress, copy=False,
     )  # fmt: skip
     return self_join(
         loaded, k=k, floor=floor, scoring=scoring, index_params=index_params, batch_size=batch_size,
@@ -148,7 +150,9 @@ def find_duplicates(
         Vectors (ids are row positions unless ``ids`` is given), or a pyarrow
         Table, pandas DataFrame, mapping or Parquet/CSV path with an id and a
         title column, encoded with ``encoder``. With ``engine="ray"``: the
-        path of a Parquet file (or folder) or CSV file.
+        path of a Parquet file (or folder) or CSV file. A float32 C-contiguous
+        array of unit rows (as embedding models return) is read in place,
+        never copied or changed; other vectors are normalized into one copy.
     threshold : float, optional
         Least pair score for two items to be duplicates. For titles with
         lexical scoring the score is the probability that the two are one
