@@ -277,3 +277,21 @@ def test_a_log_record_claiming_more_bytes_than_the_file_holds_is_a_torn_tail(cli
         assert len(service.catalog.rows()[0]) >= 301
     finally:
         service.close()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("pair_model", [1, 2, 3]), ("pair_model", "/etc/passwd"), ("projection_dim", 2**63), ("projection_dim", True)],
+)
+def test_a_matcher_manifest_with_a_crafted_parameter_is_corrupt(matcher_folder, tmp_path, field, value):
+    from simsearch.applications.matcher import MANIFEST
+
+    folder = _copy(matcher_folder, tmp_path)
+    body = json.loads((folder / MANIFEST).read_text())
+    if field == "pair_model":
+        body["params"]["pair_model"] = value
+    else:
+        body["params"]["scoring"][field] = value
+    (folder / MANIFEST).write_text(json.dumps(body))  # matcher.json carries no checksum of itself
+    with pytest.raises(CorruptFileError, match="pair model|projection_dim"):
+        simsearch.CatalogMatcher.load(folder, progress=False, num_threads=1)

@@ -197,6 +197,12 @@ def _build(cls: type, path: Path, manifest: dict[str, Any], *, progress: bool | 
     scoring["ngram_range"] = tuple(scoring["ngram_range"])
     # Versions 1 and 2 predate the pair model: they score without one.
     params.setdefault("pair_model", None)
+    # What save writes, and nothing else: a path here would open a folder outside this one.
+    if params["pair_model"] not in (None, "default", "folder"):
+        raise CorruptFileError(f"the {_WHAT} {str(path)!r} names an unknown pair model {params['pair_model']!r}")
+    dim = scoring.get("projection_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 1 << 16:
+        raise CorruptFileError(f"the {_WHAT} {str(path)!r} has a bad scoring projection_dim {dim!r}")
     old_scale = manifest.get("format_version", 1) < 4
     if old_scale and params.get("threshold") is None:
         # Raw scores before version 4: keep the threshold the folder was saved with.
