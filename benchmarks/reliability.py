@@ -72,7 +72,10 @@ host_line = _common.host_line
 # ---------------------------------------------------------------------- fuzz
 
 
-def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bool, formats: list[str] | None = None) -> dict[str, Any]:
+def fuzz(
+    work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bool, formats: list[str] | None = None,
+    modes: list[str] | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     env = _faults.malloc_check_env() if malloc_check else {}
     if malloc_check:
@@ -81,6 +84,8 @@ def fuzz(work: Path, cases: int, matcher_cases: int, seed: int, malloc_check: bo
         if formats and name not in formats:
             continue
         for mode in fuzzer.modes:
+            if modes and mode not in modes:
+                continue
             # A mutated model is exported and compiled anew (seconds a case): fewer of those.
             n = matcher_cases if name == "matcher" and mode.endswith("-model") else cases
             start = time.perf_counter()
@@ -544,6 +549,8 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=None, help="seconds at twice the rate (default 30; --quick 5)")
     parser.add_argument("--fuzzer-module", action="append", default=[], metavar="MODULE",
                         help="import MODULE first: it registers more formats with _faults.register_fuzzer (repeatable)")
+    parser.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                        help="only these fuzz modes (e.g. raw resealed); default: every mode of each format")
     parser.add_argument("--formats", nargs="+", default=None, metavar="NAME",
                         help=f"fuzz only these formats (of {', '.join(_faults.FUZZERS)})")
     parser.add_argument("--atheris-seconds", type=float, default=None, help="coverage-guided fuzzing time, split between its targets (default 300; --quick 20)")
@@ -564,7 +571,7 @@ def main() -> None:
             importlib.import_module(module)
         results["fuzz"] = fuzz(
             work, args.fuzz_cases or (30 if q else 10_000), args.matcher_cases or (4 if q else 1000), args.seed,
-            not args.no_malloc_check, args.formats,
+            not args.no_malloc_check, args.formats, args.modes,
         )  # fmt: skip
     if "concurrency" in args.only:
         results["concurrency"] = concurrency(work, args.concurrency_seconds or (5.0 if q else 60.0), args.concurrency_runs or (1 if q else 3), args.seed)
