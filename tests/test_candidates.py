@@ -17,6 +17,7 @@ import pytest
 from simsearch import Deduplicator, find_duplicates
 from simsearch._validation import NO_ID
 from simsearch.applications import ThresholdChoice, choose_threshold, recall_at_k
+from simsearch.applications.candidates import search_ef
 from simsearch.applications.lexical import LexicalModel
 from simsearch.errors import NotFittedError
 
@@ -144,15 +145,20 @@ def test_the_user_ef_is_honoured(monkeypatch, kwargs, expected):
     search = Index.search
 
     def spy(self, queries, k=10, ef=None, filter=None):
-        used.append(ef)
+        used.append((k, ef))
         return search(self, queries, k=k, ef=ef, filter=filter)
 
     monkeypatch.setattr(Index, "search", spy)
     x, _ = duplicate_groups(30)
     find_duplicates(x, threshold=0.9, progress=False, **kwargs)
+    assert used and {ef for _, ef in used} == {expected}
+    used.clear()
+    # The Deduplicator searches more neighbours than k (2k at fit, 3k for an update's reverse
+    # neighbours): a user's ef is used as given, the default follows the number searched.
     dedup = Deduplicator(threshold=0.9, progress=False, **kwargs).fit(x[:60])
     dedup.update(x[60:], new_ids=np.arange(60, 90))
-    assert used and set(used) == {expected}
+    user_ef = kwargs.get("ef", kwargs.get("index_params", {}).get("ef"))
+    assert used and all(ef == (user_ef if user_ef is not None else search_ef(None, k)) for k, ef in used), used
 
 
 def test_a_bad_ef_is_refused_before_any_work():

@@ -136,7 +136,7 @@ def test_load_refuses_foreign_and_newer_directories(tmp_path):
     with pytest.raises(ValueError, match="format 'something-else'"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text(json.dumps({"format": "simsearch-catalog-matcher", "format_version": 7}))
-    with pytest.raises(FormatVersionError, match="format_version 7; this simsearch reads \\[1, 2, 3\\].*upgrade"):
+    with pytest.raises(FormatVersionError, match="format_version 7; this simsearch reads \\[1, 2, 3, 4\\].*upgrade"):
         CatalogMatcher.load(tmp_path)
     (tmp_path / "matcher.json").write_text("{not json")
     with pytest.raises(CorruptFileError, match="not valid JSON"):
