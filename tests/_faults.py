@@ -476,8 +476,8 @@ def build_matcher(dest: Path) -> None:
     CatalogMatcher(k=2, progress=False).fit({"id": ids, "title": titles}).save(dest)
 
 
-#: Members of a saved matcher that are model files (the text encoder and the pair model).
 def _is_model_member(member: str) -> bool:
+    """Whether a saved matcher's member is a model file (of the text encoder or the pair model)."""
     return member.startswith(("encoder/", "pair_model/"))
 
 

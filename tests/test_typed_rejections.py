@@ -142,7 +142,7 @@ def test_a_resealed_state_with_damaged_items_table_is_corrupt(dedup_state, tmp_p
         simsearch.Deduplicator.load(folder, progress=False)
 
 
-def test_a_resealed_state_without_its_items_table_is_a_missing_file(dedup_state, tmp_path):
+def test_a_state_without_its_items_table_is_refused_by_name(dedup_state, tmp_path):
     folder = _copy(dedup_state, tmp_path)
     next(folder.rglob("items.parquet")).unlink()
     with pytest.raises(SimsearchError, match="items.parquet"):

@@ -190,9 +190,7 @@ def load_state(path: str | os.PathLike[str]) -> StateFiles:
 
 
 def _read_member_table(path: Path, root: Path) -> pa.Table:
-    """A Parquet member of a state; a missing or unreadable one makes the state corrupt."""
-    if not path.is_file():
-        raise MissingFileError(f"dedup state {str(root)!r} is corrupt: {path.parent.name}/{path.name} is missing")
+    """A Parquet member of a state (its presence checked by the caller); an unreadable one makes the state corrupt."""
     try:
         table = _tables.read_table(path)
         table.validate(full=True)  # strings that are not UTF-8, offsets past the data
